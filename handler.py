@@ -1,0 +1,54 @@
+"""RunPod entry point: the model loads once, here at import (cold start); jobs then reuse it.
+
+    python handler.py                          # run test_input.json through the SDK's local mode
+    python handler.py --test_input '{"input": {"image": "https://..."}}'
+    python handler.py --serve --port 8000      # pod mode: HTTP server (or SERVE_MODE=pod)
+    (on RunPod serverless, the same command serves the endpoint's queue)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import runpod
+
+from vision_worker.config import settings_from_env
+from vision_worker.worker import Worker
+
+settings = settings_from_env()
+logging.basicConfig(
+    level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+)
+worker = Worker.start(settings)
+
+
+async def handler(job: dict) -> dict:
+    """One RunPod job: {"id": ..., "input": {...}} -> output dict, or {"error": ...} (FAILED)."""
+    return await worker.run(job.get("input"))
+
+
+def concurrency_modifier(current_concurrency: int) -> int:
+    """Jobs this worker takes at once; their images share batches in the dynamic batcher."""
+    return settings.MAX_CONCURRENCY
+
+
+def _pod_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--host", default=settings.HOST)
+    parser.add_argument("--port", type=int, default=settings.PORT)
+    args, rest = parser.parse_known_args()
+    sys.argv = [sys.argv[0], *rest]  # what is left is runpod's (--test_input, --rp_log_level)
+    return args
+
+
+if __name__ == "__main__":
+    pod = _pod_args()
+    if pod.serve or settings.SERVE_MODE == "pod":
+        from vision_worker.server import serve
+
+        serve(worker, host=pod.host, port=pod.port)
+    else:
+        runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})

@@ -1,0 +1,178 @@
+"""Cross-job dynamic batching: images from every in-flight job share forward passes.
+
+A batch runs when it is full (the working batch size) or when its oldest image has waited
+`max_wait_s`. One batch runs at a time, on a dedicated thread, so the event loop keeps taking
+jobs and downloading images while the model works. Only images with equal batch keys (equal
+generation options) share a batch. A CUDA out-of-memory error splits the batch in halves and
+lowers the working batch size for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ImageError
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[Sequence[Any], Any], list[Any]]
+
+
+@dataclass
+class _Pending:
+    item: Any
+    options: Any
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    """Queues (item, options) pairs from many coroutines and runs them in shared batches."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        batch_key: Callable[[Any], Hashable] = lambda options: options,
+        is_out_of_memory: Callable[[BaseException], bool] = lambda error: False,
+        after_out_of_memory: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._batch_key = batch_key
+        self._is_oom = is_out_of_memory
+        self._after_oom = after_out_of_memory
+        self.max_wait_s = max_wait_s
+        # Lowered after an out-of-memory error and never raised again: the next batch of that
+        # size would fail the same way.
+        self.working_batch_size = max_batch_size
+        self.batch_sizes: Counter[int] = Counter()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- public -----------------------------------------------------------------------------
+    async def submit(self, item: Any, options: Any) -> Any:
+        """Queue one item; returns its output or raises ImageError for its failure alone."""
+        self._bind_to_running_loop()
+        future = self._loop.create_future()  # type: ignore[union-attr]
+        self._queues.setdefault(self._batch_key(options), deque()).append(
+            _Pending(item, options, future)
+        )
+        self._wakeup.set()
+        return await future
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(len(queue) for queue in self._queues.values()) if self._loop else 0
+
+    async def drain(self) -> None:
+        """Wait until every queued item has been processed (graceful shutdown)."""
+        while self._loop is not None and (self.queue_depth or self._busy):
+            await asyncio.sleep(0.01)
+
+    # --- scheduling ---------------------------------------------------------------------------
+    def _bind_to_running_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        # Futures belong to one event loop; a new loop (tests, local mode) gets fresh state.
+        self._loop = loop
+        self._queues: dict[Hashable, deque[_Pending]] = {}
+        self._wakeup = asyncio.Event()
+        self._busy = False
+        self._scheduler = loop.create_task(self._schedule_forever(), name="batcher")
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            key, wait_s = self._next_ready()
+            if key is None:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
+                except TimeoutError:
+                    pass
+                continue
+            batch = self._take(key)
+            if batch:
+                self._busy = True
+                try:
+                    await self._run(batch)
+                finally:
+                    self._busy = False
+
+    def _next_ready(self) -> tuple[Hashable | None, float | None]:
+        """The key whose batch should run now, or how long until the oldest one must."""
+        now = time.monotonic()
+        oldest_key, oldest_at = None, None
+        for key, queue in self._queues.items():
+            _drop_cancelled(queue)
+            if not queue:
+                continue
+            if len(queue) >= self.working_batch_size:
+                return key, None
+            if oldest_at is None or queue[0].queued_at < oldest_at:
+                oldest_key, oldest_at = key, queue[0].queued_at
+        if oldest_at is None:
+            return None, None
+        remaining = oldest_at + self.max_wait_s - now
+        return (oldest_key, None) if remaining <= 0 else (None, remaining)
+
+    def _take(self, key: Hashable) -> list[_Pending]:
+        queue = self._queues[key]
+        batch = [queue.popleft() for _ in range(min(len(queue), self.working_batch_size))]
+        if not queue:
+            del self._queues[key]
+        return [p for p in batch if not p.future.done()]
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        self.batch_sizes[len(batch)] += 1
+        try:
+            outputs = await self._loop.run_in_executor(  # type: ignore[union-attr]
+                self._model_thread,
+                self._run_splitting_on_oom,
+                [p.item for p in batch],
+                batch[0].options,
+            )
+        except Exception as error:  # a failing batch fails its own images, never the batcher
+            log.exception("batch of %d failed", len(batch))
+            failure = ImageError("inference_failed", f"model error: {type(error).__name__}: {error}"[:300])
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            return
+        for pending, output in zip(batch, outputs, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(output)
+
+    # --- model thread -------------------------------------------------------------------------
+    def _run_splitting_on_oom(self, items: list[Any], options: Any) -> list[Any]:
+        try:
+            outputs = self._run_batch(items, options)
+        except Exception as error:
+            if not self._is_oom(error) or len(items) == 1:
+                raise
+            self._after_oom()
+            half = len(items) // 2
+            if half < self.working_batch_size:
+                log.warning("out of memory at batch size %d; working batch size now %d",
+                            len(items), half)  # fmt: skip
+                self.working_batch_size = half
+            return self._run_splitting_on_oom(items[:half], options) + self._run_splitting_on_oom(
+                items[half:], options
+            )
+        if len(outputs) != len(items):
+            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
+        return outputs
+
+
+def _drop_cancelled(queue: deque[_Pending]) -> None:
+    while queue and queue[0].future.done():
+        queue.popleft()

@@ -1,0 +1,111 @@
+"""Every setting of the worker, read from the environment once and validated at start."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "nlpconnect/vit-gpt2-image-captioning"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or out of range; raised at cold start, never per job."""
+
+
+class Settings(BaseSettings):
+    """Worker settings. Each field is the environment variable of the same name."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    # --- model -------------------------------------------------------------------------------
+    MODEL_NAME: str = Field(DEFAULT_MODEL_NAME, min_length=1)
+    MODEL_REVISION: str | None = None
+    # Empty means "infer from the model's config".
+    TASK: Literal["", "caption", "classify"] = ""
+    # "auto" picks cuda when torch sees a GPU, else cpu.
+    DEVICE: str = "auto"
+    # "auto" is float16 on CUDA (halves memory, tensor cores) and float32 on CPU
+    # (CPU half-precision matmuls are slow or unsupported).
+    DTYPE: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # Runs one dummy batch at cold start so the first real job does not pay for lazy init.
+    WARMUP: bool = True
+
+    # --- batching and concurrency ---------------------------------------------------------------
+    MAX_BATCH_SIZE: int = Field(16, ge=1, le=1024)
+    # How long the oldest queued image may wait for companions before its batch runs.
+    BATCH_WAIT_MS: float = Field(10.0, ge=0, le=10_000)
+    # Jobs one worker accepts at once; images from all of them share batches.
+    MAX_CONCURRENCY: int = Field(8, ge=1, le=1024)
+
+    # --- input limits -----------------------------------------------------------------------------
+    MAX_IMAGES_PER_JOB: int = Field(64, ge=1, le=10_000)
+    # Encoded size of one image (after base64 decoding, or as downloaded).
+    MAX_IMAGE_BYTES: int = Field(20 * 1024 * 1024, ge=1024)
+    # Decoded size; checked from the header before any pixel is decoded (decompression bombs).
+    MAX_IMAGE_PIXELS: int = Field(40_000_000, ge=64)
+    # A total deadline for one download (connect + all reads), not a per-read timeout,
+    # so a server that drips one byte a second cannot hold a job hostage.
+    URL_TIMEOUT_S: float = Field(10.0, gt=0, le=300)
+    URL_RETRIES: int = Field(2, ge=0, le=10)
+    MAX_REDIRECTS: int = Field(5, ge=0, le=20)
+    # Lifts the private/loopback/link-local address rule, for local testing only.
+    ALLOW_PRIVATE_URLS: bool = False
+
+    # --- generation (caption) ---------------------------------------------------------------------
+    DEFAULT_MAX_NEW_TOKENS: int = Field(30, ge=1)
+    MAX_NEW_TOKENS_LIMIT: int = Field(128, ge=1, le=2048)
+    MAX_NUM_BEAMS: int = Field(5, ge=1, le=32)
+
+    # --- classification ---------------------------------------------------------------------------
+    DEFAULT_TOP_K: int = Field(5, ge=1)
+
+    # --- pod mode (HTTP server) -------------------------------------------------------------------
+    # "serverless" (RunPod queue) or "pod" (HTTP server on PORT); one image serves both templates.
+    SERVE_MODE: Literal["serverless", "pod"] = "serverless"
+    HOST: str = "0.0.0.0"
+    PORT: int = Field(8000, ge=1, le=65535)
+    # When set, every pod route but /health requires "Authorization: Bearer <key>".
+    POD_API_KEY: str | None = None
+    # Finished /run results are kept this long and at most this many, so memory stays bounded.
+    RESULT_TTL_S: float = Field(600.0, gt=0)
+    MAX_STORED_RESULTS: int = Field(1000, ge=1)
+
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("DEVICE")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value != "auto" and value.split(":")[0] not in {"cpu", "cuda", "mps"}:
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("MODEL_REVISION", "POD_API_KEY")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Settings:
+        if self.DEFAULT_MAX_NEW_TOKENS > self.MAX_NEW_TOKENS_LIMIT:
+            raise ValueError("DEFAULT_MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (overrides win) or raise ConfigError naming each bad one."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def settings_from_env() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,214 @@
+"""Safe image download: http(s) only, no private or metadata addresses, a total deadline, a byte cap.
+
+The address check happens where the socket is opened, on the exact address that was checked:
+resolving once to validate and again to connect would let a DNS answer change in between
+(DNS rebinding). Redirects are followed by hand so every hop is checked the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import Retry, connection
+
+from .errors import ImageError
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> addresses, like the useful part of socket.getaddrinfo; tests pass a stand-in.
+Resolver = Callable[[str, int], list[str]]
+AddressPolicy = Callable[[Address], bool]
+
+_CHUNK_BYTES = 64 * 1024
+# Statuses worth another try: the server said "later" or a proxy in front of it hiccuped.
+_TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class ForbiddenAddress(Exception):  # noqa: N818 - reads better at the raise site
+    """Raised inside the connection; deliberately not an OSError so urllib3 does not retry it."""
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address the system resolver returns for host."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_private_address(address: Address) -> bool:
+    """True for anything but a public unicast address: private, loopback, link-local (cloud
+    metadata at 169.254.169.254), shared (100.64/10), unique-local, multicast, reserved."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+def allow_every_address(address: Address) -> bool:
+    return False
+
+
+class _GuardedConnectionMixin:
+    """Resolves the host itself, refuses forbidden addresses, connects to a checked one."""
+
+    resolver: Resolver
+    is_forbidden: AddressPolicy
+
+    def _new_conn(self) -> socket.socket:
+        host, port = self._dns_host, self.port  # type: ignore[attr-defined]
+        try:
+            addresses = [ipaddress.ip_address(a.split("%")[0]) for a in self.resolver(host, port)]
+        except (OSError, UnicodeError) as error:
+            raise NewConnectionError(self, f"cannot resolve {host!r}: {error}") from error
+        if not addresses:
+            raise NewConnectionError(self, f"{host!r} resolves to no address")
+        # Any forbidden answer refuses the host: a name with one private address is not public.
+        forbidden = [a for a in addresses if self.is_forbidden(a)]
+        if forbidden:
+            raise ForbiddenAddress(f"{host} resolves to a non-public address ({forbidden[0]})")
+        last_error: OSError | None = None
+        for address in addresses:
+            try:
+                return connection.create_connection(
+                    (str(address), port),
+                    self.timeout,  # type: ignore[attr-defined]
+                    source_address=self.source_address,  # type: ignore[attr-defined]
+                    socket_options=self.socket_options,  # type: ignore[attr-defined]
+                )
+            except TimeoutError as error:
+                raise ConnectTimeoutError(self, f"connect to {host} timed out") from error
+            except OSError as error:
+                last_error = error
+        raise NewConnectionError(self, f"cannot connect to {host}: {last_error}")
+
+
+def _guarded_adapter(resolver: Resolver, policy: AddressPolicy, retries: int) -> HTTPAdapter:
+    guard = {"resolver": staticmethod(resolver), "is_forbidden": staticmethod(policy)}
+    http_conn = type("GuardedHTTPConnection", (_GuardedConnectionMixin, HTTPConnection), guard)
+    https_conn = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), guard)
+    http_pool = type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
+    https_pool = type("GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn})
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=0,
+        redirect=False,  # followed by hand in UrlFetcher.fetch
+        status_forcelist=_TRANSIENT_STATUSES,
+        allowed_methods={"GET"},
+        backoff_factor=0.2,
+        backoff_max=2.0,
+        respect_retry_after_header=False,  # a server must not choose how long we stall
+        raise_on_status=False,
+    )
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+    adapter.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+    return adapter
+
+
+class UrlFetcher:
+    """Downloads one image URL within a total deadline and a byte cap; failures are ImageErrors."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        max_bytes: int,
+        retries: int = 2,
+        max_redirects: int = 5,
+        allow_private: bool = False,
+        resolver: Resolver = system_resolver,
+        is_forbidden: AddressPolicy = is_private_address,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self.max_redirects = max_redirects
+        policy = allow_every_address if allow_private else is_forbidden
+        self._session = requests.Session()
+        # Proxy variables would route around the address guard.
+        self._session.trust_env = False
+        self._session.headers["User-Agent"] = "vision-worker/0.1 (+image fetch)"
+        adapter = _guarded_adapter(resolver, policy, retries)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def fetch(self, url: str) -> bytes:
+        deadline = time.monotonic() + self.timeout_s
+        for _hop in range(self.max_redirects + 1):
+            check_url_shape(url)
+            response = self._get(url, deadline)
+            with response:
+                if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code >= 400:
+                    raise ImageError("fetch_failed", f"{_redact(url)} returned HTTP {response.status_code}")
+                return self._read_body(response, deadline, url)
+        raise ImageError("fetch_failed", f"more than {self.max_redirects} redirects")
+
+    def _get(self, url: str, deadline: float) -> requests.Response:
+        remaining = _remaining(deadline, url)
+        try:
+            return self._session.get(
+                url, stream=True, allow_redirects=False, timeout=(remaining, remaining)
+            )
+        except ForbiddenAddress as error:
+            raise ImageError("forbidden_url", str(error)) from None
+        except requests.exceptions.InvalidSchema:
+            raise ImageError("forbidden_url", f"scheme not allowed in {_redact(url)}") from None
+        except requests.exceptions.Timeout:
+            raise ImageError("fetch_failed", f"timed out fetching {_redact(url)}") from None
+        except requests.exceptions.RequestException as error:
+            raise ImageError("fetch_failed", f"cannot fetch {_redact(url)}: {_reason(error)}") from None
+
+    def _read_body(self, response: requests.Response, deadline: float, url: str) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise ImageError("too_large", f"{declared} bytes declared, limit {self.max_bytes}")
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(_CHUNK_BYTES):
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise ImageError("too_large", f"more than {self.max_bytes} bytes downloaded")
+                _remaining(deadline, url)
+        except requests.exceptions.RequestException as error:
+            raise ImageError("fetch_failed", f"download of {_redact(url)} broke off: {_reason(error)}") from None
+        return bytes(body)
+
+
+def check_url_shape(url: str) -> None:
+    """Reject what no address check is needed for: other schemes, credentials, no host."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in {"http", "https"}:
+        raise ImageError("forbidden_url", f"only http and https URLs are allowed, got {parts.scheme!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ImageError("forbidden_url", "URLs with user credentials are not allowed")
+    if not parts.hostname:
+        raise ImageError("forbidden_url", "URL has no host")
+
+
+def _remaining(deadline: float, url: str) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise ImageError("fetch_failed", f"download of {_redact(url)} exceeded its deadline")
+    return remaining
+
+
+def _redact(url: str) -> str:
+    """Scheme, host and path only: query strings often carry signed-URL secrets."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{parts.path}"[:200]
+
+
+def _reason(error: Any) -> str:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {error}"[:200]

@@ -1,0 +1,143 @@
+"""Image strings (raw base64, data URI, http(s) URL) to RGB PIL images, within byte and pixel limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError
+from .fetch import UrlFetcher
+
+# Formats decoded by Pillow's own code. Others Pillow can open are left out on purpose: EPS calls
+# Ghostscript, and rarely used scientific formats are attack surface with no caption use.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "AVIF", "ICO", "PPM", "TGA")
+
+_DATA_URI = re.compile(r"^data:(?P<media>[^;,]*)(?P<params>(;[^;,]*)*?),", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+_BASE64_ALPHABET = re.compile(r"^[A-Za-z0-9+/\-_]*={0,2}$")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+def is_url(source: str) -> bool:
+    head = source[:16].lower()
+    return "://" in head and not head.startswith("data:")
+
+
+def decode_base64_source(source: str, max_bytes: int) -> bytes:
+    """Raw base64 or a base64 data URI to bytes; tolerates newlines, missing padding, URL-safe."""
+    payload = source
+    match = _DATA_URI.match(source[:256])
+    if match:
+        media = match["media"].strip().lower()
+        if media and not media.startswith("image/"):
+            raise ImageError("invalid_image", f"data URI media type {media!r} is not an image")
+        if ";base64" not in match["params"].lower():
+            raise ImageError("invalid_image", "only base64 data URIs are supported (';base64,')")
+        payload = source[match.end() :]
+    elif source[:5].lower() == "data:":
+        raise ImageError("invalid_image", "malformed data URI: expected 'data:<type>;base64,<data>'")
+    # 4 base64 characters carry 3 bytes; refuse before allocating the decoded copy.
+    if len(payload) > (max_bytes * 4 // 3 + 4) * 2:
+        raise ImageError("too_large", f"base64 payload encodes more than {max_bytes} bytes")
+    compact = _WHITESPACE.sub("", payload)
+    if len(compact) * 3 // 4 > max_bytes + 2:
+        raise ImageError("too_large", f"image is over the {max_bytes}-byte limit")
+    if not compact:
+        raise ImageError("invalid_image", "empty image string")
+    if not _BASE64_ALPHABET.match(compact):
+        raise ImageError("invalid_image", "not valid base64 (and not an http(s) URL or data URI)")
+    compact = compact.rstrip("=")
+    if len(compact) % 4 == 1:
+        raise ImageError("invalid_image", "not valid base64: impossible length")
+    try:
+        data = base64.urlsafe_b64decode(
+            compact.replace("+", "-").replace("/", "_") + "=" * (-len(compact) % 4)
+        )
+    except (binascii.Error, ValueError) as error:
+        raise ImageError("invalid_image", f"not valid base64: {error}") from None
+    if len(data) > max_bytes:
+        raise ImageError("too_large", f"image is {len(data)} bytes, limit {max_bytes}")
+    return data
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Encoded bytes to an upright RGB image; the pixel limit is checked from the header first."""
+    if not data:
+        raise ImageError("invalid_image", "image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageError("too_large", f"image is {len(data)} bytes, limit {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise ImageError(
+                    "too_large",
+                    f"{width}x{height} = {width * height} pixels, limit {limits.max_pixels}",
+                )
+            image.seek(0)  # animations: the first frame only, without touching the others
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError("too_large", f"decompression bomb refused: {error}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("invalid_image", _unidentified_reason(data)) from None
+    except Exception as error:  # Pillow raises many types for corrupt files; all mean the same
+        raise ImageError("invalid_image", f"not a decodable image ({error})"[:300]) from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: high bit depths scaled, transparency composited on white."""
+    if image.mode in {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}:
+        pixels = np.asarray(image, dtype=np.float64)
+        # 16-bit data arrives in I;16 or I; scale by the container's range, not the image's max,
+        # so a dark 16-bit image stays dark.
+        top = 255.0 if pixels.max(initial=0) <= 255 else 65535.0
+        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8), "L")
+    has_alpha = image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _unidentified_reason(data: bytes) -> str:
+    head = data[:512].lstrip().lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "SVG is not supported; send a raster image (PNG, JPEG, WebP, ...)"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "got an HTML page, not an image"
+    if head[:4] == b"\x00\x00\x00\x1c" or b"ftypheic" in data[:32] or b"ftypheix" in data[:32]:
+        return "HEIC is not supported; send PNG, JPEG, WebP or AVIF"
+    return f"not a decodable image (supported: {', '.join(SUPPORTED_FORMATS)})"
+
+
+class ImageLoader:
+    """Turns one image string into an RGB image, fetching URLs with the safe fetcher."""
+
+    def __init__(self, limits: ImageLimits, fetcher: UrlFetcher) -> None:
+        self.limits = limits
+        self.fetcher = fetcher
+
+    def load(self, source: str) -> Image.Image:
+        if is_url(source):
+            data = self.fetcher.fetch(source.strip())
+        else:
+            data = decode_base64_source(source, self.limits.max_bytes)
+        return decode_image(data, self.limits)

@@ -1,0 +1,233 @@
+"""Build real model directories offline: random weights, a tokenizer trained here, save_pretrained.
+
+They load through exactly the production path (`from_pretrained` on a directory), so tests and
+smoke runs need no Hub. `--size full` keeps the real architecture dimensions (ViT-base + GPT-2,
+ResNet-50, ...) for benchmarks with true compute costs; the weights are random either way.
+
+    python -m vision_worker.tiny_models models/tiny-vit-gpt2 --arch vit-gpt2
+    MODEL_NAME=models/tiny-vit-gpt2 python handler.py
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessor,
+    CLIPImageProcessor,
+    ConvNextImageProcessor,
+    GitConfig,
+    GitForCausalLM,
+    GPT2Config,
+    PreTrainedTokenizerFast,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+)
+
+# Words the captioning tokenizer learns; random weights make any caption of them possible.
+_CORPUS = [
+    "a cat sitting on a couch next to a remote",
+    "an astronaut in a white space suit holding a flag",
+    "a cup of coffee on a saucer on a wooden table",
+    "a rocket launching into a blue sky with smoke",
+    "a red motorcycle parked on the side of a street",
+    "two dogs playing with a ball in the grass",
+    "a man riding a bike down a city road at night",
+]
+LABELS = [
+    "tabby cat", "astronaut", "coffee mug", "space shuttle", "motor scooter",
+    "golden retriever", "bicycle", "pizza", "sailboat", "teddy bear",
+]  # fmt: skip
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+GPT2_SPECIAL = "<|endoftext|>"
+# Far wider than the usual 0.02: with near-zero weights every image gets the same caption, and
+# tests that compare per-image with batched output need outputs that depend on the image.
+TINY_INIT = 0.5
+
+
+def _train_tokenizer(specials: list[str], vocab_size: int) -> Tokenizer:
+    tokenizer = Tokenizer(models.WordPiece(unk_token=specials[1] if len(specials) > 1 else specials[0]))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    from tokenizers import decoders
+
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def bert_tokenizer() -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(BERT_SPECIALS, 200),
+        pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", bos_token="[DEC]",
+    )  # fmt: skip
+
+
+def gpt2_tokenizer() -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer([GPT2_SPECIAL, "<unk>"], 200),
+        bos_token=GPT2_SPECIAL, eos_token=GPT2_SPECIAL, pad_token=GPT2_SPECIAL, unk_token="<unk>",
+    )  # fmt: skip
+
+
+def _dims(full: bool, tiny: dict, real: dict) -> dict:
+    return real if full else tiny
+
+
+def _vision(full: bool, image_size: int = 224) -> dict:
+    return _dims(
+        full,
+        dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+             num_attention_heads=2, intermediate_size=64, initializer_range=TINY_INIT),
+        dict(image_size=image_size, patch_size=16, hidden_size=768, num_hidden_layers=12,
+             num_attention_heads=12, intermediate_size=3072),
+    )  # fmt: skip
+
+
+def build_vit_gpt2(out: Path, full: bool) -> None:
+    tokenizer = gpt2_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids(GPT2_SPECIAL)
+    decoder = GPT2Config(
+        vocab_size=50257 if full else len(tokenizer),
+        bos_token_id=eos, eos_token_id=eos, add_cross_attention=True,
+        **_dims(full, dict(n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=TINY_INIT),
+                dict(n_positions=1024, n_embd=768, n_layer=12, n_head=12)),
+    )  # fmt: skip
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        ViTConfig(**_vision(full)), decoder
+    )
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = eos
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config.decoder_start_token_id = eos
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = eos
+    size = 224 if full else 32
+    processor = ViTImageProcessor(size={"height": size, "width": size})
+    _save(out, model, tokenizer, processor)
+
+
+def build_git(out: Path, full: bool) -> None:
+    tokenizer = bert_tokenizer()
+    ids = dict(
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    text = _dims(
+        full,
+        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+             max_position_embeddings=64, initializer_range=TINY_INIT),
+        dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072,
+             max_position_embeddings=1024),
+    )  # fmt: skip
+    config = GitConfig(
+        vision_config=_vision(full), vocab_size=30522 if full else len(tokenizer), **text, **ids
+    )
+    model = GitForCausalLM(config)
+    model.generation_config.update(**ids)
+    size = 224 if full else 32
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size)
+    _save(out, model, tokenizer, processor)
+
+
+def build_blip(out: Path, full: bool) -> None:
+    tokenizer = bert_tokenizer()
+    text = dict(
+        vocab_size=30524 if full else len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **_dims(
+            full,
+            dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, max_position_embeddings=64, initializer_range=TINY_INIT),
+            dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512),
+        ),
+    )  # fmt: skip
+    size = 384 if full else 32
+    config = BlipConfig(
+        text_config=text, vision_config=_vision(full, size), projection_dim=32 if not full else 512
+    )
+    model = BlipForConditionalGeneration(config)
+    model.generation_config.update(
+        bos_token_id=text["bos_token_id"], eos_token_id=text["eos_token_id"],
+        pad_token_id=text["pad_token_id"],
+    )  # fmt: skip
+    processor = BlipImageProcessor(size={"height": size, "width": size})
+    _save(out, model, tokenizer, processor)
+
+
+def _labels() -> dict:
+    return {"id2label": dict(enumerate(LABELS)), "label2id": {n: i for i, n in enumerate(LABELS)}}
+
+
+def build_resnet(out: Path, full: bool) -> None:
+    dims = _dims(
+        full,
+        dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+        dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
+             layer_type="bottleneck"),
+    )  # fmt: skip
+    model = ResNetForImageClassification(ResNetConfig(num_labels=len(LABELS), **dims, **_labels()))
+    size = 224 if full else 32
+    processor = ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=224 / 256)
+    _save(out, model, None, processor)
+
+
+def build_vit(out: Path, full: bool) -> None:
+    model = ViTForImageClassification(ViTConfig(**_vision(full), **_labels()))
+    size = 224 if full else 32
+    _save(out, model, None, ViTImageProcessor(size={"height": size, "width": size}))
+
+
+BUILDERS: dict[str, Callable[[Path, bool], None]] = {
+    "vit-gpt2": build_vit_gpt2,
+    "git": build_git,
+    "blip": build_blip,
+    "resnet": build_resnet,
+    "vit": build_vit,
+}
+
+
+def _save(out: Path, model, tokenizer, processor) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+
+
+def build(arch: str, out: str | Path, *, full: bool = False, seed: int = 0) -> Path:
+    """Write a random-weight model of `arch` to `out` and return the directory."""
+    torch.manual_seed(seed)
+    path = Path(out)
+    BUILDERS[arch](path, full)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="directory to write the model to")
+    parser.add_argument("--arch", choices=sorted(BUILDERS), default="vit-gpt2")
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = build(args.arch, args.out, full=args.size == "full", seed=args.seed)
+    print(f"wrote {args.size} {args.arch} model to {path}; run: MODEL_NAME={path} python handler.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,9 @@
 """RunPod entry point: the model loads once, here at import (cold start); jobs then reuse it.
 
-    python handler.py                          # run test_input.json through the SDK's local mode
-    python handler.py --test_input '{"input": {"image": "https://..."}}'
-    python handler.py --serve --port 8000      # pod mode: HTTP server (or SERVE_MODE=pod)
-    (on RunPod serverless, the same command serves the endpoint's queue)
+python handler.py                          # run test_input.json through the SDK's local mode
+python handler.py --test_input '{"input": {"image": "https://..."}}'
+python handler.py --serve --port 8000      # pod mode: HTTP server (or SERVE_MODE=pod)
+(on RunPod serverless, the same command serves the endpoint's queue)
 """
 
 from __future__ import annotations

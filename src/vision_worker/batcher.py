@@ -10,6 +10,7 @@ lowers the working batch size for the rest of the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -95,10 +96,8 @@ class DynamicBatcher:
             key, wait_s = self._next_ready()
             if key is None:
                 self._wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
-                except TimeoutError:
-                    pass
                 continue
             batch = self._take(key)
             if batch:
@@ -143,7 +142,9 @@ class DynamicBatcher:
             )
         except Exception as error:  # a failing batch fails its own images, never the batcher
             log.exception("batch of %d failed", len(batch))
-            failure = ImageError("inference_failed", f"model error: {type(error).__name__}: {error}"[:300])
+            failure = ImageError(
+                "inference_failed", f"model error: {type(error).__name__}: {error}"[:300]
+            )
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(failure)

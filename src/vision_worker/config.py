@@ -95,12 +95,13 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment (overrides win) or raise ConfigError naming each bad one."""
+    """Settings from the environment (overrides win), or a ConfigError naming each bad one."""
     try:
         return Settings(**overrides)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in error.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
 

@@ -8,7 +8,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def resolve_device(requested: str) -> torch.device:
-    """"auto" is the first GPU when torch sees one, else the CPU."""
+    """ "auto" is the first GPU when torch sees one, else the CPU."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
@@ -18,7 +18,7 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """"auto" is float16 on CUDA and float32 elsewhere."""
+    """ "auto" is float16 on CUDA and float32 elsewhere."""
     if requested == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return _DTYPES[requested]

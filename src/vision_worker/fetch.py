@@ -1,4 +1,4 @@
-"""Safe image download: http(s) only, no private or metadata addresses, a total deadline, a byte cap.
+"""Safe image download: http(s) only, no private or metadata addresses, total deadline, byte cap.
 
 The address check happens where the socket is opened, on the exact address that was checked:
 resolving once to validate and again to connect would let a DNS answer change in between
@@ -18,7 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 from urllib3.util import Retry, connection
 
 from .errors import ImageError
@@ -34,7 +34,7 @@ _TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
-class ForbiddenAddress(Exception):  # noqa: N818 - reads better at the raise site
+class ForbiddenAddress(Exception):
     """Raised inside the connection; deliberately not an OSError so urllib3 does not retry it."""
 
 
@@ -149,7 +149,9 @@ class UrlFetcher:
                     url = urljoin(url, response.headers["location"])
                     continue
                 if response.status_code >= 400:
-                    raise ImageError("fetch_failed", f"{_redact(url)} returned HTTP {response.status_code}")
+                    raise ImageError(
+                        "fetch_failed", f"{_redact(url)} returned HTTP {response.status_code}"
+                    )
                 return self._read_body(response, deadline, url)
         raise ImageError("fetch_failed", f"more than {self.max_redirects} redirects")
 
@@ -166,21 +168,31 @@ class UrlFetcher:
         except requests.exceptions.Timeout:
             raise ImageError("fetch_failed", f"timed out fetching {_redact(url)}") from None
         except requests.exceptions.RequestException as error:
-            raise ImageError("fetch_failed", f"cannot fetch {_redact(url)}: {_reason(error)}") from None
+            raise ImageError(
+                "fetch_failed", f"cannot fetch {_redact(url)}: {_reason(error)}"
+            ) from None
 
     def _read_body(self, response: requests.Response, deadline: float, url: str) -> bytes:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            raise ImageError("too_large", f"{declared} bytes declared, limit {self.max_bytes}")
+            raise ImageError(
+                "too_large", f"{declared} bytes declared, over the {self.max_bytes}-byte limit"
+            )
         body = bytearray()
         try:
-            for chunk in response.iter_content(_CHUNK_BYTES):
+            # read1 returns what has arrived instead of waiting to fill the chunk, so the
+            # deadline is checked between the drips of a slow server.
+            while chunk := response.raw.read1(_CHUNK_BYTES):
                 body += chunk
                 if len(body) > self.max_bytes:
-                    raise ImageError("too_large", f"more than {self.max_bytes} bytes downloaded")
+                    raise ImageError(
+                        "too_large", f"download is over the {self.max_bytes}-byte limit"
+                    )
                 _remaining(deadline, url)
-        except requests.exceptions.RequestException as error:
-            raise ImageError("fetch_failed", f"download of {_redact(url)} broke off: {_reason(error)}") from None
+        except (requests.exceptions.RequestException, HTTPError, OSError) as error:
+            raise ImageError(
+                "fetch_failed", f"download of {_redact(url)} broke off: {_reason(error)}"
+            ) from None
         return bytes(body)
 
 
@@ -188,7 +200,9 @@ def check_url_shape(url: str) -> None:
     """Reject what no address check is needed for: other schemes, credentials, no host."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in {"http", "https"}:
-        raise ImageError("forbidden_url", f"only http and https URLs are allowed, got {parts.scheme!r}")
+        raise ImageError(
+            "forbidden_url", f"only http and https URLs are allowed, got {parts.scheme!r}"
+        )
     if parts.username is not None or parts.password is not None:
         raise ImageError("forbidden_url", "URLs with user credentials are not allowed")
     if not parts.hostname:

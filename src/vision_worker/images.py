@@ -1,4 +1,4 @@
-"""Image strings (raw base64, data URI, http(s) URL) to RGB PIL images, within byte and pixel limits."""
+"""Image strings (raw base64, data URI, http(s) URL) to RGB PIL images, within byte/pixel limits."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from .fetch import UrlFetcher
 
 # Formats decoded by Pillow's own code. Others Pillow can open are left out on purpose: EPS calls
 # Ghostscript, and rarely used scientific formats are attack surface with no caption use.
-SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "AVIF", "ICO", "PPM", "TGA")
+_WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "ICO", "PPM", "TGA")
+Image.init()
+# AVIF needs Pillow >= 11.2 built with libavif; list only what this Pillow really opens.
+SUPPORTED_FORMATS = tuple(name for name in _WANTED_FORMATS if name in Image.OPEN)
 
 _DATA_URI = re.compile(r"^data:(?P<media>[^;,]*)(?P<params>(;[^;,]*)*?),", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -47,10 +50,12 @@ def decode_base64_source(source: str, max_bytes: int) -> bytes:
             raise ImageError("invalid_image", "only base64 data URIs are supported (';base64,')")
         payload = source[match.end() :]
     elif source[:5].lower() == "data:":
-        raise ImageError("invalid_image", "malformed data URI: expected 'data:<type>;base64,<data>'")
+        raise ImageError(
+            "invalid_image", "malformed data URI: expected 'data:<type>;base64,<data>'"
+        )
     # 4 base64 characters carry 3 bytes; refuse before allocating the decoded copy.
     if len(payload) > (max_bytes * 4 // 3 + 4) * 2:
-        raise ImageError("too_large", f"base64 payload encodes more than {max_bytes} bytes")
+        raise ImageError("too_large", f"base64 payload is over the {max_bytes}-byte limit")
     compact = _WHITESPACE.sub("", payload)
     if len(compact) * 3 // 4 > max_bytes + 2:
         raise ImageError("too_large", f"image is over the {max_bytes}-byte limit")
@@ -68,7 +73,9 @@ def decode_base64_source(source: str, max_bytes: int) -> bytes:
     except (binascii.Error, ValueError) as error:
         raise ImageError("invalid_image", f"not valid base64: {error}") from None
     if len(data) > max_bytes:
-        raise ImageError("too_large", f"image is {len(data)} bytes, limit {max_bytes}")
+        raise ImageError(
+            "too_large", f"image is {len(data)} bytes, over the {max_bytes}-byte limit"
+        )
     return data
 
 
@@ -77,7 +84,9 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     if not data:
         raise ImageError("invalid_image", "image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise ImageError("too_large", f"image is {len(data)} bytes, limit {limits.max_bytes}")
+        raise ImageError(
+            "too_large", f"image is {len(data)} bytes, over the {limits.max_bytes}-byte limit"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -28,11 +28,11 @@ from transformers import (
     PreTrainedTokenizerFast,
     ResNetConfig,
     ResNetForImageClassification,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
-    VisionEncoderDecoderConfig,
-    VisionEncoderDecoderModel,
 )
 
 # Words the captioning tokenizer learns; random weights make any caption of them possible.
@@ -57,7 +57,9 @@ TINY_INIT = 0.5
 
 
 def _train_tokenizer(specials: list[str], vocab_size: int) -> Tokenizer:
-    tokenizer = Tokenizer(models.WordPiece(unk_token=specials[1] if len(specials) > 1 else specials[0]))
+    tokenizer = Tokenizer(
+        models.WordPiece(unk_token=specials[1] if len(specials) > 1 else specials[0])
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
     tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
@@ -102,7 +104,8 @@ def build_vit_gpt2(out: Path, full: bool) -> None:
     decoder = GPT2Config(
         vocab_size=50257 if full else len(tokenizer),
         bos_token_id=eos, eos_token_id=eos, add_cross_attention=True,
-        **_dims(full, dict(n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=TINY_INIT),
+        **_dims(full, dict(n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                         initializer_range=TINY_INIT),
                 dict(n_positions=1024, n_embd=768, n_layer=12, n_head=12)),
     )  # fmt: skip
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
@@ -226,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = build(args.arch, args.out, full=args.size == "full", seed=args.seed)
-    print(f"wrote {args.size} {args.arch} model to {path}; run: MODEL_NAME={path} python handler.py")
+    print(
+        f"wrote {args.size} {args.arch} model to {path}; run: MODEL_NAME={path} python handler.py"
+    )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,10 @@ class Worker:
         return worker
 
     def warm_up(self) -> None:
-        """One tiny batch, so lazy initialisation (kernels, allocator) is not the first job's cost."""
-        self.task.predict([Image.new("RGB", (64, 64), (127, 127, 127))], self.task.resolve_options({}))
+        """One tiny batch, so lazy initialisation (kernels, allocator) is not job one's cost."""
+        self.task.predict(
+            [Image.new("RGB", (64, 64), (127, 127, 127))], self.task.resolve_options({})
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -27,7 +27,9 @@ class CaptionTask:
     option_names: ClassVar[tuple[str, ...]] = ("max_new_tokens", "num_beams")
     model_types: ClassVar[frozenset[str]] = frozenset({"vision-encoder-decoder", "git", "blip"})
 
-    def __init__(self, source: ModelSource, model, processor, tokenizer, settings: Settings) -> None:
+    def __init__(
+        self, source: ModelSource, model, processor, tokenizer, settings: Settings
+    ) -> None:
         self.source = source
         self.model = model
         self.processor = processor

@@ -43,13 +43,17 @@ class ClassifyTask:
 
     def resolve_options(self, given: dict[str, int]) -> ClassifyOptions:
         default = min(self.settings.DEFAULT_TOP_K, len(self.labels))
-        return ClassifyOptions(check_range("top_k", given.get("top_k", default), 1, len(self.labels)))
+        return ClassifyOptions(
+            check_range("top_k", given.get("top_k", default), 1, len(self.labels))
+        )
 
     def batch_key(self, options: ClassifyOptions) -> tuple:
         # top_k only slices the output, so every classification job can share a batch.
         return ()
 
-    def predict(self, images: Sequence[Image.Image], options: ClassifyOptions) -> list[torch.Tensor]:
+    def predict(
+        self, images: Sequence[Image.Image], options: ClassifyOptions
+    ) -> list[torch.Tensor]:
         pixels = self.processor(images=list(images), return_tensors="pt").pixel_values
         pixels = pixels.to(self.source.device, dtype=self.source.dtype, non_blocking=True)
         with torch.inference_mode():

@@ -1,0 +1,113 @@
+"""Fixtures: tiny models built offline once per session, workers on them, images to send."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from vision_worker.config import load_settings
+from vision_worker.tiny_models import build
+from vision_worker.worker import Worker
+
+CAPTION_ARCHS = ("vit-gpt2", "git", "blip")
+CLASSIFY_ARCHS = ("resnet", "vit")
+
+# One loop for every test: the batcher binds to the loop that first submits to it.
+_LOOP = asyncio.new_event_loop()
+
+
+def run_job(worker: Worker, job_input) -> dict:
+    """What the RunPod handler returns for {"input": job_input}."""
+    return _LOOP.run_until_complete(worker.run(job_input))
+
+
+def run_jobs(worker: Worker, inputs: list) -> list[dict]:
+    """Several jobs in flight at once, as a worker with concurrency > 1 sees them."""
+
+    async def all_jobs() -> list[dict]:
+        return await asyncio.gather(*(worker.run(i) for i in inputs))
+
+    return _LOOP.run_until_complete(all_jobs())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_loop_at_exit():
+    yield
+
+    async def cancel_leftovers() -> None:
+        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+
+    _LOOP.run_until_complete(cancel_leftovers())
+    _LOOP.close()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Callable[[str], Path]:
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build(arch, tmp_path_factory.mktemp(arch))
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def make_worker(model_dir) -> Callable[..., Worker]:
+    """A Worker on a tiny model; settings overrides as keyword arguments."""
+    cache: dict[tuple, Worker] = {}
+
+    def make(arch: str = "vit-gpt2", **overrides) -> Worker:
+        key = (arch, tuple(sorted(overrides.items())))
+        if key not in cache:
+            settings = load_settings(
+                **{"MODEL_NAME": str(model_dir(arch)), "WARMUP": False, "BATCH_WAIT_MS": 5,
+                   **overrides}
+            )  # fmt: skip
+            cache[key] = Worker.start(settings)
+        return cache[key]
+
+    return make
+
+
+def photo(name: str, size: tuple[int, int] | None = (96, 64)) -> Image.Image:
+    """A real photo from scikit-image's sample data (chelsea the cat, astronaut, coffee, ...)."""
+    image = Image.fromarray(getattr(skimage.data, name)())
+    return image.resize(size) if size else image
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+def b64(data: bytes | Image.Image, fmt: str = "PNG") -> str:
+    if isinstance(data, Image.Image):
+        data = encode(data, fmt)
+    return base64.b64encode(data).decode()
+
+
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera")
+
+
+@pytest.fixture(scope="session")
+def photos_b64() -> list[str]:
+    return [b64(photo(name)) for name in PHOTOS]
+
+
+def noise_image(seed: int, size=(48, 40)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8))

@@ -1,0 +1,81 @@
+"""handler.py as RunPod runs it: cold start at import, the SDK's local test mode, bad config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vision_worker.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _handler(model: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "MODEL_NAME": str(model), "HF_HUB_OFFLINE": "1", **env}
+    environment.pop("RUNPOD_WEBHOOK_GET_JOB", None)  # its absence selects local test mode
+    return subprocess.run(
+        [sys.executable, "handler.py", *args], cwd=ROOT, env=environment,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_python_handler_py_runs_test_input_json(model_dir):
+    done = _handler(model_dir("vit-gpt2"))
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    log = done.stdout + done.stderr
+    assert "completed successfully" in log
+    assert "'caption':" in log
+    assert "(task caption) on cpu as torch.float32" in log
+
+
+def test_test_input_argument_overrides_the_file(model_dir):
+    job = {"input": {"image": "data:image/png;base64,not-really", "top_k": 2}}
+    done = _handler(model_dir("resnet"), "--test_input", json.dumps(job))
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-2000:]
+    assert "invalid_image" in log
+
+
+def test_an_invalid_job_is_reported_as_failed(model_dir):
+    done = _handler(model_dir("resnet"), "--test_input", json.dumps({"input": {"images": []}}))
+    assert done.returncode == 1
+    assert '"images" is empty' in done.stdout + done.stderr
+
+
+def test_test_input_json_is_a_valid_job():
+    job = json.loads((ROOT / "test_input.json").read_text())
+    assert set(job) == {"input"}
+    assert len(job["input"]["images"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"MAX_BATCH_SIZE": 0}, "MAX_BATCH_SIZE: Input should be greater than or equal to 1"),
+        ({"DTYPE": "float8"}, "DTYPE: Input should be 'auto', 'float32', 'float16' or 'bfloat16'"),
+        ({"DEVICE": "tpu"}, "DEVICE: Value error, must be auto, cpu, cuda, cuda:N or mps"),
+        ({"DEFAULT_MAX_NEW_TOKENS": 500}, "must not exceed MAX_NEW_TOKENS_LIMIT"),
+    ],
+)
+def test_bad_configuration_fails_with_a_message_naming_the_setting(overrides, message):
+    with pytest.raises(ConfigError, match="invalid configuration") as caught:
+        load_settings(**overrides)
+    assert message in str(caught.value)
+
+
+def test_settings_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MAX_BATCH_SIZE", "32")
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")
+    settings = load_settings()
+    assert (settings.MAX_BATCH_SIZE, settings.ALLOW_PRIVATE_URLS) == (32, True)
+
+
+def test_bad_environment_stops_cold_start_with_a_clear_message(model_dir):
+    done = _handler(model_dir("resnet"), MAX_IMAGES_PER_JOB="lots")
+    assert done.returncode != 0
+    assert "MAX_IMAGES_PER_JOB: Input should be a valid integer" in done.stderr

@@ -79,3 +79,40 @@ def test_bad_environment_stops_cold_start_with_a_clear_message(model_dir):
     done = _handler(model_dir("resnet"), MAX_IMAGES_PER_JOB="lots")
     assert done.returncode != 0
     assert "MAX_IMAGES_PER_JOB: Input should be a valid integer" in done.stderr
+
+
+def test_serve_flag_starts_pod_mode_and_sigterm_exits_cleanly(model_dir):
+    import signal
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "MODEL_NAME": str(model_dir("resnet")), "SERVE_MODE": "pod"}
+    process = subprocess.Popen(
+        [sys.executable, "handler.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert health["task"] == "classify"
+        job = json.loads((ROOT / "test_input.json").read_text())
+        body = requests.post(f"http://127.0.0.1:{port}/runsync", json=job, timeout=60).json()
+        assert body["status"] == "COMPLETED"
+        process.send_signal(signal.SIGTERM)
+        # uvicorn finishes in-flight work, then re-raises SIGTERM so the exit status reports it.
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in process.stdout.read()
+    finally:
+        process.kill()

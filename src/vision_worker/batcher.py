@@ -24,6 +24,8 @@ from .errors import ImageError
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[Sequence[Any], Any], list[Any]]
+# Batch keys are caller-defined and may be None, so "no batch is ready" needs its own marker.
+_NOTHING_READY = object()
 
 
 @dataclass
@@ -94,7 +96,7 @@ class DynamicBatcher:
     async def _schedule_forever(self) -> None:
         while True:
             key, wait_s = self._next_ready()
-            if key is None:
+            if key is _NOTHING_READY:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
@@ -107,10 +109,11 @@ class DynamicBatcher:
                 finally:
                     self._busy = False
 
-    def _next_ready(self) -> tuple[Hashable | None, float | None]:
-        """The key whose batch should run now, or how long until the oldest one must."""
+    def _next_ready(self) -> tuple[Hashable, float | None]:
+        """The key whose batch should run now, or _NOTHING_READY and how long until one is."""
         now = time.monotonic()
-        oldest_key, oldest_at = None, None
+        oldest_key: Hashable = _NOTHING_READY
+        oldest_at: float | None = None
         for key, queue in self._queues.items():
             _drop_cancelled(queue)
             if not queue:
@@ -120,9 +123,9 @@ class DynamicBatcher:
             if oldest_at is None or queue[0].queued_at < oldest_at:
                 oldest_key, oldest_at = key, queue[0].queued_at
         if oldest_at is None:
-            return None, None
+            return _NOTHING_READY, None
         remaining = oldest_at + self.max_wait_s - now
-        return (oldest_key, None) if remaining <= 0 else (None, remaining)
+        return (oldest_key, None) if remaining <= 0 else (_NOTHING_READY, remaining)
 
     def _take(self, key: Hashable) -> list[_Pending]:
         queue = self._queues[key]

@@ -1,0 +1,300 @@
+"""Pod mode: the worker as a plain HTTP service that speaks RunPod's serverless API.
+
+The same routes are served at the root and under /v2/{endpoint_id}/, so the official runpod SDK
+works against a pod unchanged (RUNPOD_ENDPOINT_BASE_URL=http://<pod>:8000/v2). /run really runs
+in the background; every request goes through the worker's dynamic batcher, so concurrent
+HTTP clients share forward passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import Settings
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
+    "IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED",
+)  # fmt: skip
+FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+class JobRequest(BaseModel):
+    """RunPod's request body; "input" is validated by the worker, as on serverless."""
+
+    model_config = ConfigDict(extra="allow")
+    input: Any = Field(..., description="The job input (see the README's input contract).")
+
+
+@dataclass
+class JobRecord:
+    id: str
+    input: Any
+    status: str = IN_QUEUE
+    output: Any = None
+    error: str | None = None
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+    task: asyncio.Task | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "status": self.status}
+        if self.started is not None:
+            body["delayTime"] = round((self.started - self.created) * 1000)
+        if self.finished is not None and self.started is not None:
+            body["executionTime"] = round((self.finished - self.started) * 1000)
+        if self.status == COMPLETED:
+            body["output"] = self.output
+        elif self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+class JobStore:
+    """Jobs by id. Finished ones are kept for a while, bounded in age and count."""
+
+    def __init__(self, ttl_s: float, max_finished: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_finished = max_finished
+        self._jobs: OrderedDict[str, JobRecord] = OrderedDict()
+        self.counts = {COMPLETED: 0, FAILED: 0, CANCELLED: 0}
+
+    def add(self, record: JobRecord) -> JobRecord:
+        self._jobs[record.id] = record
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        self.evict()
+        return self._jobs.get(job_id)
+
+    def finish(self, record: JobRecord, status: str) -> None:
+        record.status, record.finished = status, time.monotonic()
+        self.counts[status] += 1
+        self._jobs.move_to_end(record.id)  # finished order is eviction order
+        self.evict()
+
+    def evict(self) -> None:
+        now = time.monotonic()
+        finished = [r for r in self._jobs.values() if r.status in FINISHED]
+        excess = len(finished) - self.max_finished
+        for index, record in enumerate(finished):
+            if index < excess or now - (record.finished or now) > self.ttl_s:
+                del self._jobs[record.id]
+
+    def active(self) -> list[JobRecord]:
+        return [r for r in self._jobs.values() if r.status not in FINISHED]
+
+
+class PodServer:
+    """Runs jobs for HTTP requests on one worker."""
+
+    def __init__(self, worker: Worker, settings: Settings) -> None:
+        self.worker = worker
+        self.settings = settings
+        self.store = JobStore(settings.RESULT_TTL_S, settings.MAX_STORED_RESULTS)
+        self._slots: asyncio.Semaphore | None = None
+
+    async def execute(self, record: JobRecord) -> JobRecord:
+        """Run one job to a final state; never raises."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.MAX_CONCURRENCY)
+        try:
+            async with self._slots:
+                record.status, record.started = IN_PROGRESS, time.monotonic()
+                output = await self.worker.run(record.input)
+        except asyncio.CancelledError:
+            record.error = "job was cancelled"
+            self.store.finish(record, CANCELLED)
+            raise
+        if isinstance(output, dict) and "error" in output:
+            record.error = str(output["error"])
+            self.store.finish(record, FAILED)
+        else:
+            record.output = output
+            self.store.finish(record, COMPLETED)
+        return record
+
+    def submit(self, job_input: Any) -> JobRecord:
+        record = self.store.add(JobRecord(id=_new_id(), input=job_input))
+        record.task = asyncio.create_task(self.execute(record), name=f"job-{record.id}")
+        record.task.add_done_callback(_swallow_cancel)
+        return record
+
+    async def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Finish the jobs in flight (uvicorn has already stopped taking new requests)."""
+        tasks = [r.task for r in self.store.active() if r.task is not None]
+        if tasks:
+            log.info("shutdown: finishing %d job(s) in flight", len(tasks))
+            await asyncio.wait(tasks, timeout=timeout_s)
+        await self.worker.batcher.drain()
+
+    def health(self) -> dict[str, Any]:
+        active = self.store.active()
+        return {
+            "status": "ready",
+            **self.worker.describe(),
+            "jobs_in_queue": sum(r.status == IN_QUEUE for r in active),
+            "jobs_in_progress": sum(r.status == IN_PROGRESS for r in active),
+        }
+
+    def runpod_health(self) -> dict[str, Any]:
+        """The body RunPod's /health returns, so the SDK's Endpoint.health() parses it."""
+        active = self.store.active()
+        in_progress = sum(r.status == IN_PROGRESS for r in active)
+        return {
+            "jobs": {
+                "completed": self.store.counts[COMPLETED],
+                "failed": self.store.counts[FAILED],
+                "inProgress": in_progress,
+                "inQueue": len(active) - in_progress,
+                "retried": 0,
+            },
+            "workers": {"idle": int(not active), "running": int(bool(active)), "ready": 1},
+        }
+
+
+def create_app(worker: Worker, settings: Settings) -> FastAPI:
+    pod = PodServer(worker, settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await pod.shutdown()
+
+    app = FastAPI(
+        title="vision-worker",
+        description=f"{settings.MODEL_NAME} ({worker.task.name}) behind RunPod's serverless API.",
+        lifespan=lifespan,
+    )
+    app.state.pod = pod
+    app.middleware("http")(_require_api_key(settings.POD_API_KEY))
+
+    # Registered before the /v2 copy of the routes so it wins over their /health.
+    @app.get("/v2/{endpoint_id}/health", tags=["health"], summary="RunPod's endpoint health shape")
+    async def runpod_health(endpoint_id: str) -> dict:
+        return pod.runpod_health()
+
+    router = _routes(pod, settings)
+    app.include_router(router)
+    app.include_router(router, prefix="/v2/{endpoint_id}", include_in_schema=False)
+    return app
+
+
+def _routes(pod: PodServer, settings: Settings) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/runsync", tags=["jobs"], summary="Run a job and wait for its output")
+    async def runsync(request: JobRequest) -> dict:
+        record = pod.store.add(JobRecord(id=_new_id(), input=request.input))
+        return (await pod.execute(record)).to_json()
+
+    @router.post("/run", tags=["jobs"], summary="Queue a job; poll /status/{id}")
+    async def run(request: JobRequest) -> JSONResponse:
+        if len(pod.store.active()) >= settings.MAX_STORED_RESULTS:
+            return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
+        record = pod.submit(request.input)
+        return JSONResponse({"id": record.id, "status": record.status})
+
+    async def status(job_id: str) -> JSONResponse:
+        record = pod.store.get(job_id)
+        if record is None:
+            return JSONResponse({"error": f"job {job_id} not found (or expired)"}, 404)
+        return JSONResponse(record.to_json())
+
+    # RunPod answers status on GET and POST; two routes keep OpenAPI operation ids unique.
+    for method in ("GET", "POST"):
+        router.add_api_route("/status/{job_id}", status, methods=[method], tags=["jobs"],
+                             operation_id=f"status_{method.lower()}")  # fmt: skip
+
+    @router.post("/cancel/{job_id}", tags=["jobs"])
+    async def cancel(job_id: str) -> JSONResponse:
+        record = pod.store.get(job_id)
+        if record is None:
+            return JSONResponse({"error": f"job {job_id} not found (or expired)"}, 404)
+        if record.task is not None and not record.task.done():
+            record.task.cancel()
+            await asyncio.wait([record.task])
+        return JSONResponse({"id": record.id, "status": record.status})
+
+    @router.post("/predict", tags=["jobs"], summary="Multipart upload: curl -F image=@cat.jpg")
+    async def predict(
+        image: Annotated[list[UploadFile], File(description="One or more image files.")],
+        top_k: Annotated[int | None, Form()] = None,
+        max_new_tokens: Annotated[int | None, Form()] = None,
+        num_beams: Annotated[int | None, Form()] = None,
+    ) -> JSONResponse:
+        options = {"top_k": top_k, "max_new_tokens": max_new_tokens, "num_beams": num_beams}
+        job_input = {
+            "images": [await _upload_as_base64(f, settings.MAX_IMAGE_BYTES) for f in image],
+            **{name: value for name, value in options.items() if value is not None},
+        }
+        output = await pod.worker.run(job_input)
+        return JSONResponse(output, status_code=400 if set(output) == {"error"} else 200)
+
+    @router.get("/health", tags=["health"])
+    async def health() -> dict:
+        return pod.health()
+
+    return router
+
+
+async def _upload_as_base64(upload: UploadFile, max_bytes: int) -> str:
+    # One byte over the limit is enough for the image stage to report too_large.
+    return base64.b64encode(await upload.read(max_bytes + 1)).decode()
+
+
+_HEALTH_PATH = re.compile(r"(/v2/[^/]+)?/health/?")
+
+
+def _require_api_key(api_key: str | None):
+    expected = f"Bearer {api_key}".encode()
+
+    async def check(request: Request, call_next):
+        if api_key is None or _HEALTH_PATH.fullmatch(request.url.path):
+            return await call_next(request)
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return JSONResponse({"error": "missing or wrong API key"}, 401)
+        return await call_next(request)
+
+    return check
+
+
+def _new_id() -> str:
+    return f"pod-{uuid.uuid4()}"
+
+
+def _swallow_cancel(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background job crashed: %r", task.exception())
+
+
+def serve(worker: Worker, host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT; in-flight jobs finish before the process exits."""
+    settings = worker.settings
+    log.info("pod mode: serving on http://%s:%d (docs at /docs)", host, port)
+    uvicorn.run(
+        create_app(worker, settings),
+        host=host,
+        port=port,
+        log_level=settings.LOG_LEVEL.lower(),
+        timeout_graceful_shutdown=120,
+    )

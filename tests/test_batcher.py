@@ -1,0 +1,170 @@
+"""The dynamic batcher alone: fill or wait, options never mixed, OOM splits, failures contained."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import pytest
+import torch
+
+from vision_worker.batcher import DynamicBatcher
+from vision_worker.device import is_out_of_memory
+from vision_worker.errors import ImageError
+
+
+class RecordingModel:
+    """Doubles each item; records every batch it saw and can run out of memory above a size."""
+
+    def __init__(self, oom_above: int | None = None, fail_on: object = None) -> None:
+        self.batches: list[tuple[list, object]] = []
+        self.oom_above = oom_above
+        self.fail_on = fail_on
+        self.threads: set[str] = set()
+
+    def __call__(self, items, options):
+        self.threads.add(threading.current_thread().name)
+        if self.oom_above is not None and len(items) > self.oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.fail_on in items:
+            raise ValueError("model blew up")
+        self.batches.append((list(items), options))
+        return [(item * 2, options) for item in items]
+
+
+def _batcher(model, **kwargs) -> DynamicBatcher:
+    options = {"max_batch_size": 8, "max_wait_s": 0.02, "is_out_of_memory": is_out_of_memory}
+    return DynamicBatcher(model, **{**options, **kwargs})
+
+
+async def _job(batcher, items, options) -> list:
+    return await asyncio.gather(
+        *(batcher.submit(i, options) for i in items), return_exceptions=True
+    )
+
+
+def test_many_jobs_with_mixed_options_get_exactly_their_own_results_in_order():
+    model = RecordingModel()
+    batcher = _batcher(model)
+    rng = random.Random(0)
+    jobs = [
+        (list(range(100 * j, 100 * j + rng.randint(1, 12))), rng.choice("ab")) for j in range(40)
+    ]
+
+    async def main():
+        return await asyncio.gather(*(_job(batcher, items, opt) for items, opt in jobs))
+
+    results = asyncio.run(main())
+    for (items, option), result in zip(jobs, results, strict=True):
+        assert result == [(i * 2, option) for i in items]
+    option_of = {item: option for items, option in jobs for item in items}
+    assert all(option_of[item] == options for batch, options in model.batches for item in batch)
+    assert all(len(batch) <= 8 for batch, _ in model.batches)
+    # 40 jobs, ~260 images: batching must have packed them, not run one by one.
+    assert len(model.batches) < sum(len(items) for items, _ in jobs) / 4
+    assert model.threads == {"model_0"}
+
+
+def test_options_are_never_mixed_in_one_batch():
+    model = RecordingModel()
+    batcher = _batcher(model)
+
+    async def main():
+        return await asyncio.gather(
+            _job(batcher, [1, 2, 3], "short"), _job(batcher, [4, 5], "long")
+        )
+
+    asyncio.run(main())
+    for items, options in model.batches:
+        assert {i for i in items} <= ({1, 2, 3} if options == "short" else {4, 5})
+
+
+def test_a_full_batch_runs_without_waiting_and_a_partial_one_waits_at_most_max_wait():
+    model = RecordingModel()
+    batcher = _batcher(model, max_wait_s=5.0, max_batch_size=4)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await _job(batcher, [1, 2, 3, 4], None)
+        return loop.time() - started
+
+    assert asyncio.run(main()) < 1.0
+
+    quick = _batcher(RecordingModel(), max_wait_s=0.05, max_batch_size=64)
+
+    async def partial():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await _job(quick, [1], None)
+        return loop.time() - started
+
+    assert 0.04 <= asyncio.run(partial()) < 1.0
+
+
+def test_out_of_memory_splits_the_batch_and_lowers_the_working_size():
+    model = RecordingModel(oom_above=3)
+    batcher = _batcher(model, max_batch_size=8, max_wait_s=0.05)
+    results = asyncio.run(_job(batcher, list(range(8)), None))
+    assert results == [(i * 2, None) for i in range(8)]
+    assert batcher.working_batch_size == 2  # 8 failed, 4 failed, halves of 2 fit
+    assert all(len(batch) <= 3 for batch, _ in model.batches)
+    # Later batches start at the working size and do not hit OOM again.
+    model.batches.clear()
+    asyncio.run(_job(batcher, list(range(6)), None))
+    assert [len(b) for b, _ in model.batches] == [2, 2, 2]
+
+
+def test_a_single_image_that_runs_out_of_memory_fails_alone():
+    model = RecordingModel(oom_above=0)
+    results = asyncio.run(_job(_batcher(model), [1, 2], None))
+    assert all(isinstance(r, ImageError) and r.code == "inference_failed" for r in results)
+    assert "out of memory" in results[0].message
+
+
+def test_a_failing_batch_fails_its_items_and_the_batcher_keeps_running():
+    model = RecordingModel(fail_on=13)
+    batcher = _batcher(model, max_batch_size=2, max_wait_s=0.05)
+
+    async def main():
+        failed = await _job(batcher, [12, 13], None)
+        fine = await _job(batcher, [1, 2, 3], None)
+        return failed, fine
+
+    failed, fine = asyncio.run(main())
+    assert [r.code for r in failed] == ["inference_failed"] * 2
+    assert "model blew up" in failed[0].message
+    assert fine == [(2, None), (4, None), (6, None)]
+
+
+def test_a_cancelled_waiter_is_skipped_not_run():
+    model = RecordingModel()
+    batcher = _batcher(model, max_wait_s=0.1)
+
+    async def main():
+        doomed = asyncio.ensure_future(batcher.submit(99, None))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        return await _job(batcher, [1], None)
+
+    assert asyncio.run(main()) == [(2, None)]
+    assert all(99 not in batch for batch, _ in model.batches)
+
+
+def test_a_model_returning_the_wrong_count_is_an_error_not_a_silent_mismatch():
+    batcher = _batcher(lambda items, options: items[:-1])
+    results = asyncio.run(_job(batcher, [1, 2], None))
+    assert all(isinstance(r, ImageError) for r in results)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory"), True),
+        (RuntimeError("CUDA error: out of memory"), True),
+        (RuntimeError("shape mismatch"), False),
+    ],
+)
+def test_out_of_memory_detection(error, expected):
+    assert is_out_of_memory(error) is expected

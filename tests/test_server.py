@@ -1,0 +1,211 @@
+"""Pod mode over real HTTP on 127.0.0.1: RunPod's routes, the SDK's own client, auth, shutdown."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+import runpod
+import uvicorn
+
+from conftest import encode, noise_image
+from vision_worker.config import load_settings
+from vision_worker.server import create_app
+from vision_worker.worker import Worker
+
+PNG_BYTES = encode(noise_image(7))
+PNG_URI = "data:image/png;base64," + base64.b64encode(PNG_BYTES).decode()
+KEY = "s3cret-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(worker: Worker) -> Iterator[tuple[str, uvicorn.Server]]:
+    port = _free_port()
+    config = uvicorn.Config(create_app(worker, worker.settings), host="127.0.0.1", port=port,
+                            log_level="warning", timeout_graceful_shutdown=30)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def _worker(model_dir, arch="resnet", **overrides) -> Worker:
+    return Worker.start(
+        load_settings(**{"MODEL_NAME": str(model_dir(arch)), "WARMUP": False, **overrides})
+    )
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with running_server(_worker(model_dir, POD_API_KEY=KEY, MAX_BATCH_SIZE=8)) as (url, srv):
+        yield url, srv
+
+
+@pytest.fixture
+def http(server) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {KEY}"
+    return session
+
+
+def _job(**options) -> dict:
+    return {"input": {"image": PNG_URI, **options}}
+
+
+@pytest.mark.parametrize("prefix", ["", "/v2/any-endpoint-id"])
+def test_runsync_returns_runpods_completed_body(server, http, prefix):
+    url, _ = server
+    body = http.post(f"{url}{prefix}/runsync", json=_job(top_k=2), timeout=30).json()
+    assert body["status"] == "COMPLETED"
+    assert body["id"].startswith("pod-")
+    assert len(body["output"]["results"][0]["labels"]) == 2
+    assert body["executionTime"] >= 0
+
+
+def test_runsync_invalid_job_is_failed_with_the_error(server, http):
+    url, _ = server
+    body = http.post(f"{url}/runsync", json={"input": {"images": []}}, timeout=30).json()
+    assert body["status"] == "FAILED"
+    assert '"images" is empty' in body["error"]
+
+
+def test_run_really_runs_in_the_background_and_status_reports_it(server, http):
+    url, _ = server
+    queued = http.post(f"{url}/run", json=_job(), timeout=30).json()
+    assert queued["status"] in {"IN_QUEUE", "IN_PROGRESS"}
+    deadline = time.monotonic() + 30
+    while True:  # polled with GET and POST, as RunPod allows both
+        method = http.get if int(time.monotonic() * 10) % 2 else http.post
+        state = method(f"{url}/status/{queued['id']}", timeout=30).json()
+        if state["status"] == "COMPLETED":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert state["output"]["results"][0]["labels"]
+
+
+def test_unknown_job_id_is_404(server, http):
+    url, _ = server
+    response = http.get(f"{url}/status/pod-nope", timeout=30)
+    assert response.status_code == 404
+    assert "not found" in response.json()["error"]
+
+
+def test_predict_accepts_multipart_uploads(server, http):
+    url, _ = server
+    files = [
+        ("image", ("a.png", PNG_BYTES, "image/png")),
+        ("image", ("b.txt", b"text", "text/plain")),
+    ]
+    response = http.post(f"{url}/predict", files=files, data={"top_k": "3"}, timeout=30)
+    assert response.status_code == 200
+    first, second = response.json()["results"]
+    assert len(first["labels"]) == 3
+    assert second["error"]["code"] == "invalid_image"
+
+
+def test_health_is_open_and_everything_else_needs_the_key(server):
+    url, _ = server
+    health = requests.get(f"{url}/health", timeout=30).json()
+    assert health["status"] == "ready"
+    assert health["task"] == "classify"
+    assert "queue_depth" in health
+    assert requests.get(f"{url}/v2/x/health", timeout=30).json()["jobs"]["inQueue"] >= 0
+    protected = [("post", "/runsync"), ("post", "/run"), ("get", "/status/x"),
+                 ("post", "/v2/x/runsync"), ("get", "/docs"), ("post", "/predict")]  # fmt: skip
+    for method, path in protected:
+        assert requests.request(method, f"{url}{path}", json=_job(), timeout=30).status_code == 401
+        wrong = {"Authorization": "Bearer wrong"}
+        assert (
+            requests.request(method, f"{url}{path}", headers=wrong, timeout=30).status_code == 401
+        )
+
+
+def test_openapi_docs_are_served(server, http):
+    url, _ = server
+    assert http.get(f"{url}/docs", timeout=30).status_code == 200
+    assert "/runsync" in http.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+
+
+def test_the_official_runpod_sdk_works_against_the_pod_unchanged(server, monkeypatch):
+    url, _ = server
+    monkeypatch.setattr(runpod, "endpoint_url_base", f"{url}/v2")
+    monkeypatch.setattr(runpod, "api_key", KEY)
+    endpoint = runpod.Endpoint("my-pod")
+
+    output = endpoint.run_sync(_job(top_k=1), timeout=30)
+    assert len(output["results"][0]["labels"]) == 1
+
+    job = endpoint.run(_job(top_k=4))
+    assert job.status() in {"IN_QUEUE", "IN_PROGRESS", "COMPLETED"}
+    assert len(job.output(timeout=30)["results"][0]["labels"]) == 4
+    assert job.status() == "COMPLETED"
+    assert endpoint.health()["jobs"]["completed"] >= 2
+
+
+def test_concurrent_http_clients_share_batches(server, http):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, srv = server
+    worker = srv.config.app.state.pod.worker
+    before = sum(n * c for n, c in worker.batcher.batch_sizes.items() if n > 1)
+    with ThreadPoolExecutor(16) as pool:
+        bodies = list(
+            pool.map(
+                lambda _: http.post(f"{url}/runsync", json=_job(), timeout=60).json(), range(32)
+            )
+        )
+    assert all(b["status"] == "COMPLETED" for b in bodies)
+    assert sum(n * c for n, c in worker.batcher.batch_sizes.items() if n > 1) > before
+
+
+def test_cancel_and_shutdown_finish_or_cancel_every_job(model_dir):
+    worker = _worker(model_dir, MAX_CONCURRENCY=2, MAX_BATCH_SIZE=1)
+    original = worker.batcher._run_batch
+
+    def slow(images, options):
+        time.sleep(0.3)
+        return original(images, options)
+
+    worker.batcher._run_batch = slow
+    with running_server(worker) as (url, srv):
+        ids = [requests.post(f"{url}/run", json=_job(), timeout=30).json()["id"] for _ in range(6)]
+        cancelled = requests.post(f"{url}/v2/e/cancel/{ids[-1]}", timeout=30).json()
+        assert cancelled["status"] == "CANCELLED"
+        store = srv.config.app.state.pod.store
+    # Leaving the block asked the server to exit with five jobs still queued or running.
+    states = [store.get(i) for i in ids]
+    assert [s.status for s in states[:-1]] == ["COMPLETED"] * 5
+    assert all(s.output["results"][0]["labels"] for s in states[:-1])
+
+
+def test_finished_results_are_bounded_in_count_and_age():
+    from vision_worker.server import COMPLETED, JobRecord, JobStore
+
+    store = JobStore(ttl_s=0.2, max_finished=3)
+    records = [store.add(JobRecord(id=str(i), input=None)) for i in range(5)]
+    for record in records:
+        store.finish(record, COMPLETED)
+    assert [store.get(str(i)) is not None for i in range(5)] == [False, False, True, True, True]
+    time.sleep(0.25)
+    assert store.get("4") is None

@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage.data
+import uvicorn
 from PIL import Image
 
 from vision_worker.config import load_settings
+from vision_worker.server import create_app
 from vision_worker.tiny_models import build
 from vision_worker.worker import Worker
 
@@ -111,3 +117,28 @@ def photos_b64() -> list[str]:
 def noise_image(seed: int, size=(48, 40)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(worker: Worker) -> Iterator[tuple[str, uvicorn.Server]]:
+    port = _free_port()
+    config = uvicorn.Config(create_app(worker, worker.settings), host="127.0.0.1", port=port,
+                            log_level="warning", timeout_graceful_shutdown=30)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

@@ -100,3 +100,31 @@ def test_every_runtime_dependency_is_pinned_and_torch_is_not():
     names = {pin.split("==")[0].lower() for pin in pins}
     assert "torch" not in names
     assert {"runpod", "transformers", "pillow", "requests", "pydantic"} <= names
+
+
+def test_runpod_hub_metadata_matches_the_config_defaults():
+    import json
+
+    from vision_worker.config import Settings
+
+    hub = json.loads((ROOT / ".runpod/hub.json").read_text())
+    assert {"title", "description", "type", "category", "config"} <= set(hub)
+    assert (hub["type"], hub["category"], hub["config"]["runsOn"]) == ("serverless", "image", "GPU")
+    for entry in hub["config"]["env"]:
+        default = entry["input"]["default"]
+        assert default == Settings.model_fields[entry["key"]].default, entry["key"]
+    for preset in hub["config"]["presets"]:
+        assert set(preset["defaults"]) <= set(Settings.model_fields)
+
+
+def test_runpod_hub_tests_are_jobs_the_worker_completes(make_worker):
+    import json
+
+    from conftest import run_job
+
+    tests = json.loads((ROOT / ".runpod/tests.json").read_text())
+    assert tests["tests"]
+    for case in tests["tests"]:
+        output = run_job(make_worker("vit-gpt2"), case["input"])
+        assert "error" not in output, output
+        assert "caption" in output["results"][0]

@@ -3,50 +3,19 @@
 from __future__ import annotations
 
 import base64
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
 import runpod
-import uvicorn
 
-from conftest import encode, noise_image
+from conftest import encode, noise_image, running_server
 from vision_worker.config import load_settings
-from vision_worker.server import create_app
 from vision_worker.worker import Worker
 
 PNG_BYTES = encode(noise_image(7))
 PNG_URI = "data:image/png;base64," + base64.b64encode(PNG_BYTES).decode()
 KEY = "s3cret-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def running_server(worker: Worker) -> Iterator[tuple[str, uvicorn.Server]]:
-    port = _free_port()
-    config = uvicorn.Config(create_app(worker, worker.settings), host="127.0.0.1", port=port,
-                            log_level="warning", timeout_graceful_shutdown=30)  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
 
 
 def _worker(model_dir, arch="resnet", **overrides) -> Worker:

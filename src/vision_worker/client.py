@@ -1,0 +1,184 @@
+"""Send local images, folders or URLs to a vision-worker endpoint; print one JSON line per image.
+
+    export RUNPOD_API_KEY=...
+    vision-worker-client --endpoint https://api.runpod.ai/v2/<endpoint_id> photos/ cat.jpg
+    vision-worker-client --endpoint http://<pod>:8000 --sync https://example.com/dog.png
+
+Serverless endpoints and pods speak the same API, so one client serves both. Jobs go out in
+groups of --images-per-job (the worker batches them on the GPU), several jobs at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from tqdm import tqdm
+from urllib3.util import Retry
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+
+
+class EndpointError(RuntimeError):
+    """The endpoint failed a whole job (invalid job, timeout, cancelled)."""
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    label: str  # what the caller named: a path or URL
+    value: str  # what the job carries: base64 or the URL
+
+
+def collect_sources(items: Iterable[str]) -> list[ImageSource]:
+    """URLs as they are; files base64-encoded; folders walked for image files, sorted."""
+    sources = []
+    for item in items:
+        if item.startswith(("http://", "https://")):
+            sources.append(ImageSource(item, item))
+            continue
+        path = Path(item)
+        files = (
+            sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if path.is_dir()
+            else [path]
+        )
+        for file in files:
+            sources.append(ImageSource(str(file), base64.b64encode(file.read_bytes()).decode()))
+    return sources
+
+
+class EndpointClient:
+    """/runsync or /run + /status polling against a RunPod endpoint or a pod, with retries."""
+
+    def __init__(
+        self, endpoint: str, api_key: str | None, *, timeout_s: float = 600.0, poll_s: float = 0.5
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self.session = requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        # 429 and gateway errors are transient on RunPod; connection errors are retried too.
+        retry = Retry(
+            total=5, backoff_factor=0.5, status_forcelist={429, 502, 503, 504},
+            allowed_methods={"GET", "POST"}, raise_on_status=False,
+        )  # fmt: skip
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
+
+    def run_sync(self, job_input: dict[str, Any]) -> dict[str, Any]:
+        state = self._post("runsync", {"input": job_input})
+        # RunPod answers IN_PROGRESS when a job outlives its runsync wait; keep polling then.
+        return self._wait(state)
+
+    def run_async(self, job_input: dict[str, Any]) -> dict[str, Any]:
+        return self._wait(self._post("run", {"input": job_input}))
+
+    def _wait(self, state: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout_s
+        while state.get("status") not in FINAL_STATES:
+            if time.monotonic() > deadline:
+                raise EndpointError(f"job {state.get('id')} not finished after {self.timeout_s}s")
+            time.sleep(self.poll_s)
+            state = self._get(f"status/{state['id']}")
+        if state["status"] != "COMPLETED":
+            raise EndpointError(f"job {state.get('id')} {state['status']}: {state.get('error')}")
+        return state["output"]
+
+    def _post(self, path: str, body: dict) -> dict[str, Any]:
+        return self._check(self.session.post(f"{self.endpoint}/{path}", json=body, timeout=120))
+
+    def _get(self, path: str) -> dict[str, Any]:
+        return self._check(self.session.get(f"{self.endpoint}/{path}", timeout=60))
+
+    @staticmethod
+    def _check(response: requests.Response) -> dict[str, Any]:
+        if response.status_code == 401:
+            raise EndpointError("unauthorized: set RUNPOD_API_KEY (or the pod's POD_API_KEY)")
+        response.raise_for_status()
+        return response.json()
+
+
+def _chunks(sources: list[ImageSource], size: int) -> Iterator[list[ImageSource]]:
+    for start in range(0, len(sources), size):
+        yield sources[start : start + size]
+
+
+def caption_all(
+    client: EndpointClient,
+    sources: list[ImageSource],
+    options: dict[str, Any],
+    *,
+    images_per_job: int = 16,
+    concurrency: int = 4,
+    sync: bool = False,
+    progress: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Yield one record per image, in input order: {"source": ..., **result} or an error."""
+    send = client.run_sync if sync else client.run_async
+
+    def one_job(group: list[ImageSource]) -> list[dict[str, Any]]:
+        try:
+            output = send({"images": [s.value for s in group], **options})
+        except (EndpointError, requests.RequestException) as error:
+            return [
+                {"source": s.label, "error": {"code": "job_failed", "message": str(error)}}
+                for s in group
+            ]
+        return [{"source": s.label, **r} for s, r in zip(group, output["results"], strict=True)]
+
+    with ThreadPoolExecutor(concurrency) as pool, tqdm(
+        total=len(sources), unit="img", disable=not progress, file=sys.stderr
+    ) as bar:  # fmt: skip
+        for records in pool.map(one_job, _chunks(sources, images_per_job)):
+            bar.update(len(records))
+            yield from records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="image files, folders or http(s) URLs")
+    parser.add_argument(
+        "--endpoint", required=True, help="https://api.runpod.ai/v2/<id> or http://<pod>:8000"
+    )
+    parser.add_argument(
+        "--sync", action="store_true", help="use /runsync instead of /run + polling"
+    )
+    parser.add_argument("--images-per-job", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=4, help="jobs in flight at once")
+    parser.add_argument("--top-k", type=int, help="classify: labels per image")
+    parser.add_argument("--max-new-tokens", type=int, help="caption: length bound")
+    parser.add_argument("--num-beams", type=int, help="caption: beam width")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one job")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    options = {k: v for k, v in {"top_k": args.top_k, "max_new_tokens": args.max_new_tokens,
+               "num_beams": args.num_beams}.items() if v is not None}  # fmt: skip
+    client = EndpointClient(args.endpoint, os.environ.get("RUNPOD_API_KEY"), timeout_s=args.timeout)
+    failures = 0
+    records = caption_all(
+        client, collect_sources(args.inputs), options, images_per_job=args.images_per_job,
+        concurrency=args.concurrency, sync=args.sync, progress=not args.no_progress,
+    )  # fmt: skip
+    for record in records:
+        failures += "error" in record
+        print(json.dumps(record), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -83,6 +83,7 @@ class Worker:
             "dtype": str(self.task.source.dtype).removeprefix("torch."),
             "max_batch_size": self.batcher.working_batch_size,
             "queue_depth": self.batcher.queue_depth,
+            "batches_by_size": dict(sorted(self.batcher.batch_sizes.items())),
         }
 
     # --- a job ------------------------------------------------------------------------------

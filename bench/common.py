@@ -1,0 +1,123 @@
+"""Shared pieces of the benchmarks: full-size random-weight models, timing, results, plots."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import skimage.data
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+MODELS = ROOT / "models" / "bench"  # gitignored; built once, reused by every script
+sys.path.insert(0, str(ROOT / "src"))
+
+from vision_worker.config import load_settings  # noqa: E402
+from vision_worker.tiny_models import build  # noqa: E402
+from vision_worker.worker import Worker  # noqa: E402
+
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "immunohistochemistry")
+# Captions are pinned to this many tokens (min = max) so every run does the same work.
+CAPTION_TOKENS = int(os.environ.get("BENCH_CAPTION_TOKENS", "8"))
+
+
+def full_model(arch: str) -> Path:
+    """A full-size architecture with random weights: true compute cost, no Hub."""
+    path = MODELS / arch
+    if not (path / "config.json").exists():
+        build(arch, path, full=True)
+    return path
+
+
+def make_worker(arch: str, **overrides: Any) -> Worker:
+    settings = {"MODEL_NAME": str(full_model(arch)), "WARMUP": True, **overrides}
+    return Worker.start(load_settings(**settings))
+
+
+def pin_caption_length(worker: Worker) -> None:
+    """Force every caption to CAPTION_TOKENS tokens, so runs compare (random weights stop early)."""
+    task = worker.task
+    if task.name != "caption":
+        return
+    original = task.resolve_options
+
+    def pinned(given):
+        options = original(given)
+        return type(options)(CAPTION_TOKENS, options.num_beams, CAPTION_TOKENS)
+
+    task.resolve_options = pinned  # type: ignore[method-assign]
+
+
+def photo_b64(index: int, size: tuple[int, int] = (320, 240)) -> str:
+    array = getattr(skimage.data, PHOTOS[index % len(PHOTOS)])()
+    image = Image.fromarray(array).convert("RGB").resize(size)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def images_b64(count: int) -> list[str]:
+    return [photo_b64(i) for i in range(count)]
+
+
+def timed(fn: Callable[[], Any], repeat: int = 1) -> float:
+    """Best-of-`repeat` wall time in seconds (best is the least disturbed by the machine)."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def run(coro):
+    return asyncio.get_event_loop_policy().get_event_loop().run_until_complete(coro)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path
+
+
+def report(label: str, value: float, goal: str | None = None, unit: str = "x") -> str:
+    line = f"  {label:<58} {value:8.2f}{unit}"
+    if goal:
+        line += f"   (goal {goal})"
+    print(line, flush=True)
+    return line
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,91 @@
+"""Run every benchmark (each in its own process) and write results/summary.md.
+
+python bench/run_all.py          # about 10 minutes on a 2-core CPU
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from common import RESULTS, ROOT, machine
+
+SCRIPTS = ["cold_start", "batch_curve", "breakdown", "naive", "cross_job", "concurrency"]
+
+
+def main() -> int:
+    started = time.perf_counter()
+    for script in SCRIPTS:
+        print(f"\n=== {script}", flush=True)
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py")], cwd=ROOT)
+        if done.returncode != 0:
+            print(f"{script} failed with exit code {done.returncode}", file=sys.stderr)
+            return done.returncode
+    (RESULTS / "summary.md").write_text(summary())
+    print(f"\nall benchmarks in {time.perf_counter() - started:.0f}s; see bench/results/summary.md")
+    return 0
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def summary() -> str:
+    info = machine()
+    cold, curve, split = _load("cold_start"), _load("batch_curve"), _load("breakdown")
+    naive, cross, sweep = _load("naive"), _load("cross_job"), _load("concurrency")
+    vit, res = naive["vit-gpt2"]["ratios"], naive["resnet"]["ratios"]
+    rows = [
+        ("handler / raw model, ViT-GPT2 batch 16", split["vit-gpt2"]["handler_vs_raw"], ">= 0.95"),
+        ("handler / raw model, ResNet-50 batch 16", split["resnet"]["handler_vs_raw"], ">= 0.95"),
+        ("ours / model-loaded-per-request, ViT-GPT2", vit["ours_vs_per_request_load"], ">= 20"),
+        ("ours / model-loaded-per-request, ResNet-50", res["ours_vs_per_request_load"], ">= 20"),
+        ("batched / one-image-at-a-time, ViT-GPT2", vit["ours_vs_one_at_a_time"], ">= 1.5"),
+        ("batched / one-image-at-a-time, ResNet-50", res["ours_vs_one_at_a_time"], ">= 1.5"),
+        (
+            "64 concurrent jobs / one 64-image job",
+            cross["ratios"]["concurrent_vs_one_big_job"],
+            ">= 0.9",
+        ),
+        (
+            "64 concurrent jobs / 64 sequential jobs",
+            cross["ratios"]["concurrent_vs_sequential"],
+            "",
+        ),
+    ]
+    where = f"{info['device']}, {info['cpu_count']} cores, torch {info['torch']}, {info['date']}"
+    lines = [
+        f"# Benchmark results ({where})",
+        "",
+        "Full-size architectures with random weights; captions pinned to the same token count.",
+        "",
+        "| ratio | measured | goal |",
+        "| --- | ---: | --- |",
+        *[f"| {name} | {value:.2f}x | {goal} |" for name, value, goal in rows],
+        "",
+        "| batch size | ViT-GPT2 images/s | ResNet-50 images/s |",
+        "| ---: | ---: | ---: |",
+    ]  # fmt: skip
+    caption, classify = curve["curves"].values()
+    for a, b in zip(caption, classify, strict=True):
+        lines.append(f"| {a['batch_size']} | {a['images_per_s']:.2f} | {b['images_per_s']:.2f} |")
+    lines += ["", "| clients | requests/s | p50 ms | p95 ms | p99 ms | mean batch |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for level in sweep["levels"]:
+        lines.append(
+            f"| {level['concurrency']} | {level['requests_per_s']:.2f} | {level['p50_ms']:.0f} | "
+            f"{level['p95_ms']:.0f} | {level['p99_ms']:.0f} | {level['mean_batch_size']:.1f} |"
+        )
+    lines += ["", "| cold start | imports s | weights s | warm-up s | start to ready s |",
+              "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for arch, phases in cold.items():
+        seconds = [phases[k] for k in ("imports_s", "load_weights_s", "warm_up_s")]
+        seconds.append(phases["process_start_to_ready_s"])
+        lines.append(f"| {arch} | " + " | ".join(f"{s:.1f}" for s in seconds) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

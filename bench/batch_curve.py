@@ -1,21 +1,26 @@
 """Batch curve: images/s and latency per batch size, full-size captioning and classification.
 
-Measures the model stage alone (task.predict: preprocess + forward + decode), the number that
-MAX_BATCH_SIZE should be chosen from. Writes batch_curve.json and batch_curve.png.
+Measures the model stage alone (task.predict: forward pass and decoding of preprocessed
+images), the number that MAX_BATCH_SIZE should be chosen from. Writes batch_curve.json and .png.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 
-from PIL import Image
-
-from common import RESULTS, images_b64, make_worker, pin_caption_length, report, save, timed
+from common import (
+    RESULTS,
+    arch_label,
+    images_b64,
+    make_worker,
+    pin_caption_length,
+    report,
+    save,
+    timed,
+)
 
 SIZES = [int(s) for s in os.environ.get("BENCH_BATCH_SIZES", "1,2,4,8,16,32,64").split(",")]
-MODELS = {"caption (ViT-GPT2)": "vit-gpt2", "classify (ResNet-50)": "resnet"}
+MODELS = {arch_label(arch): arch for arch in ("vit-gpt2", "resnet")}
 
 
 def curve(arch: str) -> list[dict]:
@@ -23,12 +28,10 @@ def curve(arch: str) -> list[dict]:
     pin_caption_length(worker)
     task = worker.task
     options = task.resolve_options({})
-    photos = [
-        Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB") for b in images_b64(max(SIZES))
-    ]
+    pixels = [task.preprocess(worker.loader.load(b)) for b in images_b64(max(SIZES))]
     points = []
     for size in SIZES:
-        batch = photos[:size]
+        batch = pixels[:size]
         task.predict(batch, options)  # warm-up at this shape
         repeat = 3 if size <= 8 else 1
         seconds = timed(lambda batch=batch: task.predict(batch, options), repeat=repeat)

@@ -41,6 +41,23 @@ def full_model(arch: str) -> Path:
     return path
 
 
+def best_batch_size(arch: str, default: int = 16) -> int:
+    """The batch size batch_curve.py measured fastest for arch on this machine, as the README
+    advises choosing MAX_BATCH_SIZE (on CPUs it is small: large batches fall out of cache)."""
+    path = RESULTS / "batch_curve.json"
+    if not path.exists():
+        return default
+    curves = json.loads(path.read_text())["curves"]
+    for label, points in curves.items():
+        if arch_label(arch) == label:
+            return max(points, key=lambda p: p["images_per_s"])["batch_size"]
+    return default
+
+
+def arch_label(arch: str) -> str:
+    return {"vit-gpt2": "caption (ViT-GPT2)", "resnet": "classify (ResNet-50)"}[arch]
+
+
 def make_worker(arch: str, **overrides: Any) -> Worker:
     settings = {"MODEL_NAME": str(full_model(arch)), "WARMUP": True, **overrides}
     return Worker.start(load_settings(**settings))

@@ -19,6 +19,7 @@ import httpx
 from common import (
     RESULTS,
     ROOT,
+    best_batch_size,
     full_model,
     images_b64,
     percentile,
@@ -37,7 +38,8 @@ def _free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen:
-    settings = {"MODEL_NAME": str(full_model(ARCH)), "MAX_BATCH_SIZE": "32", "BATCH_WAIT_MS": "10",
+    settings = {"MODEL_NAME": str(full_model(ARCH)), "MAX_BATCH_SIZE": str(best_batch_size(ARCH)),
+                "BATCH_WAIT_MS": "10",
                 "MAX_CONCURRENCY": "64", "LOG_LEVEL": "WARNING"}  # fmt: skip
     environment = {**os.environ, **settings}
     process = subprocess.Popen(

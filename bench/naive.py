@@ -12,6 +12,7 @@ import asyncio
 import os
 
 from common import (
+    best_batch_size,
     full_model,
     images_b64,
     make_worker,
@@ -38,7 +39,7 @@ def concurrent_jobs(worker, images) -> None:
 
 def compare(arch: str) -> dict:
     images = images_b64(REQUESTS)
-    ours = make_worker(arch, MAX_BATCH_SIZE=REQUESTS, BATCH_WAIT_MS=20)
+    ours = make_worker(arch, MAX_BATCH_SIZE=best_batch_size(arch), BATCH_WAIT_MS=20)
     one_at_a_time = make_worker(arch, MAX_BATCH_SIZE=1)
     for worker in (ours, one_at_a_time):
         pin_caption_length(worker)
@@ -46,8 +47,8 @@ def compare(arch: str) -> dict:
     def per_request_load():
         for image in images[:LOAD_PER_REQUEST_SAMPLES]:
             task = load_task(load_settings(MODEL_NAME=str(full_model(arch))))  # what seed 001 does
-            image_rgb = ours.loader.load(image)
-            task.predict([image_rgb], ours.task.resolve_options({}))
+            pixels = task.preprocess(ours.loader.load(image))
+            task.predict([pixels], ours.task.resolve_options({}))
 
     rates = {
         "per_request_load": LOAD_PER_REQUEST_SAMPLES / timed(per_request_load),

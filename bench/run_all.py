@@ -80,7 +80,8 @@ def summary() -> str:
         )
     lines += ["", "| cold start | imports s | weights s | warm-up s | start to ready s |",
               "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    for arch, phases in cold.items():
+    for arch in ("vit-gpt2", "resnet"):
+        phases = cold[arch]
         seconds = [phases[k] for k in ("imports_s", "load_weights_s", "warm_up_s")]
         seconds.append(phases["process_start_to_ready_s"])
         lines.append(f"| {arch} | " + " | ".join(f"{s:.1f}" for s in seconds) + " |")

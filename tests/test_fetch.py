@@ -232,3 +232,14 @@ def test_a_name_with_one_private_answer_among_public_ones_is_forbidden(httpserve
     error = _fetch_error(fetcher, f"http://mixed.test:{httpserver.port}/x.png")
     assert error.code == "forbidden_url"
     assert "192.168.0.7" in error.message
+
+
+def test_a_download_breaking_off_mid_stream_is_fetch_failed(httpserver):
+    def broken(_request):
+        # Promises 50,000 bytes, sends 100, then the connection ends.
+        return Response(iter([b"x" * 100]), headers={"Content-Length": "50000"})
+
+    httpserver.expect_request("/broken.png").respond_with_handler(broken)
+    error = _fetch_error(_fetcher(allow_private=True, retries=0), httpserver.url_for("/broken.png"))
+    assert error.code == "fetch_failed"
+    assert "broke off" in error.message

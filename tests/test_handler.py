@@ -116,3 +116,18 @@ def test_serve_flag_starts_pod_mode_and_sigterm_exits_cleanly(model_dir):
         assert "Application shutdown complete" in process.stdout.read()
     finally:
         process.kill()
+
+
+def test_readme_documents_every_setting_with_its_default():
+    from vision_worker.config import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        assert f"`{name}`" in readme, f"README's configuration table lacks {name}"
+        default = field.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        if isinstance(default, float) and default.is_integer():
+            default = int(default)
+        if default not in (None, ""):
+            assert f"`{default}`" in readme, f"README lacks the default of {name}: {default}"

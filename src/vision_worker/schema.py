@@ -65,7 +65,8 @@ def parse_job_input(raw: Any, max_images: int) -> JobInput:
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
+    # Keys come from the caller and can be megabytes long; the sentence quotes only their start.
+    where = _shorten(".".join(str(part) for part in first["loc"]))
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(JobInput.model_fields)
         return f'unknown input key "{where}" (allowed: {allowed})'
@@ -79,6 +80,9 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "number" if isinstance(value, int | float) else "value")
 
 
-def _short_repr(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+def _short_repr(value: Any) -> str:
+    return _shorten(repr(value))
+
+
+def _shorten(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."

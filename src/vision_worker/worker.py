@@ -71,9 +71,8 @@ class Worker:
 
     def warm_up(self) -> None:
         """One tiny batch, so lazy initialisation (kernels, allocator) is not job one's cost."""
-        self.task.predict(
-            [Image.new("RGB", (64, 64), (127, 127, 127))], self.task.resolve_options({})
-        )
+        gray = self.task.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))
+        self.task.predict([gray], self.task.resolve_options({}))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -131,9 +130,17 @@ class Worker:
             raise JobError(f'option "{foreign[0]}" does not apply to task "{self.task.name}"')
         return self.task.resolve_options(given)
 
-    async def _load_image(self, source: str) -> Image.Image | ImageError:
+    def _model_input(self, source: str) -> Any:
+        """Decode and preprocess one image on an image thread, off the model's critical path."""
+        image = self.loader.load(source)
+        try:
+            return self.task.preprocess(image)
+        except Exception as error:  # e.g. a 1x1 image the processor cannot resize
+            raise ImageError("invalid_image", f"cannot preprocess image: {error}"[:300]) from None
+
+    async def _load_image(self, source: str) -> Any:
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self._image_threads, self.loader.load, source)
+        pending = loop.run_in_executor(self._image_threads, self._model_input, source)
         limit = self.settings.URL_TIMEOUT_S + _FETCH_GRACE_S if is_url(source) else None
         try:
             return await asyncio.wait_for(pending, timeout=limit)
@@ -142,7 +149,7 @@ class Worker:
         except TimeoutError:
             return ImageError("fetch_failed", f"download exceeded {self.settings.URL_TIMEOUT_S}s")
 
-    async def _predict(self, image: Image.Image | ImageError, options: Any) -> Any:
+    async def _predict(self, image: Any, options: Any) -> Any:
         if isinstance(image, ImageError):
             raise image
         return await self.batcher.submit(image, options)

@@ -93,11 +93,27 @@ class Task(Protocol):
     def batch_key(self, options: Any) -> Hashable:
         """Images may share a forward pass only when their keys are equal."""
 
-    def predict(self, images: Sequence[Image.Image], options: Any) -> list[Any]:
-        """One forward pass over a batch; one raw output per image, in order."""
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One image to model input (resize, normalise), on a CPU thread off the model's path."""
+
+    def predict(self, pixels: Sequence[torch.Tensor], options: Any) -> list[Any]:
+        """One forward pass over a batch of preprocessed images; one raw output each, in order."""
 
     def encode(self, output: Any, options: Any) -> dict:
         """A raw output to the JSON result of one image."""
+
+
+def preprocess_image(processor: Any, image: Image.Image) -> torch.Tensor:
+    """The processor's pixel tensor for one image, shape (channels, height, width)."""
+    return processor(images=[image], return_tensors="pt").pixel_values[0]
+
+
+def stack_on_device(pixels: Sequence[torch.Tensor], source: ModelSource) -> torch.Tensor:
+    """One batch tensor on the model's device; pinned host memory lets the copy overlap on CUDA."""
+    batch = torch.stack(list(pixels))
+    if source.device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(source.device, dtype=source.dtype, non_blocking=True)
 
 
 def check_range(name: str, value: int, low: int, high: int) -> int:

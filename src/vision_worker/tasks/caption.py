@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
 from ..config import Settings
-from .base import ModelSource, check_range
+from .base import ModelSource, check_range, preprocess_image, stack_on_device
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,11 @@ class CaptionTask:
         # Every generation option changes the decoding loop, so only equal options share a batch.
         return options
 
-    def predict(self, images: Sequence[Image.Image], options: CaptionOptions) -> list[str]:
-        pixels = self.processor(images=list(images), return_tensors="pt").pixel_values
-        pixels = pixels.to(self.source.device, dtype=self.source.dtype, non_blocking=True)
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return preprocess_image(self.processor, image)
+
+    def predict(self, pixels: Sequence[torch.Tensor], options: CaptionOptions) -> list[str]:
+        pixels = stack_on_device(pixels, self.source)
         with torch.inference_mode():
             generated = self.model.generate(
                 pixel_values=pixels,

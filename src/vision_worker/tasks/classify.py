@@ -12,7 +12,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from ..config import Settings
-from .base import ModelSource, check_range
+from .base import ModelSource, check_range, preprocess_image, stack_on_device
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,13 @@ class ClassifyTask:
         # top_k only slices the output, so every classification job can share a batch.
         return ()
 
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return preprocess_image(self.processor, image)
+
     def predict(
-        self, images: Sequence[Image.Image], options: ClassifyOptions
+        self, pixels: Sequence[torch.Tensor], options: ClassifyOptions
     ) -> list[torch.Tensor]:
-        pixels = self.processor(images=list(images), return_tensors="pt").pixel_values
-        pixels = pixels.to(self.source.device, dtype=self.source.dtype, non_blocking=True)
+        pixels = stack_on_device(pixels, self.source)
         with torch.inference_mode():
             logits = self.model(pixel_values=pixels).logits
         # Softmax in float32: half-precision probabilities lose the small scores entirely.

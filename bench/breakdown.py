@@ -57,8 +57,12 @@ def stages(arch: str) -> dict:
         report(f"  {name} (ms/image, {100 * ms / total:.0f}%)", ms, unit="")
 
     inputs = [task.preprocess(image) for image in images]
-    raw_s = timed(lambda: task.predict(inputs, options), repeat=2)
-    handler_s = timed(lambda: run(worker.run({"images": encoded})), repeat=2)
+    # Alternated, best of three each: this machine's noise is larger than the effect measured.
+    raw_runs, handler_runs = [], []
+    for _ in range(3):
+        raw_runs.append(timed(lambda: task.predict(inputs, options)))
+        handler_runs.append(timed(lambda: run(worker.run({"images": encoded}))))
+    raw_s, handler_s = min(raw_runs), min(handler_runs)
     overhead_ratio = raw_s / handler_s
     report(f"{arch}: handler throughput / raw model throughput", overhead_ratio, ">= 0.95")
     return {"batch_size": BATCH, "per_image_ms": per_image_ms, "raw_batch_s": raw_s,

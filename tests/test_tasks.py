@@ -127,3 +127,19 @@ def _rounded(results: list[dict]) -> list[dict]:
         else r
         for r in results
     ]
+
+
+def test_unreachable_hub_is_detected_without_offline_mode(monkeypatch, tmp_path):
+    from vision_worker.tasks import base
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1")  # nothing listens on its port 443
+    base._hub_reachable.cache_clear()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelLoadError, match="the Hugging Face Hub is unreachable"):
+            load_task(load_settings(MODEL_NAME="microsoft/resnet-50"))
+    finally:
+        base._hub_reachable.cache_clear()
+    assert time.monotonic() - started < 10

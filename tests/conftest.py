@@ -119,7 +119,7 @@ def noise_image(seed: int, size=(48, 40)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -127,7 +127,7 @@ def _free_port() -> int:
 
 @contextmanager
 def running_server(worker: Worker) -> Iterator[tuple[str, uvicorn.Server]]:
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(worker, worker.settings), host="127.0.0.1", port=port,
                             log_level="warning", timeout_graceful_shutdown=30)  # fmt: skip
     server = uvicorn.Server(config)

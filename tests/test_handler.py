@@ -83,14 +83,13 @@ def test_bad_environment_stops_cold_start_with_a_clear_message(model_dir):
 
 def test_serve_flag_starts_pod_mode_and_sigterm_exits_cleanly(model_dir):
     import signal
-    import socket
     import time
 
     import requests
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from conftest import free_port
+
+    port = free_port()
     environment = {**os.environ, "MODEL_NAME": str(model_dir("resnet")), "SERVE_MODE": "pod"}
     process = subprocess.Popen(
         [sys.executable, "handler.py", "--host", "127.0.0.1", "--port", str(port)],

@@ -132,8 +132,12 @@ class PodServer:
             self.store.finish(record, COMPLETED)
         return record
 
+    def new_job(self, job_input: Any) -> JobRecord:
+        return self.store.add(JobRecord(id=f"pod-{uuid.uuid4()}", input=job_input))
+
     def submit(self, job_input: Any) -> JobRecord:
-        record = self.store.add(JobRecord(id=_new_id(), input=job_input))
+        """Start a job in the background; /status reports it."""
+        record = self.new_job(job_input)
         record.task = asyncio.create_task(self.execute(record), name=f"job-{record.id}")
         record.task.add_done_callback(_swallow_cancel)
         return record
@@ -203,8 +207,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
 
     @router.post("/runsync", tags=["jobs"], summary="Run a job and wait for its output")
     async def runsync(request: JobRequest) -> dict:
-        record = pod.store.add(JobRecord(id=_new_id(), input=request.input))
-        return (await pod.execute(record)).to_json()
+        return (await pod.execute(pod.new_job(request.input))).to_json()
 
     @router.post("/run", tags=["jobs"], summary="Queue a job; poll /status/{id}")
     async def run(request: JobRequest) -> JSONResponse:
@@ -276,10 +279,6 @@ def _require_api_key(api_key: str | None):
         return await call_next(request)
 
     return check
-
-
-def _new_id() -> str:
-    return f"pod-{uuid.uuid4()}"
 
 
 def _swallow_cancel(task: asyncio.Task) -> None:

@@ -243,3 +243,35 @@ def test_a_download_breaking_off_mid_stream_is_fetch_failed(httpserver):
     error = _fetch_error(_fetcher(allow_private=True, retries=0), httpserver.url_for("/broken.png"))
     assert error.code == "fetch_failed"
     assert "broke off" in error.message
+
+
+def test_the_urls_of_one_job_are_downloaded_concurrently(make_worker):
+    import threading
+
+    from pytest_httpserver import HTTPServer
+
+    in_flight = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    arrived = threading.Barrier(3, timeout=10)
+
+    def slow_image(_request):
+        with lock:
+            in_flight["now"] += 1
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            arrived.wait()  # returns only once three downloads are open at the same time
+        finally:
+            with lock:
+                in_flight["now"] -= 1
+        return Response(IMAGE, content_type="image/png")
+
+    server = HTTPServer(host="127.0.0.1", threaded=True)
+    server.expect_request("/slow.png").respond_with_handler(slow_image)
+    server.start()
+    try:
+        worker = make_worker("resnet", ALLOW_PRIVATE_URLS=True, URL_RETRIES=0)
+        output = run_job(worker, {"images": [server.url_for("/slow.png")] * 3})
+    finally:
+        server.stop()
+    assert all("labels" in result for result in output["results"]), output["results"]
+    assert in_flight["most"] == 3

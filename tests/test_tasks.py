@@ -143,3 +143,11 @@ def test_unreachable_hub_is_detected_without_offline_mode(monkeypatch, tmp_path)
     finally:
         base._hub_reachable.cache_clear()
     assert time.monotonic() - started < 10
+
+
+def test_torch_compile_setting_gives_the_same_results(make_worker, photos_b64):
+    eager = run_job(make_worker("resnet"), {"images": photos_b64[:2]})["results"]
+    worker = make_worker("resnet", TORCH_COMPILE=True)
+    compiled = run_job(worker, {"images": photos_b64[:2]})
+    assert worker.task.model._compiled_call_impl is not None  # really compiled
+    assert _rounded(compiled["results"]) == _rounded(eager)

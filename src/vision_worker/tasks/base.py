@@ -103,6 +103,14 @@ class Task(Protocol):
         """A raw output to the JSON result of one image."""
 
 
+def prepare_model(model: Any, source: ModelSource, settings: Settings) -> Any:
+    """On the device, in eval mode, compiled when TORCH_COMPILE asks for it."""
+    model = model.to(source.device).eval()
+    if settings.TORCH_COMPILE:
+        model.compile()  # in place; the first batch of each shape pays the compile
+    return model
+
+
 def preprocess_image(processor: Any, image: Image.Image) -> torch.Tensor:
     """The processor's pixel tensor for one image, shape (channels, height, width)."""
     return processor(images=[image], return_tensors="pt").pixel_values[0]

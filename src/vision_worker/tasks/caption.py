@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
 from ..config import Settings
-from .base import ModelSource, check_range, preprocess_image, stack_on_device
+from .base import ModelSource, check_range, prepare_model, preprocess_image, stack_on_device
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class CaptionTask:
         model = source.load(AutoModelForImageTextToText.from_pretrained, dtype=source.dtype)
         processor = source.load(AutoImageProcessor.from_pretrained)
         tokenizer = source.load(AutoTokenizer.from_pretrained)
-        return cls(source, model.to(source.device).eval(), processor, tokenizer, settings)
+        return cls(source, prepare_model(model, source, settings), processor, tokenizer, settings)
 
     def resolve_options(self, given: dict[str, int]) -> CaptionOptions:
         limits = self.settings

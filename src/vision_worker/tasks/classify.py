@@ -12,7 +12,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from ..config import Settings
-from .base import ModelSource, check_range, preprocess_image, stack_on_device
+from .base import ModelSource, check_range, prepare_model, preprocess_image, stack_on_device
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ClassifyTask:
     def load(cls, source: ModelSource, settings: Settings) -> ClassifyTask:
         model = source.load(AutoModelForImageClassification.from_pretrained, dtype=source.dtype)
         processor = source.load(AutoImageProcessor.from_pretrained)
-        return cls(source, model.to(source.device).eval(), processor, settings)
+        return cls(source, prepare_model(model, source, settings), processor, settings)
 
     def resolve_options(self, given: dict[str, int]) -> ClassifyOptions:
         default = min(self.settings.DEFAULT_TOP_K, len(self.labels))

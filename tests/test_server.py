@@ -178,3 +178,18 @@ def test_finished_results_are_bounded_in_count_and_age():
     assert [store.get(str(i)) is not None for i in range(5)] == [False, False, True, True, True]
     time.sleep(0.25)
     assert store.get("4") is None
+
+
+def test_oversized_bodies_and_too_many_uploads_are_refused_early(model_dir):
+    worker = _worker(model_dir, MAX_IMAGES_PER_JOB=2, MAX_IMAGE_BYTES=4096)
+    with running_server(worker) as (url, _server):
+        huge = {"input": {"image": "A" * 200_000}}  # the limit here is 78,506 bytes
+        response = requests.post(f"{url}/runsync", json=huge, timeout=30)
+        assert response.status_code == 413
+        assert "request body over" in response.json()["error"]
+        files = [("image", (f"{i}.png", PNG_BYTES, "image/png")) for i in range(3)]
+        response = requests.post(f"{url}/predict", files=files, timeout=30)
+        assert response.status_code == 400
+        assert response.json()["error"] == "too many images: 3, at most 2"
+        small = requests.post(f"{url}/runsync", json=_job(), timeout=30).json()
+        assert small["status"] == "COMPLETED"

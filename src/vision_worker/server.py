@@ -190,6 +190,8 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     )
     app.state.pod = pod
     app.middleware("http")(_require_api_key(settings.POD_API_KEY))
+    # Registered last, so it runs first: an oversized body is refused before anything reads it.
+    app.middleware("http")(_limit_body_size(max_request_bytes(settings)))
 
     # Registered before the /v2 copy of the routes so it wins over their /health.
     @app.get("/v2/{endpoint_id}/health", tags=["health"], summary="RunPod's endpoint health shape")
@@ -244,6 +246,9 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         max_new_tokens: Annotated[int | None, Form()] = None,
         num_beams: Annotated[int | None, Form()] = None,
     ) -> JSONResponse:
+        if len(image) > settings.MAX_IMAGES_PER_JOB:
+            limit = settings.MAX_IMAGES_PER_JOB
+            return JSONResponse({"error": f"too many images: {len(image)}, at most {limit}"}, 400)
         options = {"top_k": top_k, "max_new_tokens": max_new_tokens, "num_beams": num_beams}
         job_input = {
             "images": [await _upload_as_base64(f, settings.MAX_IMAGE_BYTES) for f in image],
@@ -265,6 +270,21 @@ async def _upload_as_base64(upload: UploadFile, max_bytes: int) -> str:
 
 
 _HEALTH_PATH = re.compile(r"(/v2/[^/]+)?/health/?")
+
+
+def max_request_bytes(settings: Settings) -> int:
+    """The largest valid job: every image at the byte limit, base64-encoded, plus JSON slack."""
+    return settings.MAX_IMAGES_PER_JOB * (settings.MAX_IMAGE_BYTES * 4 // 3 + 1024) + 64 * 1024
+
+
+def _limit_body_size(limit: int):
+    async def check(request: Request, call_next):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return JSONResponse({"error": f"request body over {limit} bytes"}, 413)
+        return await call_next(request)
+
+    return check
 
 
 def _require_api_key(api_key: str | None):

@@ -20,8 +20,11 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-MODELS = ROOT / "models" / "bench"  # gitignored; built once, reused by every script
+RESULTS = Path(os.environ.get("BENCH_RESULTS", ROOT / "bench" / "results"))
+# "tiny" runs every script in seconds (the test suite does, so the benchmarks cannot rot);
+# the figures that mean something come from "full".
+MODEL_SIZE = os.environ.get("BENCH_MODEL_SIZE", "full")
+MODELS = ROOT / "models" / f"bench-{MODEL_SIZE}"  # gitignored; built once, reused by every script
 sys.path.insert(0, str(ROOT / "src"))
 
 from vision_worker.config import load_settings  # noqa: E402
@@ -37,7 +40,7 @@ def full_model(arch: str) -> Path:
     """A full-size architecture with random weights: true compute cost, no Hub."""
     path = MODELS / arch
     if not (path / "config.json").exists():
-        build(arch, path, full=True)
+        build(arch, path, full=MODEL_SIZE == "full")
     return path
 
 

@@ -20,14 +20,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import runpod
 
-from vision_worker.config import settings_from_env
+from vision_worker.config import ConfigError, settings_from_env
+from vision_worker.tasks import ModelLoadError
 from vision_worker.worker import Worker
 
-settings = settings_from_env()
-logging.basicConfig(
-    level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-)
-worker = Worker.start(settings)
+try:
+    settings = settings_from_env()
+    logging.basicConfig(
+        level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    worker = Worker.start(settings)
+except (ConfigError, ModelLoadError) as error:
+    # One line in the worker's log says what to fix; a traceback would bury it.
+    sys.exit(f"vision-worker cannot start: {error}")
 
 
 async def handler(job: dict) -> dict:

@@ -79,6 +79,7 @@ def test_bad_environment_stops_cold_start_with_a_clear_message(model_dir):
     done = _handler(model_dir("resnet"), MAX_IMAGES_PER_JOB="lots")
     assert done.returncode != 0
     assert "MAX_IMAGES_PER_JOB: Input should be a valid integer" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_flag_starts_pod_mode_and_sigterm_exits_cleanly(model_dir):
@@ -130,3 +131,15 @@ def test_readme_documents_every_setting_with_its_default():
             default = int(default)
         if default not in (None, ""):
             assert f"`{default}`" in readme, f"README lacks the default of {name}: {default}"
+
+
+def test_a_model_that_cannot_load_stops_cold_start_with_one_line(tmp_path):
+    missing = tmp_path / "no-such-model"
+    done = _handler(missing)
+    assert done.returncode == 1
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(
+        f"vision-worker cannot start: model '{missing}' is not in the local"
+    )
+    assert "set MODEL_NAME to a local directory" in last_line
+    assert "Traceback" not in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import io
 import json
@@ -102,8 +103,22 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> float:
     return best
 
 
+# One loop for a whole script: the worker's batcher binds to the loop that first submits to it.
+_LOOP = asyncio.new_event_loop()
+
+
 def run(coro):
-    return asyncio.get_event_loop_policy().get_event_loop().run_until_complete(coro)
+    return _LOOP.run_until_complete(coro)
+
+
+@atexit.register
+def _close_loop() -> None:
+    """Stop the batcher's scheduler task cleanly instead of "Task was destroyed" at exit."""
+    tasks = asyncio.all_tasks(_LOOP)
+    for task in tasks:
+        task.cancel()
+    _LOOP.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    _LOOP.close()
 
 
 def machine() -> dict[str, Any]:

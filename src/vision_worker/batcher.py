@@ -2,9 +2,10 @@
 
 A batch runs when it is full (the working batch size) or when its oldest image has waited
 `max_wait_s`. One batch runs at a time, on a dedicated thread, so the event loop keeps taking
-jobs and downloading images while the model works. Only images with equal batch keys (equal
-generation options) share a batch. A CUDA out-of-memory error splits the batch in halves and
-lowers the working batch size for the rest of the process.
+jobs and downloading images while the model works. Only items with equal batch keys (e.g. equal
+generation options) share a batch; the model sees each item's own options. A CUDA
+out-of-memory error splits the batch in halves and lowers the working batch size for the rest
+of the process.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .errors import ImageError
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[Sequence[Any], Any], list[Any]]
+# run_batch(items, options): one options value per item; items in a batch share a batch key.
+RunBatch = Callable[[Sequence[Any], Sequence[Any]], list[Any]]
 # Batch keys are caller-defined and may be None, so "no batch is ready" needs its own marker.
 _NOTHING_READY = object()
 
@@ -45,7 +47,7 @@ class DynamicBatcher:
         *,
         max_batch_size: int,
         max_wait_s: float,
-        batch_key: Callable[[Any], Hashable] = lambda options: options,
+        batch_key: Callable[[Any, Any], Hashable] = lambda item, options: options,
         is_out_of_memory: Callable[[BaseException], bool] = lambda error: False,
         after_out_of_memory: Callable[[], None] = lambda: None,
     ) -> None:
@@ -66,7 +68,7 @@ class DynamicBatcher:
         """Queue one item; returns its output or raises ImageError for its failure alone."""
         self._bind_to_running_loop()
         future = self._loop.create_future()  # type: ignore[union-attr]
-        self._queues.setdefault(self._batch_key(options), deque()).append(
+        self._queues.setdefault(self._batch_key(item, options), deque()).append(
             _Pending(item, options, future)
         )
         self._wakeup.set()
@@ -141,7 +143,7 @@ class DynamicBatcher:
                 self._model_thread,
                 self._run_splitting_on_oom,
                 [p.item for p in batch],
-                batch[0].options,
+                [p.options for p in batch],
             )
         except Exception as error:  # a failing batch fails its own images, never the batcher
             log.exception("batch of %d failed", len(batch))
@@ -157,7 +159,7 @@ class DynamicBatcher:
                 pending.future.set_result(output)
 
     # --- model thread -------------------------------------------------------------------------
-    def _run_splitting_on_oom(self, items: list[Any], options: Any) -> list[Any]:
+    def _run_splitting_on_oom(self, items: list[Any], options: list[Any]) -> list[Any]:
         try:
             outputs = self._run_batch(items, options)
         except Exception as error:
@@ -169,9 +171,9 @@ class DynamicBatcher:
                 log.warning("out of memory at batch size %d; working batch size now %d",
                             len(items), half)  # fmt: skip
                 self.working_batch_size = half
-            return self._run_splitting_on_oom(items[:half], options) + self._run_splitting_on_oom(
-                items[half:], options
-            )
+            return self._run_splitting_on_oom(
+                items[:half], options[:half]
+            ) + self._run_splitting_on_oom(items[half:], options[half:])
         if len(outputs) != len(items):
             raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
         return outputs

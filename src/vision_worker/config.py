@@ -23,8 +23,12 @@ class Settings(BaseSettings):
     # --- model -------------------------------------------------------------------------------
     MODEL_NAME: str = Field(DEFAULT_MODEL_NAME, min_length=1)
     MODEL_REVISION: str | None = None
-    # Empty means "infer from the model's config".
-    TASK: Literal["", "caption", "classify"] = ""
+    # Where the image processor and tokenizer come from when MODEL_NAME has none (a fine-tuning
+    # checkpoint): usually the base model's Hub id or directory. Empty means MODEL_NAME.
+    PROCESSOR_NAME: str | None = None
+    # Empty means "infer from the checkpoint" (see the README's architecture table); otherwise a
+    # task name from the registry in tasks/, checked against what the checkpoint can serve.
+    TASK: str = ""
     # "auto" picks cuda when torch sees a GPU, else cpu.
     DEVICE: str = "auto"
     # "auto" is float16 on CUDA (halves memory, tensor cores) and float32 on CPU
@@ -65,6 +69,15 @@ class Settings(BaseSettings):
     # --- classification ---------------------------------------------------------------------------
     DEFAULT_TOP_K: int = Field(5, ge=1)
 
+    # --- zero-shot and embeddings (CLIP / SigLIP) -------------------------------------------------
+    # Labels per zero-shot job, and texts per embedding job: each is one text-tower sequence.
+    MAX_LABELS: int = Field(64, ge=1, le=4096)
+    MAX_TEXTS_PER_JOB: int = Field(64, ge=1, le=4096)
+    # Characters per label or text; the tokenizer truncates to the model's context anyway.
+    MAX_TEXT_CHARS: int = Field(1000, ge=1, le=100_000)
+    # Distinct label sets whose text embeddings are kept, so repeated label sets cost nothing.
+    LABEL_CACHE_SIZE: int = Field(256, ge=1, le=100_000)
+
     # --- pod mode (HTTP server) -------------------------------------------------------------------
     # "serverless" (RunPod queue) or "pod" (HTTP server on PORT); one image serves both templates.
     SERVE_MODE: Literal["serverless", "pod"] = "serverless"
@@ -85,7 +98,7 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
 
-    @field_validator("MODEL_REVISION", "POD_API_KEY")
+    @field_validator("MODEL_REVISION", "PROCESSOR_NAME", "POD_API_KEY")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None

@@ -1,64 +1,86 @@
-"""The job input contract: parsing and one-sentence error messages for invalid jobs."""
+"""The job input contract: parsing and one-sentence error messages for invalid jobs.
+
+A job is `images` (or `image`), an optional `task`, and the served task's options. The job-level
+fields are checked here; everything else goes to the task's own `Options` model.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import JobError
+from .tasks import TASKS, Task, TaskOptions
 
-# Sanity caps on option values before the model-specific bounds apply; a JSON integer can be
-# arbitrarily large and should be rejected as such, not overflow something downstream.
-_OPTION_MAX = 1_000_000
+JOB_FIELDS = ("images", "image", "task")
+M = TypeVar("M", bound=BaseModel)
 
 
-class JobInput(BaseModel):
-    """What a caller puts under "input". Strict: "5" is not an integer, unknown keys are errors."""
+class ImagesInput(BaseModel):
+    """The job-level fields. Strict: "5" is not an integer."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     images: list[str] | None = Field(None, description="Images: base64, data URI or http(s) URL.")
     image: str | None = Field(None, description="A single image, same forms as `images`.")
-    task: str | None = Field(None, description="Must match the loaded model's task.")
-    top_k: int | None = Field(None, ge=1, le=_OPTION_MAX, description="classify: labels returned.")
-    max_new_tokens: int | None = Field(
-        None, ge=1, le=_OPTION_MAX, description="caption: tokens generated at most."
-    )
-    num_beams: int | None = Field(None, ge=1, le=_OPTION_MAX, description="caption: beam width.")
+    task: str | None = Field(None, description="Optional; must match the served task.")
 
     @model_validator(mode="after")
-    def _exactly_one_image_field(self) -> JobInput:
+    def _exactly_one_image_field(self) -> ImagesInput:
         if (self.images is None) == (self.image is None):
             raise ValueError('give either "images" (a list) or "image" (one string), not both')
         if self.images is not None and not self.images:
             raise ValueError('"images" is empty; send at least one image')
         return self
 
-    @property
-    def sources(self) -> list[str]:
-        """The image strings in input order."""
-        return self.images if self.images is not None else [self.image]  # type: ignore[list-item]
 
-    def options(self) -> dict[str, int]:
-        """The task options the caller set explicitly."""
-        return {
-            name: value
-            for name in ("top_k", "max_new_tokens", "num_beams")
-            if (value := getattr(self, name)) is not None
-        }
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated job: its image strings in input order and the task's checked options."""
+
+    sources: list[str]
+    options: TaskOptions
 
 
-def parse_job_input(raw: Any, max_images: int) -> JobInput:
-    """Validate a job's "input" or raise JobError with one clear sentence."""
+def parse_job_input(raw: Any, max_images: int, task: Task) -> JobRequest:
+    """Validate a job's "input" for the served task, or raise JobError with one clear sentence."""
     if not isinstance(raw, dict):
         raise JobError(f'"input" must be a JSON object, got {_json_type(raw)}')
     images = raw.get("images")
     # Checked before pydantic walks the list, so a million-entry list is refused cheaply.
     if isinstance(images, list) and len(images) > max_images:
         raise JobError(f"too many images: {len(images)} given, at most {max_images} per job")
+    job_fields = {key: value for key, value in raw.items() if key in JOB_FIELDS}
+    given_options = {key: value for key, value in raw.items() if key not in JOB_FIELDS}
+    head = _validated(ImagesInput, job_fields)
+    if head.task is not None and head.task != task.name:
+        raise JobError(
+            f'task "{_shorten(str(head.task))}" is not served here: this worker serves '
+            f'"{task.name}"'
+        )
+    _refuse_foreign_options(given_options, task)
+    options = task.check(_validated(task.Options, given_options))
+    sources = head.images if head.images is not None else [head.image]
+    return JobRequest(sources, options)  # type: ignore[arg-type]
+
+
+def _refuse_foreign_options(given: dict[str, Any], task: Task) -> None:
+    own = set(task.Options.model_fields)
+    for key in sorted(set(given) - own, key=str):
+        other = [name for name, t in TASKS.items() if key in t.Options.model_fields]
+        if other:
+            raise JobError(
+                f'option "{key}" does not apply to task "{task.name}" (it is for {other[0]})'
+            )
+        allowed = ", ".join([*JOB_FIELDS, *task.Options.model_fields])
+        raise JobError(f'unknown input key "{_shorten(str(key))}" (allowed: {allowed})')
+
+
+def _validated(model: type[M], values: dict[str, Any]) -> M:
     try:
-        return JobInput.model_validate(raw)
+        return model.model_validate(values)
     except ValidationError as error:
         raise JobError(_describe(error)) from None
 
@@ -67,12 +89,12 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     # Keys come from the caller and can be megabytes long; the sentence quotes only their start.
     where = _shorten(".".join(str(part) for part in first["loc"]))
-    if first["type"] == "extra_forbidden":
-        allowed = ", ".join(JobInput.model_fields)
-        return f'unknown input key "{where}" (allowed: {allowed})'
+    if first["type"] == "missing":
+        return f'"{where}" is required'
     if not where:
         return first["msg"].removeprefix("Value error, ")
-    return f'invalid "{where}": {first["msg"]} (got {_short_repr(first.get("input"))})'
+    message = first["msg"].removeprefix("Value error, ")
+    return f'invalid "{where}": {message} (got {_short_repr(first.get("input"))})'
 
 
 def _json_type(value: Any) -> str:

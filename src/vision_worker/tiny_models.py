@@ -11,8 +11,10 @@ ResNet-50, ...) for benchmarks with true compute costs; the weights are random e
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -82,6 +84,26 @@ def gpt2_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=_train_tokenizer([GPT2_SPECIAL, "<unk>"], 200),
         bos_token=GPT2_SPECIAL, eos_token=GPT2_SPECIAL, pad_token=GPT2_SPECIAL, unk_token="<unk>",
     )  # fmt: skip
+
+
+CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
+
+
+def clip_tokenizer() -> Any:
+    """A CLIPTokenizer (BPE over bytes, "</w>" word ends) whose merges are learned here."""
+    from tokenizers import models as tok_models
+    from transformers import CLIPTokenizer
+
+    trainer_model = Tokenizer(tok_models.BPE(end_of_word_suffix="</w>"))
+    trainer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=CLIP_SPECIALS, end_of_word_suffix="</w>",
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    trainer_model.train_from_iterator([s.lower() for s in _CORPUS + LABELS], trainer=trainer)
+    state = json.loads(trainer_model.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return CLIPTokenizer(vocab=state["vocab"], merges=merges)
 
 
 def _dims(full: bool, tiny: dict, real: dict) -> dict:
@@ -196,19 +218,91 @@ def build_vit(out: Path, full: bool) -> None:
     _save(out, model, None, ViTImageProcessor(size={"height": size, "width": size}))
 
 
+def _text_tower(full: bool, vocab_size: int, positions: int, **ids: int) -> dict:
+    return dict(
+        vocab_size=vocab_size, max_position_embeddings=positions, **ids,
+        **_dims(full,
+                dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, initializer_range=TINY_INIT),
+                dict(hidden_size=512, num_hidden_layers=12, num_attention_heads=8,
+                     intermediate_size=2048)),
+    )  # fmt: skip
+
+
+def build_clip(out: Path, full: bool) -> None:
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    tokenizer = clip_tokenizer()
+    text = _text_tower(
+        full, len(tokenizer), 77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    vision = {**_vision(full), "patch_size": 8 if not full else 32}
+    model = CLIPModel(
+        CLIPConfig(text_config=text, vision_config=vision, projection_dim=512 if full else 16)
+    )
+    size = 224 if full else 32
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    _save(out, model, None, None)
+
+
+def build_siglip(out: Path, full: bool) -> None:
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    tokenizer = bert_tokenizer()
+    # SigLIP's pipeline pads every text to 64 tokens.
+    text = _text_tower(
+        full, len(tokenizer), 64, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+    )  # fmt: skip
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=_vision(full)))
+    size = 224 if full else 32
+    processor = SiglipImageProcessor(size={"height": size, "width": size})
+    _save(out, model, tokenizer, processor)
+
+
+def build_dinov2(out: Path, full: bool) -> None:
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    dims = _vision(full)
+    dims["patch_size"] = 14 if full else 8
+    model = Dinov2Model(Dinov2Config(**dims))
+    size = 224 if full else 32
+    processor = BitImageProcessor(
+        size={"shortest_edge": 256 if full else 40}, crop_size={"height": size, "width": size},
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    )  # fmt: skip
+    _save(out, model, None, processor)
+
+
+def build_vit_backbone(out: Path, full: bool) -> None:
+    """A headless ViT (ViTModel, with its pooler): serves embed, must refuse classify."""
+    from transformers import ViTModel
+
+    model = ViTModel(ViTConfig(**_vision(full)))
+    size = 224 if full else 32
+    _save(out, model, None, ViTImageProcessor(size={"height": size, "width": size}))
+
+
 BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "vit-gpt2": build_vit_gpt2,
     "git": build_git,
     "blip": build_blip,
     "resnet": build_resnet,
     "vit": build_vit,
+    "clip": build_clip,
+    "siglip": build_siglip,
+    "dinov2": build_dinov2,
+    "vit-backbone": build_vit_backbone,
 }
 
 
 def _save(out: Path, model, tokenizer, processor) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(out)
-    processor.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
 

@@ -18,6 +18,7 @@ from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, is_url
 from .schema import parse_job_input
 from .tasks import Task, load_task
+from .tasks.base import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Worker:
             task.predict,
             max_batch_size=settings.MAX_BATCH_SIZE,
             max_wait_s=settings.BATCH_WAIT_MS / 1000,
-            batch_key=task.batch_key,
+            batch_key=lambda item, options: task.batch_key(item, options),
             is_out_of_memory=is_out_of_memory,
             after_out_of_memory=lambda: release_cached_memory(task.source.device),
         )
@@ -71,8 +72,9 @@ class Worker:
 
     def warm_up(self) -> None:
         """One tiny batch, so lazy initialisation (kernels, allocator) is not job one's cost."""
-        gray = self.task.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))
-        self.task.predict([gray], self.task.resolve_options({}))
+        options = self.task.warmup_options()
+        gray = self.task.prepare(Image.new("RGB", (64, 64), (127, 127, 127)), options)
+        self.task.predict([gray], [options])
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -98,49 +100,57 @@ class Worker:
 
     async def _run(self, job_input: Any) -> dict[str, Any]:
         started = time.perf_counter()
-        request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB)
-        if request.task is not None and request.task != self.task.name:
-            raise JobError(
-                f'task "{request.task}" is not served here: model {self.settings.MODEL_NAME} '
-                f'serves "{self.task.name}"'
-            )
-        options = self._resolve_options(request.options())
-
-        images = await asyncio.gather(*(self._load_image(s) for s in request.sources))
+        request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task)
+        options = request.options
+        texts = self.task.job_texts(options)
+        prepared = await asyncio.gather(*(self._prepare(s, options) for s in request.sources))
         loaded = time.perf_counter()
-        outputs = await asyncio.gather(
-            *(self._predict(image, options) for image in images), return_exceptions=True
+        image_outputs = asyncio.gather(
+            *(self._predict(item, options) for item in prepared), return_exceptions=True
         )
-        results = [_result(i, out, self.task, options) for i, out in enumerate(outputs)]
+        text_outputs = asyncio.gather(
+            *(self.batcher.submit(self.task.prepare_text(t, options), options) for t in texts),
+            return_exceptions=True,
+        )
+        outputs, text_results = await asyncio.gather(image_outputs, text_outputs)
+        results = [
+            _result(i, item, out, self.task, options)
+            for i, (item, out) in enumerate(zip(prepared, outputs, strict=True))
+        ]
         finished = time.perf_counter()
-        return {
+        output: dict[str, Any] = {
             "model": self.settings.MODEL_NAME,
             "task": self.task.name,
             "results": results,
-            "timings_ms": {
-                "load_images": _ms(loaded - started),
-                "inference": _ms(finished - loaded),
-                "total": _ms(finished - started),
-            },
         }
+        if texts:
+            output["texts"] = [
+                self._text_result(i, out, options) for i, out in enumerate(text_results)
+            ]
+        output["timings_ms"] = {
+            "load_images": _ms(loaded - started),
+            "inference": _ms(finished - loaded),
+            "total": _ms(finished - started),
+        }
+        return output
 
-    def _resolve_options(self, given: dict[str, int]) -> Any:
-        foreign = sorted(set(given) - set(self.task.option_names))
-        if foreign:
-            raise JobError(f'option "{foreign[0]}" does not apply to task "{self.task.name}"')
-        return self.task.resolve_options(given)
+    def _text_result(self, index: int, output: Any, options: Any) -> dict:
+        if isinstance(output, BaseException):
+            message = output.message if isinstance(output, ImageError) else repr(output)
+            return {"error": {"code": "inference_failed", "message": f"text {index}: {message}"}}
+        return self.task.encode_text(output, options)
 
-    def _model_input(self, source: str) -> Any:
-        """Decode and preprocess one image on an image thread, off the model's critical path."""
+    def _model_input(self, source: str, options: Any) -> Prepared:
+        """Decode and prepare one image on an image thread, off the model's critical path."""
         image = self.loader.load(source)
         try:
-            return self.task.preprocess(image)
+            return self.task.prepare(image, options)
         except Exception as error:  # e.g. a 1x1 image the processor cannot resize
             raise ImageError("invalid_image", f"cannot preprocess image: {error}"[:300]) from None
 
-    async def _load_image(self, source: str) -> Any:
+    async def _prepare(self, source: str, options: Any) -> Prepared | ImageError:
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self._image_threads, self._model_input, source)
+        pending = loop.run_in_executor(self._image_threads, self._model_input, source, options)
         limit = self.settings.URL_TIMEOUT_S + _FETCH_GRACE_S if is_url(source) else None
         try:
             return await asyncio.wait_for(pending, timeout=limit)
@@ -149,19 +159,19 @@ class Worker:
         except TimeoutError:
             return ImageError("fetch_failed", f"download exceeded {self.settings.URL_TIMEOUT_S}s")
 
-    async def _predict(self, image: Any, options: Any) -> Any:
-        if isinstance(image, ImageError):
-            raise image
-        return await self.batcher.submit(image, options)
+    async def _predict(self, item: Prepared | ImageError, options: Any) -> Any:
+        if isinstance(item, ImageError):
+            raise item
+        return await self.batcher.submit(item, options)
 
 
-def _result(index: int, output: Any, task: Task, options: Any) -> dict:
+def _result(index: int, item: Any, output: Any, task: Task, options: Any) -> dict:
     if isinstance(output, ImageError):
         return output.to_result(index)
     if isinstance(output, BaseException):
         log.error("image %d failed: %r", index, output)
         return ImageError("inference_failed", f"{type(output).__name__}: {output}").to_result(index)
-    return task.encode(output, options)
+    return task.encode(output, item.meta, options)
 
 
 def _ms(seconds: float) -> float:

@@ -1,4 +1,9 @@
-"""One module per task. A task is found from the model's config, or named by TASK."""
+"""The task registry. Adding a task is adding its module and one entry in TASKS.
+
+TASKS is in priority order: with TASK unset, a checkpoint serves the first task that `serves` it,
+so a checkpoint saved with a trained head (a captioner, a classifier) serves that head, a
+CLIP/SigLIP pair defaults to zero-shot, and a bare backbone to embeddings.
+"""
 
 from __future__ import annotations
 
@@ -8,53 +13,72 @@ from transformers import AutoConfig
 
 from ..config import Settings
 from ..device import resolve_device, resolve_dtype
-from .base import ModelLoadError, ModelSource, Task
+from .base import Checkpoint, MissingWeightsError, ModelLoadError, ModelSource, Task, TaskOptions
 from .caption import CaptionTask
 from .classify import ClassifyTask
+from .embed import EmbedTask
+from .zero_shot import ZeroShotTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (CaptionTask, ClassifyTask)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (CaptionTask, ClassifyTask, ZeroShotTask, EmbedTask)
+}
 
-__all__ = ["TASKS", "ModelLoadError", "ModelSource", "Task", "load_task"]
+__all__ = [
+    "TASKS", "Checkpoint", "ModelLoadError", "ModelSource", "Task", "TaskOptions", "load_task",
+    "tasks_serving",
+]  # fmt: skip
 
 
 def load_task(settings: Settings) -> Task:
-    """Load MODEL_NAME for its task (inferred from its config unless TASK names one)."""
+    """Load MODEL_NAME for its task (from the checkpoint unless TASK names one)."""
     # Progress bars and per-call advice would flood the worker's log on every cold start.
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    if settings.TASK and settings.TASK not in TASKS:
+        raise ModelLoadError(f"TASK={settings.TASK} is not a task; known tasks: {', '.join(TASKS)}")
     device = resolve_device(settings.DEVICE)
     if device.type == "cuda":
         # Vision inputs have fixed shapes after preprocessing, so cuDNN's one-time autotuning
         # per shape pays for itself from the second batch on.
         torch.backends.cudnn.benchmark = True
     source = ModelSource(
-        settings.MODEL_NAME, settings.MODEL_REVISION, device, resolve_dtype(settings.DTYPE, device)
+        settings.MODEL_NAME, settings.MODEL_REVISION, device,
+        resolve_dtype(settings.DTYPE, device), settings.PROCESSOR_NAME,
+    )  # fmt: skip
+    checkpoint = Checkpoint.from_config(
+        settings.MODEL_NAME, source.load(AutoConfig.from_pretrained)
     )
-    model_type = source.load(AutoConfig.from_pretrained).model_type
-    task_cls = _task_for(model_type, settings.TASK, settings.MODEL_NAME)
-    return task_cls.load(source, settings)
-
-
-def _task_for(model_type: str, requested: str, model_name: str) -> type[Task]:
-    candidates = [t for t in TASKS.values() if t.supports(model_type)]
-    if requested:
-        chosen = TASKS[requested]
-        if chosen in candidates:
-            return chosen
-        raise ModelLoadError(
-            f"TASK={requested} does not fit model {model_name!r} (architecture {model_type!r}); "
-            f"it supports: {_supported_list()}"
+    task_cls = choose_task(checkpoint, settings.TASK)
+    try:
+        return task_cls.load(source, checkpoint, settings)
+    except MissingWeightsError as error:
+        others = [name for name in tasks_serving(checkpoint) if name != task_cls.name]
+        advice = (
+            f"it serves {' and '.join(others)}: set TASK={others[0]}"
+            if others
+            else "no task can serve it as saved"
         )
+        raise ModelLoadError(f"{error}; {advice}") from None
+
+
+def tasks_serving(checkpoint: Checkpoint) -> list[str]:
+    """The tasks this checkpoint can serve, in priority order (the first is the default)."""
+    return [name for name, task in TASKS.items() if task.serves(checkpoint)]
+
+
+def choose_task(checkpoint: Checkpoint, requested: str = "") -> type[Task]:
+    candidates = tasks_serving(checkpoint)
+    described = (
+        f"{checkpoint.name} ({', '.join(checkpoint.architectures) or checkpoint.model_type})"
+    )
+    if requested:
+        if requested in candidates:
+            return TASKS[requested]
+        serves = f"it serves {', '.join(candidates)}" if candidates else "it fits no task"
+        raise ModelLoadError(f"TASK={requested} does not fit {described}; {serves}")
     if not candidates:
         raise ModelLoadError(
-            f"model {model_name!r} has architecture {model_type!r}, which fits no supported task. "
-            f"Supported: {_supported_list()}"
+            f"{described} fits no supported task. Supported: "
+            + "; ".join(f"{name}: {task.architectures_doc}" for name, task in TASKS.items())
         )
-    return candidates[0]
-
-
-def _supported_list() -> str:
-    return (
-        "caption: vision-encoder-decoder (e.g. ViT-GPT2), git, blip; "
-        "classify: any image-classification model (resnet, vit, convnext, ...)"
-    )
+    return TASKS[candidates[0]]

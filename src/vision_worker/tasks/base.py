@@ -1,27 +1,50 @@
-"""What every task provides, and the one place models are fetched from a Hub id or a directory."""
+"""The task contract, and the one place models are fetched from a Hub id or a directory.
+
+A task owns everything about its task and nothing about RunPod or HTTP:
+
+- `Options`: a pydantic model of the job options it accepts (types, defaults, bounds,
+  descriptions); the README tables, the pod server's form and `.runpod/hub.json` follow it.
+- `serves(checkpoint)`: decided from the checkpoint's architectures, never by a first match.
+- `load(source, settings)`: once, at cold start; refuses checkpoints whose task weights are missing.
+- `check(options)`: bounds that depend on settings or on the model (e.g. top_k <= labels).
+- `prepare(image, options) -> Prepared`: per image, on an image thread.
+- `predict(items, options)`: one forward pass over a batch; `items` share `batch_key`.
+- `encode(output, meta, options) -> dict`: one image's JSON result.
+Jobs may also carry texts for the same model (`job_texts`, `prepare_text`, `encode_text`).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import torch
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 
 from ..config import Settings
-from ..errors import JobError
 
 T = TypeVar("T")
 
 
 class ModelLoadError(RuntimeError):
     """The model cannot be loaded; the worker must not start."""
+
+
+class MissingWeightsError(ModelLoadError):
+    """The checkpoint lacks weights the task's output depends on (they would be random)."""
+
+    def __init__(self, model_name: str, task: str, what: str, missing: Iterable[str]) -> None:
+        names = sorted(missing)
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        super().__init__(f"{model_name} has no {what} (weights missing: {shown})")
+        self.model_name, self.task, self.missing = model_name, task, names
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,9 @@ class ModelSource:
     revision: str | None
     device: torch.device
     dtype: torch.dtype
+    # Fine-tuning checkpoints often hold weights and config only; the processor and tokenizer
+    # then come from the base model (PROCESSOR_NAME).
+    processor_name: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -39,27 +65,47 @@ class ModelSource:
 
     def load(self, loader: Callable[..., T], **kwargs: Any) -> T:
         """Call a transformers `from_pretrained` on this source with a clear failure message."""
-        if self.revision:
-            kwargs["revision"] = self.revision
-        if not self.is_local and not _hub_reachable():
-            # Without this, huggingface_hub retries for ~30 s before saying it is offline.
-            kwargs["local_files_only"] = True
-        try:
-            return loader(self.name, **kwargs)
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(self._explain(error)) from error
+        return _load(self.name, self.revision, loader, **kwargs)
 
-    def _explain(self, error: Exception) -> str:
-        if self.is_local:
-            return f"cannot load model from directory {self.name}: {error}"
-        if not _hub_reachable():
-            return (
-                f"model {self.name!r} is not in the local cache (HF_HOME="
-                f"{os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the Hugging Face Hub "
-                "is unreachable. Bake the weights into the image (builder/download_model.py) or "
-                "set MODEL_NAME to a local directory saved with save_pretrained."
-            )
-        return f"cannot load model {self.name!r} (revision {self.revision or 'main'}): {error}"
+    def load_processor(self, loader: Callable[..., T], what: str, **kwargs: Any) -> T:
+        """Load a processor or tokenizer from PROCESSOR_NAME when set, else from the model."""
+        name = self.processor_name or self.name
+        try:
+            return _load(name, None if self.processor_name else self.revision, loader, **kwargs)
+        except ModelLoadError as error:
+            if self.processor_name:
+                raise
+            raise ModelLoadError(
+                f"{error}. A training checkpoint often has no {what}: set PROCESSOR_NAME to the "
+                "base model it was fine-tuned from (a Hub id or directory) to take it from there"
+            ) from None
+
+
+def _load(name: str, revision: str | None, loader: Callable[..., T], **kwargs: Any) -> T:
+    if revision:
+        kwargs["revision"] = revision
+    is_local = Path(name).is_dir()
+    if not is_local and not _hub_reachable():
+        # Without this, huggingface_hub retries for ~30 s before saying it is offline.
+        kwargs["local_files_only"] = True
+    try:
+        return loader(name, **kwargs)
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelLoadError(_explain(name, revision, is_local, error)) from error
+
+
+def _explain(name: str, revision: str | None, is_local: bool, error: Exception) -> str:
+    reason = " ".join(str(error).split())[:300]
+    if is_local:
+        return f"cannot load from directory {name}: {reason}"
+    if not _hub_reachable():
+        return (
+            f"model {name!r} is not in the local cache (HF_HOME="
+            f"{os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the Hugging Face Hub "
+            "is unreachable. Bake the weights into the image (builder/download_model.py) or "
+            "set MODEL_NAME to a local directory saved with save_pretrained"
+        )
+    return f"cannot load {name!r} (revision {revision or 'main'}): {reason}"
 
 
 @lru_cache(maxsize=1)
@@ -74,33 +120,112 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-class Task(Protocol):
-    """A model behind one task. Tasks know nothing about RunPod; they see lists of images."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint says about itself before any weight is loaded."""
+
+    name: str
+    model_type: str
+    # From config.json's "architectures": the class it was saved from, i.e. which heads it has.
+    architectures: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, name: str, config: Any) -> Checkpoint:
+        return cls(name, config.model_type, tuple(config.architectures or ()))
+
+
+class TaskOptions(BaseModel):
+    """Base of every task's options: strict types ("5" is not an integer), no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+@dataclass
+class Prepared:
+    """One batch item: model inputs for one image (or text), and what encoding its output needs."""
+
+    inputs: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind: str = "image"
+
+
+class Task:
+    """A loaded model behind one task. Subclasses fill in the contract described above."""
 
     name: ClassVar[str]
-    option_names: ClassVar[tuple[str, ...]]
+    summary: ClassVar[str]
+    Options: ClassVar[type[TaskOptions]]
+    # Shown in cold-start errors and the README's architecture table.
+    architectures_doc: ClassVar[str]
+
     source: ModelSource
+    settings: Settings
 
     @classmethod
-    def supports(cls, model_type: str) -> bool: ...
+    def serves(cls, checkpoint: Checkpoint) -> bool:
+        raise NotImplementedError
 
     @classmethod
-    def load(cls, source: ModelSource, settings: Settings) -> Task: ...
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> Task:
+        raise NotImplementedError
 
-    def resolve_options(self, given: dict[str, int]) -> Any:
-        """Defaults filled in and bounds checked; raises JobError."""
+    def check(self, options: Any) -> Any:
+        """Bounds that depend on settings or the model; raises JobError. Returns the options."""
+        return options
 
-    def batch_key(self, options: Any) -> Hashable:
-        """Images may share a forward pass only when their keys are equal."""
+    def warmup_options(self) -> Any:
+        """Options for the cold-start warm-up batch (tasks with required options override it)."""
+        return self.check(self.Options())
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One image to model input (resize, normalise), on a CPU thread off the model's path."""
+    def batch_key(self, item: Prepared, options: Any) -> Hashable:
+        """Items may share a forward pass only when their keys are equal."""
+        return item.kind
 
-    def predict(self, pixels: Sequence[torch.Tensor], options: Any) -> list[Any]:
-        """One forward pass over a batch of preprocessed images; one raw output each, in order."""
+    def prepare(self, image: Image.Image, options: Any) -> Prepared:
+        raise NotImplementedError
 
-    def encode(self, output: Any, options: Any) -> dict:
-        """A raw output to the JSON result of one image."""
+    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def encode(self, output: Any, meta: dict[str, Any], options: Any) -> dict:
+        raise NotImplementedError
+
+    # --- texts that travel with a job (text embeddings in the image's space) -----------------
+    def job_texts(self, options: Any) -> list[str]:
+        return []
+
+    def prepare_text(self, text: str, options: Any) -> Prepared:
+        raise NotImplementedError
+
+    def encode_text(self, output: Any, options: Any) -> dict:
+        raise NotImplementedError
+
+
+def load_weights(
+    source: ModelSource,
+    auto_class: Any,
+    task: str,
+    what: str,
+    *,
+    tolerate: Callable[[str], bool] = lambda key: False,
+    **kwargs: Any,
+) -> tuple[Any, set[str]]:
+    """`from_pretrained` that refuses a checkpoint whose weights for `task` are missing.
+
+    transformers fills missing weights with random values and only logs it; a worker that served
+    them would answer every job with confident nonsense. Returns the model and the missing keys
+    the task tolerates (e.g. an unused pooler).
+    """
+    model, info = source.load(
+        auto_class.from_pretrained, dtype=source.dtype, output_loading_info=True, **kwargs
+    )
+    missing = set(info.get("missing_keys", ())) | {
+        key[0] if isinstance(key, tuple) else key for key in info.get("mismatched_keys", ())
+    }
+    fatal = {key for key in missing if not tolerate(key)}
+    if fatal:
+        raise MissingWeightsError(source.name, task, what, fatal)
+    return model, missing
 
 
 def prepare_model(model: Any, source: ModelSource, settings: Settings) -> Any:
@@ -111,20 +236,29 @@ def prepare_model(model: Any, source: ModelSource, settings: Settings) -> Any:
     return model
 
 
-def preprocess_image(processor: Any, image: Image.Image) -> torch.Tensor:
+def pixel_inputs(processor: Any, image: Image.Image) -> dict[str, torch.Tensor]:
     """The processor's pixel tensor for one image, shape (channels, height, width)."""
-    return processor(images=[image], return_tensors="pt").pixel_values[0]
+    return {"pixel_values": processor(images=[image], return_tensors="pt").pixel_values[0]}
 
 
-def stack_on_device(pixels: Sequence[torch.Tensor], source: ModelSource) -> torch.Tensor:
-    """One batch tensor on the model's device; pinned host memory lets the copy overlap on CUDA."""
-    batch = torch.stack(list(pixels))
+def stack_on_device(
+    tensors: Sequence[torch.Tensor], source: ModelSource, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """One batch tensor on the model's device; pinned host memory lets the copy overlap on CUDA.
+
+    `dtype` defaults to the model's: right for pixels, wrong for token ids (pass their own).
+    """
+    batch = torch.stack(list(tensors))
     if source.device.type == "cuda":
         batch = batch.pin_memory()
-    return batch.to(source.device, dtype=source.dtype, non_blocking=True)
+    target = dtype or (source.dtype if batch.is_floating_point() else batch.dtype)
+    return batch.to(source.device, dtype=target, non_blocking=True)
 
 
-def check_range(name: str, value: int, low: int, high: int) -> int:
-    if not low <= value <= high:
-        raise JobError(f'"{name}" must be between {low} and {high}, got {value}')
-    return value
+def stack_pixels(items: Sequence[Prepared], source: ModelSource) -> torch.Tensor:
+    return stack_on_device([item.inputs["pixel_values"] for item in items], source)
+
+
+def features_of(output: Any) -> torch.Tensor:
+    """`get_image_features` returns a tensor in transformers 4 and a model output in 5."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output

@@ -3,29 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
+from pydantic import Field
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
 from ..config import Settings
-from .base import ModelSource, check_range, prepare_model, preprocess_image, stack_on_device
+from ..errors import JobError
+from .base import (
+    Checkpoint,
+    ModelSource,
+    Prepared,
+    Task,
+    TaskOptions,
+    load_weights,
+    pixel_inputs,
+    prepare_model,
+    stack_pixels,
+)
+
+_ARCHITECTURES = frozenset(
+    {"VisionEncoderDecoderModel", "GitForCausalLM", "BlipForConditionalGeneration"}
+)
+_MODEL_TYPES = frozenset({"vision-encoder-decoder", "git", "blip"})
 
 
-@dataclass(frozen=True)
-class CaptionOptions:
-    max_new_tokens: int
-    num_beams: int = 1
-    # Benchmarks pin the caption length (min = max) so runs compare; callers cannot set it.
-    min_new_tokens: int | None = None
+class CaptionOptions(TaskOptions):
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Tokens generated at most (default DEFAULT_MAX_NEW_TOKENS, "
+        "at most MAX_NEW_TOKENS_LIMIT).",
+    )  # fmt: skip
+    num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width (at most MAX_NUM_BEAMS).")
 
 
-class CaptionTask:
+class CaptionTask(Task):
     name: ClassVar[str] = "caption"
-    option_names: ClassVar[tuple[str, ...]] = ("max_new_tokens", "num_beams")
-    model_types: ClassVar[frozenset[str]] = frozenset({"vision-encoder-decoder", "git", "blip"})
+    summary: ClassVar[str] = "a caption per image (greedy or beam search)"
+    Options: ClassVar = CaptionOptions
+    architectures_doc: ClassVar[str] = (
+        "`VisionEncoderDecoderModel` (ViT-GPT2), `GitForCausalLM`, `BlipForConditionalGeneration`"
+    )
+    # Benchmarks pin the caption length (min = max) so runs compare; jobs cannot set it.
+    pinned_min_new_tokens: int | None = None
 
     def __init__(
         self, source: ModelSource, model, processor, tokenizer, settings: Settings
@@ -37,47 +59,53 @@ class CaptionTask:
         self.settings = settings
 
     @classmethod
-    def supports(cls, model_type: str) -> bool:
-        return model_type in cls.model_types
+    def serves(cls, checkpoint: Checkpoint) -> bool:
+        if checkpoint.architectures:
+            return any(a in _ARCHITECTURES for a in checkpoint.architectures)
+        return checkpoint.model_type in _MODEL_TYPES
 
     @classmethod
-    def load(cls, source: ModelSource, settings: Settings) -> CaptionTask:
-        model = source.load(AutoModelForImageTextToText.from_pretrained, dtype=source.dtype)
-        processor = source.load(AutoImageProcessor.from_pretrained)
-        tokenizer = source.load(AutoTokenizer.from_pretrained)
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> CaptionTask:
+        model, _ = load_weights(
+            source, AutoModelForImageTextToText, cls.name, "trained text decoder"
+        )
+        processor = source.load_processor(AutoImageProcessor.from_pretrained, "image processor")
+        tokenizer = source.load_processor(AutoTokenizer.from_pretrained, "tokenizer")
         return cls(source, prepare_model(model, source, settings), processor, tokenizer, settings)
 
-    def resolve_options(self, given: dict[str, int]) -> CaptionOptions:
+    def check(self, options: CaptionOptions) -> CaptionOptions:
         limits = self.settings
-        return CaptionOptions(
-            max_new_tokens=check_range(
-                "max_new_tokens",
-                given.get("max_new_tokens", limits.DEFAULT_MAX_NEW_TOKENS),
-                1,
-                limits.MAX_NEW_TOKENS_LIMIT,
-            ),
-            num_beams=check_range("num_beams", given.get("num_beams", 1), 1, limits.MAX_NUM_BEAMS),
-        )
+        max_new_tokens = options.max_new_tokens or limits.DEFAULT_MAX_NEW_TOKENS
+        if max_new_tokens > limits.MAX_NEW_TOKENS_LIMIT:
+            raise JobError(
+                f'"max_new_tokens" must be between 1 and {limits.MAX_NEW_TOKENS_LIMIT}, '
+                f"got {max_new_tokens}"
+            )
+        if options.num_beams > limits.MAX_NUM_BEAMS:
+            raise JobError(
+                f'"num_beams" must be between 1 and {limits.MAX_NUM_BEAMS}, got {options.num_beams}'
+            )
+        return options.model_copy(update={"max_new_tokens": max_new_tokens})
 
-    def batch_key(self, options: CaptionOptions) -> CaptionOptions:
+    def batch_key(self, item: Prepared, options: CaptionOptions) -> tuple:
         # Every generation option changes the decoding loop, so only equal options share a batch.
-        return options
+        return (item.kind, options.max_new_tokens, options.num_beams)
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return preprocess_image(self.processor, image)
+    def prepare(self, image: Image.Image, options: CaptionOptions) -> Prepared:
+        return Prepared(pixel_inputs(self.processor, image))
 
-    def predict(self, pixels: Sequence[torch.Tensor], options: CaptionOptions) -> list[str]:
-        pixels = stack_on_device(pixels, self.source)
+    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:
+        first = options[0]  # equal for the whole batch (batch_key)
         with torch.inference_mode():
             generated = self.model.generate(
-                pixel_values=pixels,
-                max_new_tokens=options.max_new_tokens,
-                min_new_tokens=options.min_new_tokens,
-                num_beams=options.num_beams,
+                pixel_values=stack_pixels(items, self.source),
+                max_new_tokens=first.max_new_tokens,
+                min_new_tokens=self.pinned_min_new_tokens,
+                num_beams=first.num_beams,
                 do_sample=False,
             )
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [" ".join(text.split()) for text in texts]
 
-    def encode(self, output: str, options: CaptionOptions) -> dict:
+    def encode(self, output: str, meta: dict, options: CaptionOptions) -> dict:
         return {"caption": output}

@@ -1,28 +1,51 @@
-"""Image classification: any transformers image-classification model, top-k softmax labels."""
+"""Image classification: any transformers image-classification checkpoint, top-k softmax labels."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
+from pydantic import Field
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from ..config import Settings
-from .base import ModelSource, check_range, prepare_model, preprocess_image, stack_on_device
+from ..errors import JobError
+from .base import (
+    Checkpoint,
+    ModelSource,
+    Prepared,
+    Task,
+    TaskOptions,
+    load_weights,
+    pixel_inputs,
+    prepare_model,
+    stack_pixels,
+)
+
+# The class names a checkpoint is saved from when it carries a trained classification head.
+_CLASSIFIER_ARCHITECTURES = frozenset(
+    name
+    for names in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values()
+    for name in ((names,) if isinstance(names, str) else names)
+)
 
 
-@dataclass(frozen=True)
-class ClassifyOptions:
-    top_k: int
+class ClassifyOptions(TaskOptions):
+    top_k: int | None = Field(
+        None, ge=1, le=1_000_000, description="Labels returned, best first (default DEFAULT_TOP_K)."
+    )
 
 
-class ClassifyTask:
+class ClassifyTask(Task):
     name: ClassVar[str] = "classify"
-    option_names: ClassVar[tuple[str, ...]] = ("top_k",)
+    summary: ClassVar[str] = "top-k labels from the checkpoint's own classification head"
+    Options: ClassVar = ClassifyOptions
+    architectures_doc: ClassVar[str] = (
+        "any `*ForImageClassification` checkpoint (ViT, ResNet, ConvNeXt, Swin, EfficientNet, ...)"
+    )
 
     def __init__(self, source: ModelSource, model, processor, settings: Settings) -> None:
         self.source = source
@@ -32,42 +55,49 @@ class ClassifyTask:
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 
     @classmethod
-    def supports(cls, model_type: str) -> bool:
-        return model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    def serves(cls, checkpoint: Checkpoint) -> bool:
+        if checkpoint.architectures:
+            return any(a in _CLASSIFIER_ARCHITECTURES for a in checkpoint.architectures)
+        # Old configs name no architecture; the weight check at load still catches a missing head.
+        return checkpoint.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
     @classmethod
-    def load(cls, source: ModelSource, settings: Settings) -> ClassifyTask:
-        model = source.load(AutoModelForImageClassification.from_pretrained, dtype=source.dtype)
-        processor = source.load(AutoImageProcessor.from_pretrained)
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> ClassifyTask:
+        model, _ = load_weights(
+            source, AutoModelForImageClassification, cls.name, "classification head"
+        )
+        processor = source.load_processor(AutoImageProcessor.from_pretrained, "image processor")
         return cls(source, prepare_model(model, source, settings), processor, settings)
 
-    def resolve_options(self, given: dict[str, int]) -> ClassifyOptions:
-        default = min(self.settings.DEFAULT_TOP_K, len(self.labels))
-        return ClassifyOptions(
-            check_range("top_k", given.get("top_k", default), 1, len(self.labels))
-        )
+    def check(self, options: ClassifyOptions) -> ClassifyOptions:
+        top_k = options.top_k or min(self.settings.DEFAULT_TOP_K, len(self.labels))
+        if top_k > len(self.labels):
+            raise JobError(f'"top_k" must be between 1 and {len(self.labels)}, got {top_k}')
+        return options.model_copy(update={"top_k": top_k})
 
-    def batch_key(self, options: ClassifyOptions) -> tuple:
+    def batch_key(self, item: Prepared, options: ClassifyOptions) -> str:
         # top_k only slices the output, so every classification job can share a batch.
-        return ()
+        return item.kind
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return preprocess_image(self.processor, image)
+    def prepare(self, image: Image.Image, options: ClassifyOptions) -> Prepared:
+        return Prepared(pixel_inputs(self.processor, image))
 
-    def predict(
-        self, pixels: Sequence[torch.Tensor], options: ClassifyOptions
-    ) -> list[torch.Tensor]:
-        pixels = stack_on_device(pixels, self.source)
+    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[torch.Tensor]:
         with torch.inference_mode():
-            logits = self.model(pixel_values=pixels).logits
+            logits = self.model(pixel_values=stack_pixels(items, self.source)).logits
         # Softmax in float32: half-precision probabilities lose the small scores entirely.
         return list(logits.float().softmax(dim=-1).cpu())
 
-    def encode(self, output: torch.Tensor, options: ClassifyOptions) -> dict:
-        scores, indices = output.topk(options.top_k)
-        return {
-            "labels": [
-                {"label": self.labels[i], "score": round(s, 6)}
-                for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
-            ]
-        }
+    def encode(self, output: torch.Tensor, meta: dict, options: ClassifyOptions) -> dict:
+        return ranked_labels(output, self.labels, options.top_k or len(self.labels))
+
+
+def ranked_labels(scores: torch.Tensor, labels: Sequence[str], top_k: int) -> dict:
+    """{"labels": [{"label", "score"}, ...]} best first; the shape classify and zero_shot share."""
+    values, indices = scores.topk(min(top_k, len(labels)))
+    return {
+        "labels": [
+            {"label": labels[i], "score": round(s, 6)}
+            for s, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+    }

@@ -1,0 +1,158 @@
+"""Image embeddings: CLIP / SigLIP image features (plus text features in the same space), or the
+pooled output of any vision backbone (DINOv2, ViT, ResNet, ConvNeXt, ...).
+
+Which vector a backbone gives: its `pooler_output` when the checkpoint has trained pooler weights
+(DINOv2: the layer-normed CLS token; ResNet/ConvNeXt: global average pooling), otherwise the CLS
+token of the last hidden state (ViT saved from a classifier, whose pooler was never trained).
+These equal transformers' `image-feature-extraction` pipeline with `pool=True` (resp. its first
+token without pooling).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import Field
+from transformers import AutoImageProcessor, AutoModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_MAPPING_NAMES
+
+from ..config import Settings
+from ..errors import JobError
+from .base import (
+    Checkpoint,
+    ModelSource,
+    Prepared,
+    Task,
+    TaskOptions,
+    load_weights,
+    prepare_model,
+    stack_on_device,
+)
+from .towers import DualEncoder, is_dual_encoder, normalize
+
+
+class EmbedOptions(TaskOptions):
+    normalize: bool = Field(True, description="Scale each embedding to unit length (L2).")
+    encoding: Literal["float", "base64"] = Field(
+        "float", description='"base64": little-endian float32 bytes, base64-encoded (compact).'
+    )
+    texts: list[str] | None = Field(
+        None,
+        description="CLIP/SigLIP only: texts to embed in the images' space (up to "
+        'MAX_TEXTS_PER_JOB), returned under "texts".',
+    )
+
+
+class EmbedTask(Task):
+    name: ClassVar[str] = "embed"
+    summary: ClassVar[str] = "an embedding vector per image (and per text for CLIP/SigLIP)"
+    Options: ClassVar = EmbedOptions
+    architectures_doc: ClassVar[str] = (
+        "CLIP / SigLIP / SigLIP2 (image tower), and any vision backbone `AutoModel` loads "
+        "(DINOv2, ViT, ResNet, ConvNeXt, Swin, ...), including classifiers' backbones"
+    )
+
+    def __init__(
+        self, source: ModelSource, settings: Settings, *, towers: DualEncoder | None = None,
+        backbone: Any = None, processor: Any = None, use_pooler: bool = True,
+    ) -> None:  # fmt: skip
+        self.source = source
+        self.settings = settings
+        self.towers = towers
+        self.backbone = backbone
+        self.processor = processor
+        self.use_pooler = use_pooler
+
+    @classmethod
+    def serves(cls, checkpoint: Checkpoint) -> bool:
+        return is_dual_encoder(checkpoint) or checkpoint.model_type in MODEL_FOR_IMAGE_MAPPING_NAMES
+
+    @classmethod
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> EmbedTask:
+        if is_dual_encoder(checkpoint):
+            return cls(source, settings, towers=DualEncoder.load(source, cls.name, settings))
+        # A classifier's checkpoint has no pooler (its head reads the hidden states), so the
+        # pooler AutoModel adds would be random: those weights are tolerated and left unused.
+        model, missing = load_weights(
+            source, AutoModel, cls.name, "trained backbone",
+            tolerate=lambda key: key.startswith("pooler."),
+        )  # fmt: skip
+        processor = source.load_processor(AutoImageProcessor.from_pretrained, "image processor")
+        return cls(
+            source, settings, backbone=prepare_model(model, source, settings),
+            processor=processor, use_pooler=not missing,
+        )  # fmt: skip
+
+    def check(self, options: EmbedOptions) -> EmbedOptions:
+        if options.texts is None:
+            return options
+        limits = self.settings
+        if self.towers is None:
+            raise JobError(
+                f'"texts" needs a model with a text tower (CLIP, SigLIP); '
+                f"{self.source.name} embeds images only"
+            )
+        if not options.texts or len(options.texts) > limits.MAX_TEXTS_PER_JOB:
+            raise JobError(f'"texts" must hold 1 to {limits.MAX_TEXTS_PER_JOB} texts')
+        if any(len(text) > limits.MAX_TEXT_CHARS for text in options.texts):
+            raise JobError(f"each text must be at most {limits.MAX_TEXT_CHARS} characters")
+        return options
+
+    def batch_key(self, item: Prepared, options: EmbedOptions) -> str:
+        # normalize and encoding apply after the forward pass; only images and texts differ.
+        return item.kind
+
+    # --- images -----------------------------------------------------------------------------
+    def prepare(self, image: Image.Image, options: EmbedOptions) -> Prepared:
+        if self.towers is not None:
+            return self.towers.image_item(image)
+        batch = self.processor(images=[image], return_tensors="pt")
+        return Prepared({"pixel_values": batch.pixel_values[0]})
+
+    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[torch.Tensor]:
+        if items[0].kind == "text":
+            return list(self.towers.text_features(items).cpu())  # type: ignore[union-attr]
+        if self.towers is not None:
+            return list(self.towers.image_features(items).cpu())
+        pixels = stack_on_device([item.inputs["pixel_values"] for item in items], self.source)
+        with torch.inference_mode():
+            output = self.backbone(pixel_values=pixels)
+        if self.use_pooler and getattr(output, "pooler_output", None) is not None:
+            pooled = output.pooler_output
+        else:
+            pooled = output.last_hidden_state[:, 0]
+        return list(pooled.flatten(1).float().cpu())
+
+    def encode(self, output: torch.Tensor, meta: dict, options: EmbedOptions) -> dict:
+        return vector_result(output, options)
+
+    # --- texts (CLIP / SigLIP) --------------------------------------------------------------
+    def job_texts(self, options: EmbedOptions) -> list[str]:
+        return options.texts or []
+
+    def prepare_text(self, text: str, options: EmbedOptions) -> Prepared:
+        return self.towers.text_item(text)  # type: ignore[union-attr]
+
+    def encode_text(self, output: torch.Tensor, options: EmbedOptions) -> dict:
+        return vector_result(output, options)
+
+
+def vector_result(vector: torch.Tensor, options: EmbedOptions) -> dict:
+    """{"embedding": [...], "dim": N}, or base64 of little-endian float32 with "encoding"."""
+    if options.normalize:
+        vector = normalize(vector)
+    values = vector.numpy().astype("<f4")
+    if options.encoding == "base64":
+        encoded = base64.b64encode(values.tobytes()).decode()
+        return {"embedding": encoded, "dim": int(values.size), "encoding": "base64"}
+    return {"embedding": values.tolist(), "dim": int(values.size)}
+
+
+def decode_base64_embedding(encoded: str) -> np.ndarray:
+    """The inverse of the base64 encoding, for clients (and tests)."""
+    return np.frombuffer(base64.b64decode(encoded), dtype="<f4")

@@ -29,8 +29,11 @@ class RecordingModel:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if self.fail_on in items:
             raise ValueError("model blew up")
-        self.batches.append((list(items), options))
-        return [(item * 2, options) for item in items]
+        # The batcher hands one options value per item; equal batch keys mean equal options here.
+        assert len(options) == len(items)
+        assert len(set(options)) == 1, f"options mixed in one batch: {options}"
+        self.batches.append((list(items), options[0]))
+        return [(item * 2, option) for item, option in zip(items, options, strict=True)]
 
 
 def _batcher(model, **kwargs) -> DynamicBatcher:

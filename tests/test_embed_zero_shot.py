@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, AutoProcessor, pipeline
+from transformers import AutoImageProcessor, AutoModel, AutoProcessor, pipeline
 
 from conftest import PHOTOS, b64, photo, run_job, run_jobs
 from vision_worker.tasks.embed import decode_base64_embedding
@@ -16,7 +16,7 @@ LABELS = ["a cat", "an astronaut", "a cup of coffee", "a rocket", "a camera"]
 
 def real_photos() -> list:
     """The scikit-image samples at their own sizes (300x451 to 640x427), not thumbnails."""
-    return [photo(name, size=None) for name in PHOTOS]
+    return [photo(name, size=None).convert("RGB") for name in PHOTOS]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def scores_of(result: dict) -> dict[str, float]:
 
 
 # --- zero_shot ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["clip", "siglip"])
+@pytest.mark.parametrize("arch", ["clip", "siglip", "siglip2"])
 def test_zero_shot_equals_the_transformers_pipeline_on_real_photos(
     arch, make_worker, model_dir, photos_full_b64
 ):
@@ -44,9 +44,7 @@ def test_zero_shot_equals_the_transformers_pipeline_on_real_photos(
             assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
 
 
-def test_clip_scores_are_a_softmax_and_siglip_scores_independent_sigmoids(
-    make_worker, photos_b64
-):
+def test_clip_scores_are_a_softmax_and_siglip_scores_independent_sigmoids(make_worker, photos_b64):
     clip = run_job(make_worker("clip"), {"image": photos_b64[0], "labels": LABELS})
     assert sum(scores_of(clip["results"][0]).values()) == pytest.approx(1.0, abs=1e-4)
     siglip = run_job(make_worker("siglip"), {"image": photos_b64[0], "labels": LABELS})
@@ -95,7 +93,9 @@ def test_jobs_with_different_label_sets_share_the_image_forward_pass(make_worker
     assert {e["label"] for e in second["results"][0]["labels"]} == {"coffee", "tea", "water"}
     # Still exactly what each job gets alone.
     alone = run_job(worker, jobs[1])
-    assert scores_of(alone["results"][1]) == pytest.approx(scores_of(second["results"][1]), abs=1e-5)
+    assert scores_of(alone["results"][1]) == pytest.approx(
+        scores_of(second["results"][1]), abs=1e-5
+    )
 
 
 def test_hypothesis_template_and_top_k(make_worker, model_dir, photos_full_b64):
@@ -140,7 +140,7 @@ def _cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("arch", ["clip", "siglip"])
+@pytest.mark.parametrize("arch", ["clip", "siglip", "siglip2"])
 def test_dual_encoder_embeddings_equal_get_image_features(
     arch, make_worker, model_dir, photos_full_b64
 ):
@@ -148,7 +148,7 @@ def test_dual_encoder_embeddings_equal_get_image_features(
     worker = make_worker(arch, TASK="embed")
     output = run_job(worker, {"images": photos_full_b64})
     model = AutoModel.from_pretrained(model_dir(arch)).eval()
-    processor = AutoProcessor.from_pretrained(model_dir(arch))
+    processor = AutoImageProcessor.from_pretrained(model_dir(arch))
     with torch.inference_mode():
         features = model.get_image_features(**processor(images=real_photos(), return_tensors="pt"))
     features = getattr(features, "pooler_output", features)
@@ -167,7 +167,9 @@ def test_text_embeddings_share_the_image_space(make_worker, model_dir, photos_b6
     model = AutoModel.from_pretrained(model_dir("clip")).eval()
     processor = AutoProcessor.from_pretrained(model_dir("clip"))
     with torch.inference_mode():
-        features = model.get_text_features(**processor(text=texts, padding=True, return_tensors="pt"))
+        features = model.get_text_features(
+            **processor(text=texts, padding=True, return_tensors="pt")
+        )
     expected = torch.nn.functional.normalize(getattr(features, "pooler_output", features), dim=-1)
     assert len(output["texts"]) == 3
     for result, row in zip(output["texts"], expected, strict=True):

@@ -262,6 +262,24 @@ def build_siglip(out: Path, full: bool) -> None:
     _save(out, model, tokenizer, processor)
 
 
+def build_siglip2(out: Path, full: bool) -> None:
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    tokenizer = bert_tokenizer()
+    text = _text_tower(
+        full, len(tokenizer), 64, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+    )  # fmt: skip
+    # SigLIP2 (NaFlex) keeps each image's aspect ratio and pads to a fixed number of patches.
+    vision = {key: value for key, value in _vision(full).items() if key != "image_size"}
+    patches = 256 if full else 16
+    model = Siglip2Model(
+        Siglip2Config(text_config=text, vision_config={**vision, "num_patches": patches})
+    )
+    processor = Siglip2ImageProcessor(patch_size=vision["patch_size"], max_num_patches=patches)
+    _save(out, model, tokenizer, processor)
+
+
 def build_dinov2(out: Path, full: bool) -> None:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
@@ -293,6 +311,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "vit": build_vit,
     "clip": build_clip,
     "siglip": build_siglip,
+    "siglip2": build_siglip2,
     "dinov2": build_dinov2,
     "vit-backbone": build_vit_backbone,
 }

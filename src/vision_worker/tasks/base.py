@@ -157,6 +157,9 @@ class Task:
     Options: ClassVar[type[TaskOptions]]
     # Shown in cold-start errors and the README's architecture table.
     architectures_doc: ClassVar[str]
+    # A job's "input" and the "results" it gets, for the README (docs.py renders them).
+    example_input: ClassVar[dict]
+    example_output: ClassVar[list]
 
     source: ModelSource
     settings: Settings

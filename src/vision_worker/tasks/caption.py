@@ -46,6 +46,11 @@ class CaptionTask(Task):
     architectures_doc: ClassVar[str] = (
         "`VisionEncoderDecoderModel` (ViT-GPT2), `GitForCausalLM`, `BlipForConditionalGeneration`"
     )
+    example_input: ClassVar[dict] = {"images": ["<image>", "<image>"], "max_new_tokens": 20}
+    example_output: ClassVar[list] = [
+        {"caption": "a cat laying on a couch next to a remote"},
+        {"caption": "an astronaut in a space suit holding a flag"},
+    ]
     # Benchmarks pin the caption length (min = max) so runs compare; jobs cannot set it.
     pinned_min_new_tokens: int | None = None
 

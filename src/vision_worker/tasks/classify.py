@@ -46,6 +46,10 @@ class ClassifyTask(Task):
     architectures_doc: ClassVar[str] = (
         "any `*ForImageClassification` checkpoint (ViT, ResNet, ConvNeXt, Swin, EfficientNet, ...)"
     )
+    example_input: ClassVar[dict] = {"image": "<image>", "top_k": 2}
+    example_output: ClassVar[list] = [
+        {"labels": [{"label": "tabby cat", "score": 0.91}, {"label": "tiger cat", "score": 0.06}]}
+    ]
 
     def __init__(self, source: ModelSource, model, processor, settings: Settings) -> None:
         self.source = source

@@ -56,6 +56,8 @@ class EmbedTask(Task):
         "CLIP / SigLIP / SigLIP2 (image tower), and any vision backbone `AutoModel` loads "
         "(DINOv2, ViT, ResNet, ConvNeXt, Swin, ...), including classifiers' backbones"
     )
+    example_input: ClassVar[dict] = {"images": ["<image>"], "texts": ["a photo of a cat"]}
+    example_output: ClassVar[list] = [{"embedding": [0.0123, -0.0456, "..."], "dim": 512}]
 
     def __init__(
         self, source: ModelSource, settings: Settings, *, towers: DualEncoder | None = None,

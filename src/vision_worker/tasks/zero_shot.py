@@ -46,6 +46,11 @@ class ZeroShotTask(Task):
     summary: ClassVar[str] = "scores for labels the job names, no training needed"
     Options: ClassVar = ZeroShotOptions
     architectures_doc: ClassVar[str] = "`CLIPModel`, `SiglipModel`, `Siglip2Model`"
+    example_input: ClassVar[dict] = {"image": "<image>", "labels": ["cat", "dog", "rocket"]}
+    example_output: ClassVar[list] = [
+        {"labels": [{"label": "cat", "score": 0.97}, {"label": "dog", "score": 0.02},
+                    {"label": "rocket", "score": 0.01}]}
+    ]  # fmt: skip
 
     def __init__(self, towers: DualEncoder, settings: Settings) -> None:
         self.towers = towers

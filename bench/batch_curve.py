@@ -27,14 +27,16 @@ def curve(arch: str) -> list[dict]:
     worker = make_worker(arch, MAX_BATCH_SIZE=max(SIZES))
     pin_caption_length(worker)
     task = worker.task
-    options = task.resolve_options({})
-    pixels = [task.preprocess(worker.loader.load(b)) for b in images_b64(max(SIZES))]
+    options = task.check(task.Options())
+    pixels = [task.prepare(worker.loader.load(b), options) for b in images_b64(max(SIZES))]
     points = []
     for size in SIZES:
         batch = pixels[:size]
-        task.predict(batch, options)  # warm-up at this shape
+        task.predict(batch, [options] * size)  # warm-up at this shape
         repeat = 3 if size <= 8 else 1
-        seconds = timed(lambda batch=batch: task.predict(batch, options), repeat=repeat)
+        seconds = timed(
+            lambda batch=batch: task.predict(batch, [options] * len(batch)), repeat=repeat
+        )
         points.append({"batch_size": size, "latency_s": seconds, "images_per_s": size / seconds})
         report(f"{arch} batch {size:>3} (images/s)", size / seconds, unit="")
     return points

@@ -29,7 +29,7 @@ MODELS = ROOT / "models" / f"bench-{MODEL_SIZE}"  # gitignored; built once, reus
 sys.path.insert(0, str(ROOT / "src"))
 
 from vision_worker.config import load_settings  # noqa: E402
-from vision_worker.tiny_models import build  # noqa: E402
+from vision_worker.dev.tiny_models import build  # noqa: E402
 from vision_worker.worker import Worker  # noqa: E402
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "immunohistochemistry")
@@ -72,13 +72,46 @@ def pin_caption_length(worker: Worker) -> None:
     task = worker.task
     if task.name != "caption":
         return
-    original = task.resolve_options
+    original = task.check
 
-    def pinned(given):
-        options = original(given)
-        return type(options)(CAPTION_TOKENS, options.num_beams, CAPTION_TOKENS)
+    def pinned(options):
+        return original(options).model_copy(update={"max_new_tokens": CAPTION_TOKENS})
 
-    task.resolve_options = pinned  # type: ignore[method-assign]
+    task.check = pinned  # type: ignore[method-assign]
+    task.pinned_min_new_tokens = CAPTION_TOKENS
+
+
+def one_vs_concurrent_vs_sequential(
+    worker: Worker, images: list[str], options: dict[str, Any], result_key: str
+) -> dict[str, float]:
+    """Images/s of one N-image job, N concurrent one-image jobs and N sequential ones."""
+    count = len(images)
+
+    def check(output: dict) -> None:
+        assert all(result_key in r for r in output["results"]), output
+
+    def one_big_job():
+        check(run(worker.run({"images": images, **options})))
+
+    def concurrent_jobs():
+        async def all_jobs():
+            jobs = (worker.run({"image": image, **options}) for image in images)
+            return await asyncio.gather(*jobs)
+
+        for output in run(all_jobs()):
+            check(output)
+
+    def sequential_jobs():
+        for image in images:
+            check(run(worker.run({"image": image, **options})))
+
+    one_big_job()  # warm the allocator at this batch size
+    seconds = {
+        f"one_{count}_image_job": timed(one_big_job, repeat=2),
+        f"{count}_concurrent_jobs": timed(concurrent_jobs, repeat=2),
+        f"{count}_sequential_jobs": timed(sequential_jobs),
+    }
+    return {mode: count / s for mode, s in seconds.items()}
 
 
 def photo_b64(index: int, size: tuple[int, int] = (320, 240)) -> str:

@@ -6,9 +6,14 @@ BENCH_CAPTION_TOKENS tokens. Goal: concurrent jobs reach >= 90% of the one-big-j
 
 from __future__ import annotations
 
-import asyncio
-
-from common import images_b64, make_worker, pin_caption_length, report, run, save, timed
+from common import (
+    images_b64,
+    make_worker,
+    one_vs_concurrent_vs_sequential,
+    pin_caption_length,
+    report,
+    save,
+)
 
 JOBS = 64
 
@@ -16,30 +21,7 @@ JOBS = 64
 def main() -> dict:
     worker = make_worker("vit-gpt2", MAX_BATCH_SIZE=JOBS, BATCH_WAIT_MS=20)
     pin_caption_length(worker)
-    images = images_b64(JOBS)
-
-    def one_big_job():
-        output = run(worker.run({"images": images}))
-        assert all("caption" in r for r in output["results"]), output["results"][:1]
-
-    def concurrent_jobs():
-        async def all_jobs():
-            return await asyncio.gather(*(worker.run({"image": image}) for image in images))
-
-        outputs = run(all_jobs())
-        assert all("caption" in o["results"][0] for o in outputs)
-
-    def sequential_jobs():
-        for image in images:
-            run(worker.run({"image": image}))
-
-    one_big_job()  # warm the allocator at this batch size
-    seconds = {
-        "one_64_image_job": timed(one_big_job, repeat=2),
-        "64_concurrent_jobs": timed(concurrent_jobs, repeat=2),
-        "64_sequential_jobs": timed(sequential_jobs),
-    }
-    throughput = {mode: JOBS / s for mode, s in seconds.items()}
+    throughput = one_vs_concurrent_vs_sequential(worker, images_b64(JOBS), {}, "caption")
     print(f"cross-job batching, {JOBS} images, device {worker.describe()['device']}:")
     for mode, value in throughput.items():
         report(f"{mode} (images/s)", value, unit="")
@@ -53,7 +35,6 @@ def main() -> dict:
     report("64 concurrent jobs / 64 sequential jobs", ratios["concurrent_vs_sequential"])
     batch_sizes = dict(sorted(worker.batcher.batch_sizes.items()))
     result = {
-        "seconds": seconds,
         "images_per_s": throughput,
         "ratios": ratios,
         "batch_sizes_formed": batch_sizes,

@@ -47,8 +47,8 @@ def compare(arch: str) -> dict:
     def per_request_load():
         for image in images[:LOAD_PER_REQUEST_SAMPLES]:
             task = load_task(load_settings(MODEL_NAME=str(full_model(arch))))  # what seed 001 does
-            pixels = task.preprocess(ours.loader.load(image))
-            task.predict([pixels], ours.task.resolve_options({}))
+            options = task.check(task.Options())
+            task.predict([task.prepare(ours.loader.load(image), options)], [options])
 
     rates = {
         "per_request_load": LOAD_PER_REQUEST_SAMPLES / timed(per_request_load),

@@ -12,7 +12,9 @@ import time
 
 from common import RESULTS, ROOT, machine
 
-SCRIPTS = ["cold_start", "batch_curve", "breakdown", "naive", "cross_job", "concurrency"]
+SCRIPTS = [
+    "cold_start", "batch_curve", "breakdown", "naive", "cross_job", "zero_shot", "concurrency",
+]  # fmt: skip
 
 
 def main() -> int:
@@ -36,6 +38,7 @@ def summary() -> str:
     info = machine()
     cold, curve, split = _load("cold_start"), _load("batch_curve"), _load("breakdown")
     naive, cross, sweep = _load("naive"), _load("cross_job"), _load("concurrency")
+    zero_shot = _load("zero_shot")["ratios"]
     vit, res = naive["vit-gpt2"]["ratios"], naive["resnet"]["ratios"]
     rows = [
         ("handler / raw model, ViT-GPT2 batch 16", split["vit-gpt2"]["handler_vs_raw"], ">= 0.95"),
@@ -54,6 +57,12 @@ def summary() -> str:
             cross["ratios"]["concurrent_vs_sequential"],
             "",
         ),
+        (
+            "32 concurrent zero-shot jobs / one 32-image job, CLIP",
+            zero_shot["concurrent_vs_one_big_job"],
+            ">= 0.9",
+        ),
+        ("32 concurrent zero-shot jobs / 32 sequential", zero_shot["concurrent_vs_sequential"], ""),
     ]
     where = f"{info['device']}, {info['cpu_count']} cores, torch {info['torch']}, {info['date']}"
     lines = [

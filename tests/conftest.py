@@ -19,8 +19,8 @@ import uvicorn
 from PIL import Image
 
 from vision_worker.config import load_settings
+from vision_worker.dev.tiny_models import build
 from vision_worker.server import create_app
-from vision_worker.tiny_models import build
 from vision_worker.worker import Worker
 
 CAPTION_ARCHS = ("vit-gpt2", "git", "blip")

@@ -17,11 +17,13 @@ def test_run_all_writes_every_result_summary_and_plot(tmp_path):
     done = subprocess.run([sys.executable, "bench/run_all.py"], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("cold_start", "batch_curve", "breakdown", "naive", "cross_job", "concurrency"):
+    for name in ("cold_start", "batch_curve", "breakdown", "naive", "cross_job", "zero_shot",
+                 "concurrency"):  # fmt: skip
         result = json.loads((tmp_path / f"{name}.json").read_text())
         assert result["machine"]["torch"], name
     assert (tmp_path / "batch_curve.png").stat().st_size > 10_000
     assert (tmp_path / "concurrency.png").stat().st_size > 10_000
     summary = (tmp_path / "summary.md").read_text()
     assert "| 64 concurrent jobs / one 64-image job |" in summary
+    assert "| 32 concurrent zero-shot jobs / one 32-image job, CLIP |" in summary
     assert "(goal >= 0.90)" in done.stdout  # every ratio is printed with its goal

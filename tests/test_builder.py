@@ -141,3 +141,21 @@ def test_the_base_image_torch_satisfies_the_pinned_transformers():
     if transformers.__version__ != pinned:
         pytest.skip(f"installed transformers {transformers.__version__} is not the pinned {pinned}")
     assert base.group(1) in SpecifierSet(deps["torch"].removeprefix("torch")), deps["torch"]
+
+
+def test_runpod_hub_offers_exactly_the_registered_tasks():
+    import json
+
+    from vision_worker.tasks import TASKS
+
+    hub = json.loads((ROOT / ".runpod/hub.json").read_text())
+    (task_setting,) = [e for e in hub["config"]["env"] if e["key"] == "TASK"]
+    assert [o["value"] for o in task_setting["input"]["options"]] == ["", *TASKS]
+
+
+def test_readme_task_reference_is_rendered_from_the_registry():
+    from vision_worker.docs import render_tasks
+
+    assert render_tasks() in (ROOT / "README.md").read_text(), (
+        "README's task reference drifted: run python -m vision_worker.docs README.md"
+    )

@@ -87,3 +87,15 @@ def test_collect_sources_keeps_urls_and_encodes_files(images):
     assert sources[0].value == "https://example.com/a.png"
     assert [s.label.rsplit("/", 1)[-1] for s in sources[1:]] == ["cat.jpg", "rocket.png"]
     assert sources[1].value.startswith("/9j/")  # base64 of a JPEG
+
+
+def test_cli_passes_any_task_option_with_dash_o(pod, images, capsys, monkeypatch):
+    folder, _ = images
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    status = main([str(folder / "cat.jpg"), "--endpoint", pod, "-o", "top_k=1", "--sync",
+                   "--no-progress"])  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert len(record["labels"]) == 1
+    with pytest.raises(SystemExit):
+        main([str(folder / "cat.jpg"), "--endpoint", pod, "-o", "top_k"])

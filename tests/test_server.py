@@ -193,3 +193,46 @@ def test_oversized_bodies_and_too_many_uploads_are_refused_early(model_dir):
         assert response.json()["error"] == "too many images: 3, at most 2"
         small = requests.post(f"{url}/runsync", json=_job(), timeout=30).json()
         assert small["status"] == "COMPLETED"
+
+
+def test_predict_takes_options_from_the_query_string_too(server, http):
+    url, _ = server
+    files = [("image", ("a.png", PNG_BYTES, "image/png"))]
+    response = http.post(f"{url}/predict?top_k=2", files=files, timeout=30)
+    assert len(response.json()["results"][0]["labels"]) == 2
+    twice = http.post(f"{url}/predict?top_k=2", files=files, data={"top_k": "3"}, timeout=30)
+    assert twice.status_code == 400
+    assert twice.json() == {"error": 'option "top_k" is given twice (query string and form)'}
+    unknown = http.post(f"{url}/predict?colour=red", files=files, timeout=30)
+    assert unknown.status_code == 400
+    assert 'unknown input key "colour"' in unknown.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def zero_shot_server(model_dir):
+    with running_server(_worker(model_dir, "clip")) as (url, srv):
+        yield url, srv
+
+
+def test_predict_form_and_openapi_follow_the_served_tasks_options(zero_shot_server):
+    from vision_worker.tasks.zero_shot import ZeroShotOptions
+
+    url, _ = zero_shot_server
+    files = [("image", ("a.png", PNG_BYTES, "image/png"))]
+    repeated = requests.post(
+        f"{url}/predict", files=files, data={"labels": ["cat", "dog", "car"]}, timeout=30
+    ).json()
+    as_json = requests.post(
+        f"{url}/predict", files=files, data={"labels": '["cat", "dog", "car"]'}, timeout=30
+    ).json()
+    assert {e["label"] for e in repeated["results"][0]["labels"]} == {"cat", "dog", "car"}
+    assert repeated["results"] == as_json["results"]
+    one = requests.post(f"{url}/predict", files=files, data={"labels": "cat"}, timeout=30).json()
+    assert [e["label"] for e in one["results"][0]["labels"]] == ["cat"]
+    missing = requests.post(f"{url}/predict", files=files, timeout=30)
+    assert missing.status_code == 400
+    assert missing.json() == {"error": '"labels" is required'}
+
+    schema = requests.get(f"{url}/openapi.json", timeout=30).json()
+    form = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert set(form["schema"]["properties"]) == {"image", *ZeroShotOptions.model_fields}

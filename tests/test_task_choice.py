@@ -123,6 +123,7 @@ def test_fine_tuned_checkpoint_takes_its_processor_from_processor_name(
 
 def test_every_registered_task_documents_its_options():
     for task in TASKS.values():
-        assert task.summary and task.architectures_doc
+        assert task.summary
+        assert task.architectures_doc
         for name, field in task.Options.model_fields.items():
             assert field.description, f"{task.name}.{name} has no description"

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import CAPTION_ARCHS, CLASSIFY_ARCHS, run_job, run_jobs
 from vision_worker.config import load_settings
+from vision_worker.dev.tiny_models import LABELS
 from vision_worker.tasks import ModelLoadError, load_task
-from vision_worker.tiny_models import LABELS
 
 
 @pytest.mark.parametrize("arch", CAPTION_ARCHS)

@@ -117,7 +117,7 @@ def _chunks(sources: list[ImageSource], size: int) -> Iterator[list[ImageSource]
         yield sources[start : start + size]
 
 
-def caption_all(
+def run_images(
     client: EndpointClient,
     sources: list[ImageSource],
     options: dict[str, Any],
@@ -148,6 +148,14 @@ def caption_all(
             yield from records
 
 
+def _option_value(text: str) -> Any:
+    """JSON when it parses (numbers, booleans, lists), the text itself otherwise."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or http(s) URLs")
@@ -159,7 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--images-per-job", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=4, help="jobs in flight at once")
-    parser.add_argument("--top-k", type=int, help="classify: labels per image")
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task option, VALUE read as JSON when it parses: -o top_k=3, "
+        '-o \'labels=["cat", "dog"]\', -o encoding=base64 (repeatable; see the README)',
+    )
+    parser.add_argument("--top-k", type=int, help="classify: labels per image (= -o top_k=N)")
     parser.add_argument("--max-new-tokens", type=int, help="caption: length bound")
     parser.add_argument("--num-beams", type=int, help="caption: beam width")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one job")
@@ -168,9 +185,14 @@ def main(argv: list[str] | None = None) -> int:
 
     options = {k: v for k, v in {"top_k": args.top_k, "max_new_tokens": args.max_new_tokens,
                "num_beams": args.num_beams}.items() if v is not None}  # fmt: skip
+    for text in args.option:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            parser.error(f"--option takes KEY=VALUE, got {text!r}")
+        options[key] = _option_value(value)
     client = EndpointClient(args.endpoint, os.environ.get("RUNPOD_API_KEY"), timeout_s=args.timeout)
     failures = 0
-    records = caption_all(
+    records = run_images(
         client, collect_sources(args.inputs), options, images_per_job=args.images_per_job,
         concurrency=args.concurrency, sync=args.sync, progress=not args.no_progress,
     )  # fmt: skip

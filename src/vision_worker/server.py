@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import json
 import logging
 import re
 import time
@@ -18,10 +19,10 @@ import uuid
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, FastAPI, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -239,20 +240,25 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
             await asyncio.wait([record.task])
         return JSONResponse({"id": record.id, "status": record.status})
 
-    @router.post("/predict", tags=["jobs"], summary="Multipart upload: curl -F image=@cat.jpg")
-    async def predict(
-        image: Annotated[list[UploadFile], File(description="One or more image files.")],
-        top_k: Annotated[int | None, Form()] = None,
-        max_new_tokens: Annotated[int | None, Form()] = None,
-        num_beams: Annotated[int | None, Form()] = None,
-    ) -> JSONResponse:
-        if len(image) > settings.MAX_IMAGES_PER_JOB:
-            limit = settings.MAX_IMAGES_PER_JOB
-            return JSONResponse({"error": f"too many images: {len(image)}, at most {limit}"}, 400)
-        options = {"top_k": top_k, "max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    @router.post(
+        "/predict", tags=["jobs"], summary="Multipart upload: curl -F image=@cat.jpg",
+        openapi_extra=predict_form_schema(pod.worker.task.Options),
+    )  # fmt: skip
+    async def predict(request: Request) -> JSONResponse:
+        limit = settings.MAX_IMAGES_PER_JOB
+        form = await request.form(max_files=limit + 1, max_fields=1000)
+        uploads = [value for value in form.getlist("image") if not isinstance(value, str)]
+        if not uploads:
+            return JSONResponse({"error": 'no image: send files in the form field "image"'}, 400)
+        if len(uploads) > limit:
+            return JSONResponse({"error": f"too many images: {len(uploads)}, at most {limit}"}, 400)
+        try:
+            options = form_options(pod.worker.task.Options, form, request.query_params)
+        except ValueError as error:
+            return JSONResponse({"error": str(error)}, 400)
         job_input = {
-            "images": [await _upload_as_base64(f, settings.MAX_IMAGE_BYTES) for f in image],
-            **{name: value for name, value in options.items() if value is not None},
+            "images": [await _upload_as_base64(f, settings.MAX_IMAGE_BYTES) for f in uploads],
+            **options,
         }
         output = await pod.worker.run(job_input)
         return JSONResponse(output, status_code=400 if set(output) == {"error"} else 200)
@@ -262,6 +268,56 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         return pod.health()
 
     return router
+
+
+def form_options(options_model: type[BaseModel], form: Any, query: Any) -> dict[str, Any]:
+    """The task options in a multipart form or the query string, as a JSON job would carry them.
+
+    Form values are strings: each is read as JSON when it parses ("3" -> 3, "true" -> True,
+    '["cat", "dog"]' -> a list) and as text otherwise; a list option may also repeat its field.
+    The job's own validation then applies, so errors read the same as for JSON jobs.
+    """
+    options: dict[str, Any] = {}
+    for source in (query, form):
+        for key in {k for k in source if k != "image"}:
+            values = [v for v in source.getlist(key) if isinstance(v, str)]
+            if key in options:
+                raise ValueError(f'option "{key}" is given twice (query string and form)')
+            field = options_model.model_fields.get(key)
+            is_list = field is not None and "list" in str(field.annotation)
+            if is_list and len(values) > 1:
+                options[key] = values
+            elif values:
+                options[key] = _form_value(values[-1], is_list)
+    return options
+
+
+def _form_value(text: str, is_list: bool) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return [text] if is_list else text
+    return [value] if is_list and isinstance(value, str) else value
+
+
+def predict_form_schema(options_model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for /predict: the image files plus the served task's options as form fields."""
+    properties: dict[str, Any] = {
+        "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "One or more image files."},
+    }  # fmt: skip
+    for name, schema in options_model.model_json_schema()["properties"].items():
+        properties[name] = schema
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["image"], "properties": properties}
+                }
+            },
+        }
+    }
 
 
 async def _upload_as_base64(upload: UploadFile, max_bytes: int) -> str:

@@ -4,7 +4,7 @@ They load through exactly the production path (`from_pretrained` on a directory)
 smoke runs need no Hub. `--size full` keeps the real architecture dimensions (ViT-base + GPT-2,
 ResNet-50, ...) for benchmarks with true compute costs; the weights are random either way.
 
-    python -m vision_worker.tiny_models models/tiny-vit-gpt2 --arch vit-gpt2
+    python -m vision_worker.dev.tiny_models models/tiny-vit-gpt2 --arch vit-gpt2
     MODEL_NAME=models/tiny-vit-gpt2 python handler.py
 """
 

@@ -1,0 +1,4 @@
+"""Development helpers: never imported by the serving path (handler, worker, tasks, server).
+
+`tiny_models` builds offline random-weight checkpoints for tests, smoke runs and benchmarks.
+"""

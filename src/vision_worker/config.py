@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     MODEL_REVISION: str | None = None
     # Where the image processor and tokenizer come from when MODEL_NAME has none (a fine-tuning
     # checkpoint): usually the base model's Hub id or directory. Empty means MODEL_NAME.
-    PROCESSOR_NAME: str | None = None
+    PROCESSOR_NAME: str | None = Field("", validate_default=True)
     # Empty means "infer from the checkpoint" (see the README's architecture table); otherwise a
     # task name from the registry in tasks/, checked against what the checkpoint can serve.
     TASK: str = ""

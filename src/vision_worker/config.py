@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     MAX_IMAGE_BYTES: int = Field(20 * 1024 * 1024, ge=1024)
     # Decoded size; checked from the header before any pixel is decoded (decompression bombs).
     MAX_IMAGE_PIXELS: int = Field(40_000_000, ge=64)
+    # Decoded image memory in flight across all jobs (MiB); decodes wait for room. 0 = a quarter
+    # of the container's memory limit (or the machine's memory), at least 512 MiB.
+    DECODE_MEMORY_MB: int = Field(0, ge=0, le=1_000_000)
     # A total deadline for one download (connect + all reads), not a per-read timeout,
     # so a server that drips one byte a second cannot hold a job hostage.
     URL_TIMEOUT_S: float = Field(10.0, gt=0, le=300)

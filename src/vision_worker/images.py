@@ -7,6 +7,8 @@ import binascii
 import io
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +18,10 @@ from .errors import ImageError
 from .fetch import UrlFetcher
 
 # Formats decoded by Pillow's own code. Others Pillow can open are left out on purpose: EPS calls
-# Ghostscript, and rarely used scientific formats are attack surface with no caption use.
-_WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "ICO", "PPM", "TGA")
+# Ghostscript, and rarely used scientific formats are attack surface with no caption use. ICO is
+# out too: its directory may declare 256x256 while wrapping a 9000x9000 PNG, which Pillow decodes
+# before the size it reports can be checked.
+_WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "PPM", "TGA")
 Image.init()
 # AVIF needs Pillow >= 11.2 built with libavif; list only what this Pillow really opens.
 SUPPORTED_FORMATS = tuple(name for name in _WANTED_FORMATS if name in Image.OPEN)
@@ -77,25 +81,42 @@ def decode_base64_source(source: str, max_bytes: int) -> bytes:
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """Encoded bytes to an upright RGB image; the pixel limit is checked from the header first."""
+    return finish_decode(open_image(data, limits))
+
+
+def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Read and check the header only: size and pixel limits hold before any pixel is decoded."""
     if not data:
         raise ImageError("invalid_image", "image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageError(
             "too_large", f"image is {len(data)} bytes, over the {limits.max_bytes}-byte limit"
         )
+    with _pillow_errors_as_image_errors(data):
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise ImageError(
+                "too_large",
+                f"{width}x{height} = {width * height} pixels, limit {limits.max_pixels}",
+            )
+        return image
+
+
+def finish_decode(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an image from `open_image` into an upright RGB image."""
+    with _pillow_errors_as_image_errors(b""):
+        image.seek(0)  # animations: the first frame only, without touching the others
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+@contextmanager
+def _pillow_errors_as_image_errors(data: bytes) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise ImageError(
-                    "too_large",
-                    f"{width}x{height} = {width * height} pixels, limit {limits.max_pixels}",
-                )
-            image.seek(0)  # animations: the first frame only, without touching the others
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -109,17 +130,26 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: high bit depths scaled, transparency composited on white."""
     if image.mode in {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}:
-        pixels = np.asarray(image, dtype=np.float64)
-        # 16-bit data arrives in I;16 or I; scale by the container's range, not the image's max,
-        # so a dark 16-bit image stays dark.
-        top = 255.0 if pixels.max(initial=0) <= 255 else 65535.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8), "L")
+        image = _high_bit_depth_to_l(image)
     has_alpha = image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit) gray to 8-bit, in place on one integer copy: no float64 arrays, which
+    cost 8 bytes a pixel (a 40 MP 16-bit PNG went through ~1 GiB of them)."""
+    pixels = np.array(image, dtype=np.int32)  # 4 bytes a pixel; 255 * 65535 fits
+    np.clip(pixels, 0, 65535, out=pixels)
+    # Scale by the container's range, not the image's max, so a dark 16-bit image stays dark;
+    # values that fit in 8 bits are taken as 8-bit data.
+    if pixels.max(initial=0) > 255:
+        pixels *= 255
+        pixels //= 65535
+    return Image.fromarray(pixels.astype(np.uint8), "L")
 
 
 def _unidentified_reason(data: bytes) -> str:
@@ -141,8 +171,10 @@ class ImageLoader:
         self.fetcher = fetcher
 
     def load(self, source: str) -> Image.Image:
+        return decode_image(self.load_bytes(source), self.limits)
+
+    def load_bytes(self, source: str) -> bytes:
+        """The encoded image: downloaded, or decoded from base64 / a data URI."""
         if is_url(source):
-            data = self.fetcher.fetch(source.strip())
-        else:
-            data = decode_base64_source(source, self.limits.max_bytes)
-        return decode_image(data, self.limits)
+            return self.fetcher.fetch(source.strip())
+        return decode_base64_source(source, self.limits.max_bytes)

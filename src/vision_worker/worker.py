@@ -15,7 +15,8 @@ from .config import Settings
 from .device import is_out_of_memory, release_cached_memory
 from .errors import ImageError, JobError
 from .fetch import UrlFetcher
-from .images import ImageLimits, ImageLoader, is_url
+from .images import ImageLimits, ImageLoader, finish_decode, is_url, open_image
+from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
 from .schema import parse_job_input
 from .tasks import Task, load_task
 from .tasks.base import Prepared
@@ -52,7 +53,11 @@ class Worker:
             is_out_of_memory=is_out_of_memory,
             after_out_of_memory=lambda: release_cached_memory(task.source.device),
         )
+        limit_malloc_arenas()  # before the image threads allocate arenas of their own
         self._image_threads = ThreadPoolExecutor(_IMAGE_THREADS, thread_name_prefix="images")
+        self.decode_budget = DecodeBudget(
+            settings.DECODE_MEMORY_MB * 1024 * 1024 or default_budget_bytes()
+        )
 
     @classmethod
     def start(cls, settings: Settings) -> Worker:
@@ -85,6 +90,10 @@ class Worker:
             "max_batch_size": self.batcher.working_batch_size,
             "queue_depth": self.batcher.queue_depth,
             "batches_by_size": dict(sorted(self.batcher.batch_sizes.items())),
+            "decode_memory_mb": {
+                "budget": self.decode_budget.total_bytes // (1024 * 1024),
+                "in_use": self.decode_budget.in_use // (1024 * 1024),
+            },
         }
 
     # --- a job ------------------------------------------------------------------------------
@@ -140,20 +149,28 @@ class Worker:
             return {"error": {"code": "inference_failed", "message": f"text {index}: {message}"}}
         return self.task.encode_text(output, options)
 
-    def _model_input(self, source: str, options: Any) -> Prepared:
-        """Decode and prepare one image on an image thread, off the model's critical path."""
-        image = self.loader.load(source)
-        try:
-            return self.task.prepare(image, options)
-        except Exception as error:  # e.g. a 1x1 image the processor cannot resize
-            raise ImageError("invalid_image", f"cannot preprocess image: {error}"[:300]) from None
+    def _model_input(self, data: bytes, options: Any) -> Prepared:
+        """Decode and prepare one image on an image thread, within the decoded-memory budget."""
+        opened = open_image(data, self.loader.limits)
+        with self.decode_budget.reserve(decoded_cost(*opened.size, opened.mode)):
+            image = finish_decode(opened)
+            try:
+                return self.task.prepare(image, options)
+            except Exception as error:  # e.g. a 1x1 image the processor cannot resize
+                message = f"cannot preprocess image: {error}"[:300]
+                raise ImageError("invalid_image", message) from None
+            finally:
+                del image, opened  # released before the reservation is, not at the next GC
 
     async def _prepare(self, source: str, options: Any) -> Prepared | ImageError:
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self._image_threads, self._model_input, source, options)
+        # Only the download is under the URL deadline: waiting for decode memory under load
+        # slows a job down but must not fail it.
         limit = self.settings.URL_TIMEOUT_S + _FETCH_GRACE_S if is_url(source) else None
         try:
-            return await asyncio.wait_for(pending, timeout=limit)
+            fetching = loop.run_in_executor(self._image_threads, self.loader.load_bytes, source)
+            data = await asyncio.wait_for(fetching, timeout=limit)
+            return await loop.run_in_executor(self._image_threads, self._model_input, data, options)
         except ImageError as error:
             return error
         except TimeoutError:

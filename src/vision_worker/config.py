@@ -106,6 +106,15 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("POD_API_KEY")
+    @classmethod
+    def _ascii_key(cls, value: str | None) -> str | None:
+        # HTTP headers are Latin-1 on the wire: a non-ASCII key is accepted here but can never
+        # match what a client sends.
+        if value is not None and not (value.isascii() and value.isprintable()):
+            raise ValueError("must be printable ASCII (it travels in an HTTP header)")
+        return value
+
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Settings:
         if self.DEFAULT_MAX_NEW_TOKENS > self.MAX_NEW_TOKENS_LIMIT:

@@ -11,9 +11,13 @@ def resolve_device(requested: str) -> torch.device:
     """ "auto" is the first GPU when torch sees one, else the CPU."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    device = torch.device(requested)  # RuntimeError for "cuda:abc"
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"DEVICE={requested} but torch sees no CUDA GPU")
+        raise RuntimeError("torch sees no CUDA GPU; use DEVICE=auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RuntimeError(f"torch sees {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("MPS (Apple GPU) is not available on this machine")
     return device
 
 

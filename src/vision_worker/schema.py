@@ -107,4 +107,7 @@ def _short_repr(value: Any) -> str:
 
 
 def _shorten(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A short, encodable echo of caller input: at most `limit` characters, lone surrogates
+    (valid in a JSON string, invalid in UTF-8) replaced, or the result could never be sent."""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -37,6 +37,22 @@ IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
 
 
+# Objects and arrays one request body may hold. A real job has about ten; `[{},{},...]` costs
+# ~70 bytes of memory per 3 bytes sent, so the count is checked on the raw bytes before parsing.
+MAX_JSON_CONTAINERS = 10_000
+# Bodies parsed at once, each on a thread: parsing a large body never stalls the event loop, and
+# the memory parsing takes is bounded by this many bodies, not by the number of clients.
+_PARALLEL_PARSES = 2
+
+
+class BodyError(Exception):
+    """A request body that is not a job: answered with {"error": ...} and a 4xx status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class JobRequest(BaseModel):
     """RunPod's request body; "input" is validated by the worker, as on serverless."""
 
@@ -88,6 +104,7 @@ class JobStore:
 
     def finish(self, record: JobRecord, status: str) -> None:
         record.status, record.finished = status, time.monotonic()
+        record.input = None  # only the output is kept; inputs can be 100s of MB of base64
         self.counts[status] += 1
         self._jobs.move_to_end(record.id)  # finished order is eviction order
         self.evict()
@@ -112,6 +129,29 @@ class PodServer:
         self.settings = settings
         self.store = JobStore(settings.RESULT_TTL_S, settings.MAX_STORED_RESULTS)
         self._slots: asyncio.Semaphore | None = None
+        self._parsing: asyncio.Semaphore | None = None
+
+    def admits_another_job(self) -> bool:
+        """One admission rule for /run, /runsync and /predict: jobs in flight are bounded."""
+        return len(self.store.active()) < self.settings.MAX_STORED_RESULTS
+
+    async def read_job_input(self, request: Request) -> Any:
+        """The "input" of a JSON body, parsed off the event loop; raises BodyError."""
+        body = await request.body()  # bounded by LimitBodySize
+        if body.count(b"{") + body.count(b"[") > MAX_JSON_CONTAINERS:
+            raise BodyError(400, f"request body has over {MAX_JSON_CONTAINERS} objects and arrays")
+        if self._parsing is None:
+            self._parsing = asyncio.Semaphore(_PARALLEL_PARSES)
+        async with self._parsing:
+            try:
+                parsed = await asyncio.to_thread(json.loads, body)
+            except RecursionError:
+                raise BodyError(400, "request body is nested too deeply") from None
+            except ValueError as error:  # never echoes the body, only where it broke
+                raise BodyError(400, f"request body is not valid JSON: {error}"[:200]) from None
+        if not isinstance(parsed, dict) or "input" not in parsed:
+            raise BodyError(400, 'request body must be a JSON object with an "input" key')
+        return parsed["input"]
 
     async def execute(self, record: JobRecord) -> JobRecord:
         """Run one job to a final state; never raises."""
@@ -192,7 +232,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     app.state.pod = pod
     app.middleware("http")(_require_api_key(settings.POD_API_KEY))
     # Registered last, so it runs first: an oversized body is refused before anything reads it.
-    app.middleware("http")(_limit_body_size(max_request_bytes(settings)))
+    app.add_middleware(LimitBodySize, limit=max_request_bytes(settings))
 
     # Registered before the /v2 copy of the routes so it wins over their /health.
     @app.get("/v2/{endpoint_id}/health", tags=["health"], summary="RunPod's endpoint health shape")
@@ -208,15 +248,30 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/runsync", tags=["jobs"], summary="Run a job and wait for its output")
-    async def runsync(request: JobRequest) -> dict:
-        return (await pod.execute(pod.new_job(request.input))).to_json()
+    job_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": JobRequest.model_json_schema()}}}}  # fmt: skip
 
-    @router.post("/run", tags=["jobs"], summary="Queue a job; poll /status/{id}")
-    async def run(request: JobRequest) -> JSONResponse:
-        if len(pod.store.active()) >= settings.MAX_STORED_RESULTS:
-            return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
-        record = pod.submit(request.input)
+    @router.post("/runsync", tags=["jobs"], summary="Run a job and wait for its output",
+                 openapi_extra=job_body)  # fmt: skip
+    async def runsync(request: Request) -> JSONResponse:
+        if not pod.admits_another_job():
+            return _too_many_jobs()
+        try:
+            job_input = await pod.read_job_input(request)
+        except BodyError as error:
+            return JSONResponse({"error": str(error)}, error.status)
+        return JSONResponse((await pod.execute(pod.new_job(job_input))).to_json())
+
+    @router.post("/run", tags=["jobs"], summary="Queue a job; poll /status/{id}",
+                 openapi_extra=job_body)  # fmt: skip
+    async def run(request: Request) -> JSONResponse:
+        if not pod.admits_another_job():
+            return _too_many_jobs()
+        try:
+            job_input = await pod.read_job_input(request)
+        except BodyError as error:
+            return JSONResponse({"error": str(error)}, error.status)
+        record = pod.submit(job_input)
         return JSONResponse({"id": record.id, "status": record.status})
 
     async def status(job_id: str) -> JSONResponse:
@@ -245,6 +300,8 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         openapi_extra=predict_form_schema(pod.worker.task.Options),
     )  # fmt: skip
     async def predict(request: Request) -> JSONResponse:
+        if not pod.admits_another_job():
+            return _too_many_jobs()
         limit = settings.MAX_IMAGES_PER_JOB
         form = await request.form(max_files=limit + 1, max_fields=1000)
         uploads = [value for value in form.getlist("image") if not isinstance(value, str)]
@@ -260,14 +317,20 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
             "images": [await _upload_as_base64(f, settings.MAX_IMAGE_BYTES) for f in uploads],
             **options,
         }
-        output = await pod.worker.run(job_input)
-        return JSONResponse(output, status_code=400 if set(output) == {"error"} else 200)
+        record = await pod.execute(pod.new_job(job_input))  # counted in /health like any job
+        if record.status == COMPLETED:
+            return JSONResponse(record.output)
+        return JSONResponse({"error": record.error}, status_code=400)
 
     @router.get("/health", tags=["health"])
     async def health() -> dict:
         return pod.health()
 
     return router
+
+
+def _too_many_jobs() -> JSONResponse:
+    return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
 
 
 def form_options(options_model: type[BaseModel], form: Any, query: Any) -> dict[str, Any]:
@@ -333,14 +396,65 @@ def max_request_bytes(settings: Settings) -> int:
     return settings.MAX_IMAGES_PER_JOB * (settings.MAX_IMAGE_BYTES * 4 // 3 + 1024) + 64 * 1024
 
 
-def _limit_body_size(limit: int):
-    async def check(request: Request, call_next):
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return JSONResponse({"error": f"request body over {limit} bytes"}, 413)
-        return await call_next(request)
+class _BodyTooLarge(Exception):
+    pass
 
-    return check
+
+class LimitBodySize:
+    """ASGI middleware: 413 once a request body passes `limit` bytes, counted as they arrive.
+
+    A declared Content-Length over the limit is refused before anything is read; a chunked body
+    (no Content-Length) is cut off at the first byte over, so it is never read or spooled whole.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _send_error(send, 413, f"request body over {self.limit} bytes")
+            return
+        received = 0
+        responded = False
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal responded
+            responded = responded or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except Exception as error:
+            # Middlewares built on task groups re-raise it inside an ExceptionGroup.
+            too_large = isinstance(error, _BodyTooLarge) or (
+                isinstance(error, BaseExceptionGroup) and error.subgroup(_BodyTooLarge)
+            )
+            if not too_large:
+                raise
+            if not responded:
+                await _send_error(send, 413, f"request body over {self.limit} bytes")
+
+
+async def _send_error(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]  # fmt: skip
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _require_api_key(api_key: str | None):

@@ -102,7 +102,7 @@ class Worker:
         try:
             return await self._run(job_input)
         except JobError as error:
-            return {"error": str(error)}
+            return {"error": _sendable(str(error))}
         except Exception as error:  # never a traceback to the caller; the worker keeps serving
             log.exception("job failed unexpectedly")
             return {"error": f"internal error: {type(error).__name__}: {error}"[:500]}
@@ -189,6 +189,12 @@ def _result(index: int, item: Any, output: Any, task: Task, options: Any) -> dic
         log.error("image %d failed: %r", index, output)
         return ImageError("inference_failed", f"{type(output).__name__}: {output}").to_result(index)
     return task.encode(output, item.meta, options)
+
+
+def _sendable(text: str) -> str:
+    """Lone UTF-16 surrogates from caller input cannot be encoded to UTF-8; the runpod SDK would
+    fail to post the result and the job would hang until RunPod times it out."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _ms(seconds: float) -> float:

@@ -36,7 +36,10 @@ def load_task(settings: Settings) -> Task:
     transformers.utils.logging.set_verbosity_error()
     if settings.TASK and settings.TASK not in TASKS:
         raise ModelLoadError(f"TASK={settings.TASK} is not a task; known tasks: {', '.join(TASKS)}")
-    device = resolve_device(settings.DEVICE)
+    try:
+        device = resolve_device(settings.DEVICE)
+    except (RuntimeError, ValueError) as error:
+        raise ModelLoadError(f"DEVICE={settings.DEVICE}: {error}") from None
     if device.type == "cuda":
         # Vision inputs have fixed shapes after preprocessing, so cuDNN's one-time autotuning
         # per shape pays for itself from the second batch on.

@@ -90,7 +90,9 @@ def _load(name: str, revision: str | None, loader: Callable[..., T], **kwargs: A
         kwargs["local_files_only"] = True
     try:
         return loader(name, **kwargs)
-    except (OSError, ValueError, TypeError) as error:
+    except ModelLoadError:
+        raise
+    except Exception as error:  # corrupt safetensors, shapes that do not match the config, ...
         raise ModelLoadError(_explain(name, revision, is_local, error)) from error
 
 

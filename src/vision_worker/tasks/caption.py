@@ -62,6 +62,12 @@ class CaptionTask(Task):
         self.processor = processor
         self.tokenizer = tokenizer
         self.settings = settings
+        # Past its position table a decoder fails mid-generation; jobs are bounded by both.
+        positions = _decoder_positions(model.config)
+        self.max_new_tokens_limit = min(
+            settings.MAX_NEW_TOKENS_LIMIT,
+            positions - 1 if positions else settings.MAX_NEW_TOKENS_LIMIT,
+        )
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
@@ -80,11 +86,12 @@ class CaptionTask(Task):
 
     def check(self, options: CaptionOptions) -> CaptionOptions:
         limits = self.settings
-        max_new_tokens = options.max_new_tokens or limits.DEFAULT_MAX_NEW_TOKENS
-        if max_new_tokens > limits.MAX_NEW_TOKENS_LIMIT:
+        limit = self.max_new_tokens_limit
+        max_new_tokens = min(options.max_new_tokens or limits.DEFAULT_MAX_NEW_TOKENS, limit)
+        if options.max_new_tokens is not None and options.max_new_tokens > limit:
             raise JobError(
-                f'"max_new_tokens" must be between 1 and {limits.MAX_NEW_TOKENS_LIMIT}, '
-                f"got {max_new_tokens}"
+                f'"max_new_tokens" must be between 1 and {limit} for this model, '
+                f"got {options.max_new_tokens}"
             )
         if options.num_beams > limits.MAX_NUM_BEAMS:
             raise JobError(
@@ -114,3 +121,13 @@ class CaptionTask(Task):
 
     def encode(self, output: str, meta: dict, options: CaptionOptions) -> dict:
         return {"caption": output}
+
+
+def _decoder_positions(config: Any) -> int | None:
+    """Positions the text decoder can attend to (n_positions / max_position_embeddings)."""
+    decoder = getattr(config, "decoder", None) or getattr(config, "text_config", None) or config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(decoder, name, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    return None

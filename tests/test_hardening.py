@@ -1,0 +1,202 @@
+"""Inputs that each pass every documented limit but are hostile together, or in their form:
+each of these once took the worker down, blocked it, or lost a result."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import b64, encode, noise_image, photo, run_job, running_server
+from vision_worker.config import ConfigError, load_settings
+from vision_worker.tasks import ModelLoadError, load_task
+from vision_worker.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b64(noise_image(3))
+
+
+@pytest.fixture(scope="module")
+def small_server(model_dir):
+    # Body limit: 1 image x (10,000 x 4/3 + 1 KiB) + 64 KiB, about 79 KB.
+    worker = Worker.start(load_settings(
+        MODEL_NAME=str(model_dir("resnet")), WARMUP=False, MAX_IMAGES_PER_JOB=1,
+        MAX_IMAGE_BYTES=10_000, MAX_STORED_RESULTS=1, ALLOW_PRIVATE_URLS=True,
+    ))  # fmt: skip
+    with running_server(worker) as (url, server):
+        yield url, server
+
+
+def _chunks(total: int, size: int = 64 * 1024, head: bytes = b""):
+    yield head
+    sent = 0
+    while sent < total:
+        yield b" " * min(size, total - sent)
+        sent += size
+
+
+@pytest.mark.parametrize("path", ["/runsync", "/run", "/predict"])
+def test_a_chunked_body_over_the_limit_gets_413(small_server, path):
+    url, _ = small_server
+    # A generator body is sent chunked: no Content-Length for the old check to look at.
+    kind, head = "application/json", b""
+    if path == "/predict":  # one upload whose file part never ends within the limit
+        kind = "multipart/form-data; boundary=x"
+        head = (b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n")  # fmt: skip
+    response = requests.post(f"{url}{path}", data=_chunks(5_000_000, head=head), timeout=30,
+                             headers={"Content-Type": kind})  # fmt: skip
+    assert response.status_code == 413
+    assert "request body over" in response.json()["error"]
+
+
+def test_json_amplification_is_refused_before_parsing(small_server):
+    url, _ = small_server
+    body = b'{"input": [' + b"{}," * 20_000 + b"{}]}"
+    response = requests.post(f"{url}/runsync", data=body, timeout=30)
+    assert response.status_code == 400
+    assert response.json() == {"error": "request body has over 10000 objects and arrays"}
+
+
+def test_a_malformed_body_is_never_echoed(small_server):
+    url, _ = small_server
+    marker = "SECRET-PAYLOAD-" * 1000
+    response = requests.post(f"{url}/runsync", data=f'{{"input": "{marker}', timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("request body is not valid JSON")
+    assert "SECRET" not in response.text
+    assert len(response.text) < 300
+    missing = requests.post(f"{url}/runsync", json={"inputs": {}}, timeout=30)
+    assert missing.status_code == 400
+    assert missing.json() == {"error": 'request body must be a JSON object with an "input" key'}
+
+
+def test_finished_jobs_keep_only_their_output(small_server):
+    url, server = small_server
+    done = requests.post(f"{url}/runsync", json={"input": {"image": PNG}}, timeout=30).json()
+    assert done["status"] == "COMPLETED"
+    record = server.config.app.state.pod.store.get(done["id"])
+    assert record.input is None
+    assert record.output["results"][0]["labels"]
+
+
+def test_one_admission_rule_for_every_route_and_health_sees_them(small_server, httpserver):
+    """MAX_STORED_RESULTS=1: while one job runs, /runsync, /run and /predict all get 429."""
+    url, _ = small_server
+    release = threading.Event()
+
+    def slow_image(_request):
+        from werkzeug import Response
+
+        release.wait(10)
+        return Response(encode(noise_image(4)), mimetype="image/png")
+
+    httpserver.expect_request("/slow.png").respond_with_handler(slow_image)
+    slow = threading.Thread(target=requests.post, args=(f"{url}/runsync",),
+                            kwargs={"json": {"input": {"image": httpserver.url_for("/slow.png")}},
+                                    "timeout": 30})  # fmt: skip
+    slow.start()
+    try:
+        deadline = time.monotonic() + 10
+        while requests.get(f"{url}/health", timeout=5).json()["jobs_in_progress"] == 0:
+            assert time.monotonic() < deadline, "the /runsync job never showed in /health"
+            time.sleep(0.05)
+        files = [("image", ("a.png", encode(noise_image(5)), "image/png"))]
+        assert requests.post(f"{url}/predict", files=files, timeout=10).status_code == 429
+        assert (
+            requests.post(f"{url}/run", json={"input": {"image": PNG}}, timeout=10).status_code
+            == 429
+        )
+        assert (
+            requests.post(f"{url}/runsync", json={"input": {"image": PNG}}, timeout=10).status_code
+            == 429
+        )
+    finally:
+        release.set()
+        slow.join(timeout=30)
+
+
+def test_a_lone_surrogate_in_an_echoed_field_still_gives_a_sendable_error(make_worker):
+    output = run_job(make_worker("resnet"), {"image": PNG, "task": "\ud800" * 10_000})
+    message = output["error"]
+    message.encode("utf-8")  # would raise UnicodeEncodeError with the surrogate echoed
+    assert len(message) < 200
+    assert message.startswith('task "?')
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"DEVICE": "cuda:abc"}, "DEVICE=cuda:abc"),
+        ({"DEVICE": "cuda"}, "DEVICE=cuda: torch sees no CUDA GPU"),
+        ({"DEVICE": "mps"}, "DEVICE=mps: MPS (Apple GPU) is not available"),
+    ],
+)
+def test_a_device_that_is_not_there_stops_cold_start_with_one_line(model_dir, settings, message):
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        load_task(load_settings(MODEL_NAME=str(model_dir("resnet")), **settings))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong_shapes"])
+def test_broken_weights_stop_cold_start_with_one_line_not_a_traceback(model_dir, tmp_path, damage):
+    import shutil
+
+    broken = tmp_path / damage
+    shutil.copytree(model_dir("resnet"), broken)
+    weights = broken / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00" * 64)
+    else:
+        config = json.loads((broken / "config.json").read_text())
+        (broken / "config.json").write_text(json.dumps(config | {"hidden_sizes": [12, 20]}))
+    env = {**os.environ, "MODEL_NAME": str(broken)}
+    done = subprocess.run([sys.executable, "handler.py"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("vision-worker cannot start: ")
+    assert "Traceback" not in done.stderr
+
+
+def test_a_non_ascii_api_key_is_refused_at_start():
+    with pytest.raises(ConfigError, match=r"POD_API_KEY: .*printable ASCII"):
+        load_settings(POD_API_KEY="clé-secrète")
+
+
+@pytest.mark.parametrize("arch", ["vit-gpt2", "git", "blip"])
+def test_max_new_tokens_is_bounded_by_the_models_positions(make_worker, arch):
+    worker = make_worker(arch)
+    limit = worker.task.max_new_tokens_limit
+    assert limit == 63  # tiny decoders have 64 positions
+    image = b64(photo("chelsea"))
+    at_limit = run_job(worker, {"image": image, "max_new_tokens": limit})
+    assert "caption" in at_limit["results"][0], at_limit
+    over = run_job(worker, {"image": image, "max_new_tokens": limit + 1})
+    assert over == {"error": f'"max_new_tokens" must be between 1 and {limit} for this model, '
+                             f"got {limit + 1}"}  # fmt: skip
+
+
+def test_an_ico_hiding_a_huge_png_is_refused_without_decoding(make_worker):
+    import io
+    import struct
+
+    from PIL import Image
+
+    big = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(big, "PNG")
+    png = big.getvalue()
+    # ICO directory: one 256x256 entry (0 means 256) whose data is the 9000x9000 PNG.
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22)
+    output = run_job(make_worker("resnet"), {"image": b64(ico + png)})
+    error = output["results"][0]["error"]
+    assert error["code"] == "invalid_image"
+    assert "not a decodable image" in error["message"], error

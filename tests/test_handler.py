@@ -82,16 +82,29 @@ def test_bad_environment_stops_cold_start_with_a_clear_message(model_dir):
     assert "Traceback" not in done.stderr
 
 
-def test_serve_flag_starts_pod_mode_and_sigterm_exits_cleanly(model_dir):
+def test_serve_flag_starts_pod_mode_and_sigterm_drains_then_exits_0(model_dir, httpserver):
+    """SIGTERM with a /run job in flight: new jobs get 503, the job finishes and its result
+    stays readable at /status, then the process exits 0 after SHUTDOWN_GRACE_S."""
     import signal
+    import threading
     import time
 
     import requests
+    from werkzeug import Response
 
-    from conftest import free_port
+    from conftest import encode, free_port, noise_image
 
+    release = threading.Event()
+
+    def slow_image(_request):
+        release.wait(20)
+        return Response(encode(noise_image(2)), mimetype="image/png")
+
+    httpserver.expect_request("/slow.png").respond_with_handler(slow_image)
     port = free_port()
-    environment = {**os.environ, "MODEL_NAME": str(model_dir("resnet")), "SERVE_MODE": "pod"}
+    url = f"http://127.0.0.1:{port}"
+    environment = {**os.environ, "MODEL_NAME": str(model_dir("resnet")), "SERVE_MODE": "pod",
+                   "ALLOW_PRIVATE_URLS": "true", "SHUTDOWN_GRACE_S": "2"}  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "handler.py", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -100,7 +113,7 @@ def test_serve_flag_starts_pod_mode_and_sigterm_exits_cleanly(model_dir):
         deadline = time.monotonic() + 120
         while True:
             try:
-                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                health = requests.get(f"{url}/health", timeout=2).json()
                 break
             except requests.ConnectionError:
                 assert process.poll() is None, process.stdout.read()
@@ -108,13 +121,29 @@ def test_serve_flag_starts_pod_mode_and_sigterm_exits_cleanly(model_dir):
                 time.sleep(0.2)
         assert health["task"] == "classify"
         job = json.loads((ROOT / "test_input.json").read_text())
-        body = requests.post(f"http://127.0.0.1:{port}/runsync", json=job, timeout=60).json()
+        body = requests.post(f"{url}/runsync", json=job, timeout=60).json()
         assert body["status"] == "COMPLETED"
+        slow = {"input": {"image": httpserver.url_for("/slow.png")}}
+        job_id = requests.post(f"{url}/run", json=slow, timeout=10).json()["id"]
+
         process.send_signal(signal.SIGTERM)
-        # uvicorn finishes in-flight work, then re-raises SIGTERM so the exit status reports it.
-        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        time.sleep(0.5)
+        refused = requests.post(f"{url}/run", json=job, timeout=10)
+        assert refused.status_code == 503
+        assert "shutting down" in refused.json()["error"]
+        assert requests.get(f"{url}/status/{job_id}", timeout=10).json()["status"] == "IN_PROGRESS"
+        release.set()
+        deadline = time.monotonic() + 30
+        while (status := requests.get(f"{url}/status/{job_id}", timeout=10).json())[
+            "status"
+        ] != "COMPLETED":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        assert status["output"]["results"][0]["labels"]
+        assert process.wait(timeout=30) == 0
         assert "Application shutdown complete" in process.stdout.read()
     finally:
+        release.set()
         process.kill()
 
 

@@ -168,16 +168,27 @@ def test_cancel_and_shutdown_finish_or_cancel_every_job(model_dir):
     assert all(s.output["results"][0]["labels"] for s in states[:-1])
 
 
-def test_finished_results_are_bounded_in_count_and_age():
+def test_finished_results_are_bounded_in_memory_and_age():
     from vision_worker.server import COMPLETED, JobRecord, JobStore
 
-    store = JobStore(ttl_s=0.2, max_finished=3)
-    records = [store.add(JobRecord(id=str(i), input=None)) for i in range(5)]
+    store = JobStore(ttl_s=0.3, max_bytes=3000)
+    records = [store.add(JobRecord(id=str(i), input="x" * 10_000)) for i in range(5)]
     for record in records:
+        record.output = {"results": ["y" * 900]}  # ~920 bytes of JSON each
         store.finish(record, COMPLETED)
     assert [store.get(str(i)) is not None for i in range(5)] == [False, False, True, True, True]
-    time.sleep(0.25)
-    assert store.get("4") is None
+    assert all(r.input is None for r in records)
+    assert store.result_bytes <= 3000
+    assert store.kept_s() < 0.3  # memory, not the TTL, bounds retention now: said in /health
+    small = JobStore(ttl_s=0.3, max_bytes=10**6)
+    for i in range(1000):  # many small results all last the TTL
+        record = small.add(JobRecord(id=str(i), input=None))
+        record.output = {"labels": []}
+        small.finish(record, COMPLETED)
+    assert small.get("0") is not None
+    assert small.kept_s() == 0.3
+    time.sleep(0.35)
+    assert small.get("999") is None
 
 
 def test_oversized_bodies_and_too_many_uploads_are_refused_early(model_dir):

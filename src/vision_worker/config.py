@@ -88,9 +88,13 @@ class Settings(BaseSettings):
     PORT: int = Field(8000, ge=1, le=65535)
     # When set, every pod route but /health requires "Authorization: Bearer <key>".
     POD_API_KEY: str | None = None
-    # Finished /run results are kept this long and at most this many, so memory stays bounded.
+    # Finished results are kept this long, within RESULT_STORE_MB of JSON (oldest out first).
     RESULT_TTL_S: float = Field(600.0, gt=0)
+    RESULT_STORE_MB: int = Field(256, ge=1, le=1_000_000)
+    # Jobs in flight at once over HTTP (/run, /runsync, /predict); beyond it, 429.
     MAX_STORED_RESULTS: int = Field(1000, ge=1)
+    # After SIGTERM: how long results stay readable once the last job in flight has finished.
+    SHUTDOWN_GRACE_S: float = Field(30.0, ge=0, le=3600)
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

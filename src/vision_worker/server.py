@@ -86,12 +86,19 @@ class JobRecord:
 
 
 class JobStore:
-    """Jobs by id. Finished ones are kept for a while, bounded in age and count."""
+    """Jobs by id. Finished ones are kept for RESULT_TTL_S, within a memory budget.
 
-    def __init__(self, ttl_s: float, max_finished: int) -> None:
+    The budget counts each result's JSON size, so small results (labels, captions) really last
+    the TTL under load, and only large ones (embeddings of many images) are evicted early,
+    oldest first; /health reports how long results are being kept right now.
+    """
+
+    def __init__(self, ttl_s: float, max_bytes: int) -> None:
         self.ttl_s = ttl_s
-        self.max_finished = max_finished
+        self.max_bytes = max_bytes
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()
+        self._finished: OrderedDict[str, int] = OrderedDict()  # id -> result bytes, oldest first
+        self.result_bytes = 0
         self.counts = {COMPLETED: 0, FAILED: 0, CANCELLED: 0}
 
     def add(self, record: JobRecord) -> JobRecord:
@@ -106,16 +113,30 @@ class JobStore:
         record.status, record.finished = status, time.monotonic()
         record.input = None  # only the output is kept; inputs can be 100s of MB of base64
         self.counts[status] += 1
-        self._jobs.move_to_end(record.id)  # finished order is eviction order
+        size = len(json.dumps(record.output if status == COMPLETED else record.error))
+        self._finished[record.id] = size
+        self.result_bytes += size
         self.evict()
 
     def evict(self) -> None:
         now = time.monotonic()
-        finished = [r for r in self._jobs.values() if r.status in FINISHED]
-        excess = len(finished) - self.max_finished
-        for index, record in enumerate(finished):
-            if index < excess or now - (record.finished or now) > self.ttl_s:
-                del self._jobs[record.id]
+        while self._finished:
+            oldest_id, size = next(iter(self._finished.items()))
+            oldest = self._jobs[oldest_id]
+            expired = now - (oldest.finished or now) > self.ttl_s
+            if not expired and self.result_bytes <= self.max_bytes:
+                break
+            del self._finished[oldest_id], self._jobs[oldest_id]
+            self.result_bytes -= size
+
+    def kept_s(self) -> float:
+        """How long the oldest kept result has been kept: RESULT_TTL_S unless memory is short."""
+        if not self._finished:
+            return self.ttl_s
+        oldest = self._jobs[next(iter(self._finished))]
+        if self.result_bytes < self.max_bytes * 0.9:
+            return self.ttl_s
+        return round(time.monotonic() - (oldest.finished or time.monotonic()), 1)
 
     def active(self) -> list[JobRecord]:
         return [r for r in self._jobs.values() if r.status not in FINISHED]
@@ -127,13 +148,19 @@ class PodServer:
     def __init__(self, worker: Worker, settings: Settings) -> None:
         self.worker = worker
         self.settings = settings
-        self.store = JobStore(settings.RESULT_TTL_S, settings.MAX_STORED_RESULTS)
+        self.store = JobStore(settings.RESULT_TTL_S, settings.RESULT_STORE_MB * 1024 * 1024)
         self._slots: asyncio.Semaphore | None = None
         self._parsing: asyncio.Semaphore | None = None
+        # Set on SIGTERM: job routes answer 503, /status keeps answering (DrainingServer).
+        self.draining = False
 
-    def admits_another_job(self) -> bool:
-        """One admission rule for /run, /runsync and /predict: jobs in flight are bounded."""
-        return len(self.store.active()) < self.settings.MAX_STORED_RESULTS
+    def refusal(self) -> JSONResponse | None:
+        """One admission rule for /run, /runsync and /predict, or None when a job may start."""
+        if self.draining:
+            return JSONResponse({"error": "worker is shutting down; send the job elsewhere"}, 503)
+        if len(self.store.active()) >= self.settings.MAX_STORED_RESULTS:
+            return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
+        return None
 
     async def read_job_input(self, request: Request) -> Any:
         """The "input" of a JSON body, parsed off the event loop; raises BodyError."""
@@ -198,6 +225,8 @@ class PodServer:
             **self.worker.describe(),
             "jobs_in_queue": sum(r.status == IN_QUEUE for r in active),
             "jobs_in_progress": sum(r.status == IN_PROGRESS for r in active),
+            "results_kept_s": self.store.kept_s(),
+            "result_store_mb": round(self.store.result_bytes / (1024 * 1024), 2),
         }
 
     def runpod_health(self) -> dict[str, Any]:
@@ -254,8 +283,8 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     @router.post("/runsync", tags=["jobs"], summary="Run a job and wait for its output",
                  openapi_extra=job_body)  # fmt: skip
     async def runsync(request: Request) -> JSONResponse:
-        if not pod.admits_another_job():
-            return _too_many_jobs()
+        if refused := pod.refusal():
+            return refused
         try:
             job_input = await pod.read_job_input(request)
         except BodyError as error:
@@ -265,8 +294,8 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     @router.post("/run", tags=["jobs"], summary="Queue a job; poll /status/{id}",
                  openapi_extra=job_body)  # fmt: skip
     async def run(request: Request) -> JSONResponse:
-        if not pod.admits_another_job():
-            return _too_many_jobs()
+        if refused := pod.refusal():
+            return refused
         try:
             job_input = await pod.read_job_input(request)
         except BodyError as error:
@@ -300,8 +329,8 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         openapi_extra=predict_form_schema(pod.worker.task.Options),
     )  # fmt: skip
     async def predict(request: Request) -> JSONResponse:
-        if not pod.admits_another_job():
-            return _too_many_jobs()
+        if refused := pod.refusal():
+            return refused
         limit = settings.MAX_IMAGES_PER_JOB
         form = await request.form(max_files=limit + 1, max_fields=1000)
         uploads = [value for value in form.getlist("image") if not isinstance(value, str)]
@@ -327,10 +356,6 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         return pod.health()
 
     return router
-
-
-def _too_many_jobs() -> JSONResponse:
-    return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
 
 
 def form_options(options_model: type[BaseModel], form: Any, query: Any) -> dict[str, Any]:
@@ -476,14 +501,47 @@ def _swallow_cancel(task: asyncio.Task) -> None:
         log.error("background job crashed: %r", task.exception())
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn that drains on SIGTERM instead of closing its listener at once.
+
+    A plain uvicorn stops listening on the first signal, so /run jobs still in flight finish
+    but their results can never be read. Here the first SIGTERM/SIGINT makes job routes answer
+    503 while /status and /health keep answering, until no job is in flight and
+    SHUTDOWN_GRACE_S has passed for clients to collect results; then it exits with status 0.
+    A second signal exits at once, as uvicorn does.
+    """
+
+    def __init__(self, config: uvicorn.Config, pod: PodServer, grace_s: float) -> None:
+        super().__init__(config)
+        self.pod = pod
+        self.grace_s = grace_s
+        self._idle_since: float | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.pod.draining:
+            super().handle_exit(sig, frame)
+            return
+        log.info("signal %d: no new jobs; results stay readable until %.0fs after the last "
+                 "job in flight", sig, self.grace_s)  # fmt: skip
+        self.pod.draining = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter) or not self.pod.draining:
+            return self.should_exit
+        if self.pod.store.active():
+            self._idle_since = None
+            return False
+        self._idle_since = self._idle_since or time.monotonic()
+        return time.monotonic() - self._idle_since >= self.grace_s
+
+
 def serve(worker: Worker, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT; in-flight jobs finish before the process exits."""
+    """Serve until SIGTERM/SIGINT, then drain (see DrainingServer) and exit 0."""
     settings = worker.settings
     log.info("pod mode: serving on http://%s:%d (docs at /docs)", host, port)
-    uvicorn.run(
-        create_app(worker, settings),
-        host=host,
-        port=port,
-        log_level=settings.LOG_LEVEL.lower(),
+    app = create_app(worker, settings)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=settings.LOG_LEVEL.lower(),
         timeout_graceful_shutdown=120,
-    )
+    )  # fmt: skip
+    DrainingServer(config, app.state.pod, settings.SHUTDOWN_GRACE_S).run()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from vision_worker.config import load_settings
 from vision_worker.dev.tiny_models import build
-from vision_worker.server import create_app
+from vision_worker.server import create_app, server_config
 from vision_worker.worker import Worker
 
 CAPTION_ARCHS = ("vit-gpt2", "git", "blip")
@@ -128,8 +128,8 @@ def free_port() -> int:
 @contextmanager
 def running_server(worker: Worker) -> Iterator[tuple[str, uvicorn.Server]]:
     port = free_port()
-    config = uvicorn.Config(create_app(worker, worker.settings), host="127.0.0.1", port=port,
-                            log_level="warning", timeout_graceful_shutdown=30)  # fmt: skip
+    config = server_config(create_app(worker, worker.settings), worker.settings, "127.0.0.1", port)
+    config.log_level, config.timeout_graceful_shutdown = "warning", 30
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

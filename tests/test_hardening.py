@@ -200,3 +200,59 @@ def test_an_ico_hiding_a_huge_png_is_refused_without_decoding(make_worker):
     error = output["results"][0]["error"]
     assert error["code"] == "invalid_image"
     assert "not a decodable image" in error["message"], error
+
+
+@pytest.fixture(scope="module")
+def impatient_server(model_dir):
+    worker = Worker.start(load_settings(
+        MODEL_NAME=str(model_dir("resnet")), WARMUP=False, HEADER_TIMEOUT_S=0.5, BODY_TIMEOUT_S=1,
+    ))  # fmt: skip
+    with running_server(worker) as (url, server):
+        yield url, server
+
+
+def _closed_within(sock, seconds: float) -> bool:
+    """True when the server closes the connection (recv gives b"") within `seconds`."""
+
+    sock.settimeout(seconds)
+    try:
+        while chunk := sock.recv(4096):
+            if b"HTTP/1.1" in chunk:  # a response means the request was complete: not this case
+                return False
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "request_start",
+    [
+        b"POST /runsync HTTP/1.1\r\nHost: x\r\n",  # headers never finish
+        b'POST /runsync HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"input"',  # nor body
+    ],
+)
+def test_slow_clients_are_cut_off_and_do_not_lock_others_out(impatient_server, request_start):
+    import socket
+    from urllib.parse import urlsplit
+
+    url, _ = impatient_server
+    address = urlsplit(url)
+    slow = [socket.create_connection((address.hostname, address.port)) for _ in range(20)]
+    try:
+        for sock in slow:
+            sock.sendall(request_start)
+        started = time.monotonic()
+        assert all(_closed_within(sock, 5) for sock in slow)
+        assert time.monotonic() - started < 4
+        assert requests.get(f"{url}/health", timeout=5).status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_keep_alive_connection_serves_several_requests(impatient_server):
+    url, _ = impatient_server
+    with requests.Session() as session:
+        for _ in range(3):
+            assert session.get(f"{url}/health", timeout=5).status_code == 200
+            time.sleep(0.2)

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     RESULT_STORE_MB: int = Field(256, ge=1, le=1_000_000)
     # Jobs in flight at once over HTTP (/run, /runsync, /predict); beyond it, 429.
     MAX_STORED_RESULTS: int = Field(1000, ge=1)
+    # Slow clients: seconds to send a request's headers, then its body; open connections at once.
+    HEADER_TIMEOUT_S: float = Field(10.0, gt=0, le=600)
+    BODY_TIMEOUT_S: float = Field(120.0, gt=0, le=3600)
+    MAX_CONNECTIONS: int = Field(512, ge=1, le=100_000)
     # After SIGTERM: how long results stay readable once the last job in flight has finished.
     SHUTDOWN_GRACE_S: float = Field(30.0, ge=0, le=3600)
 

@@ -150,7 +150,8 @@ def _close_loop() -> None:
     tasks = asyncio.all_tasks(_LOOP)
     for task in tasks:
         task.cancel()
-    _LOOP.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    if tasks:  # gather() of nothing would bind to another loop
+        _LOOP.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
     _LOOP.close()
 
 

@@ -14,6 +14,7 @@ from common import RESULTS, ROOT, machine
 
 SCRIPTS = [
     "cold_start", "batch_curve", "breakdown", "naive", "cross_job", "zero_shot", "concurrency",
+    "input_pipeline",
 ]  # fmt: skip
 
 
@@ -87,6 +88,13 @@ def summary() -> str:
             f"| {level['concurrency']} | {level['requests_per_s']:.2f} | {level['p50_ms']:.0f} | "
             f"{level['p95_ms']:.0f} | {level['p99_ms']:.0f} | {level['mean_batch_size']:.1f} |"
         )
+    pipeline = _load("input_pipeline")["images_per_s_per_core"]
+    families = list(next(iter(pipeline.values())))
+    lines += ["", "| input, images/s per core (full decode -> scaled JPEG decode) | "
+              + " | ".join(families) + " |", "| --- |" + " ---: |" * len(families)]  # fmt: skip
+    for name, by_family in pipeline.items():
+        cells = [f"{v['full_decode']:.1f} -> {v['scaled']:.1f}" for v in by_family.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| cold start | imports s | weights s | warm-up s | start to ready s |",
               "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for arch in ("vit-gpt2", "resnet"):

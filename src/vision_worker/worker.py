@@ -15,7 +15,7 @@ from .config import Settings
 from .device import is_out_of_memory, release_cached_memory
 from .errors import ImageError, JobError
 from .fetch import UrlFetcher
-from .images import ImageLimits, ImageLoader, finish_decode, is_url, open_image
+from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
 from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
 from .schema import parse_job_input
 from .tasks import Task, load_task
@@ -152,6 +152,8 @@ class Worker:
     def _model_input(self, data: bytes, options: Any) -> Prepared:
         """Decode and prepare one image on an image thread, within the decoded-memory budget."""
         opened = open_image(data, self.loader.limits)
+        if self.settings.JPEG_DRAFT:
+            draft_for(opened, self.task.input_size())
         with self.decode_budget.reserve(decoded_cost(*opened.size, opened.mode)):
             image = finish_decode(opened)
             try:

@@ -165,6 +165,13 @@ class Task:
 
     source: ModelSource
     settings: Settings
+    # The image processor (set by tasks that have one): its target size bounds decoding.
+    image_processor: Any = None
+
+    def input_size(self) -> dict | None:
+        """The image processor's target `size` ({"shortest_edge": 224}, {"height": ..}, ...)."""
+        size = getattr(self.image_processor, "size", None)
+        return dict(size) if size else None
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:

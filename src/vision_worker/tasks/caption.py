@@ -59,7 +59,7 @@ class CaptionTask(Task):
     ) -> None:
         self.source = source
         self.model = model
-        self.processor = processor
+        self.processor = self.image_processor = processor
         self.tokenizer = tokenizer
         self.settings = settings
         # Past its position table a decoder fails mid-generation; jobs are bounded by both.

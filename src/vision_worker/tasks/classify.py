@@ -54,7 +54,7 @@ class ClassifyTask(Task):
     def __init__(self, source: ModelSource, model, processor, settings: Settings) -> None:
         self.source = source
         self.model = model
-        self.processor = processor
+        self.processor = self.image_processor = processor
         self.settings = settings
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 

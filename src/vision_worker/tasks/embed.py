@@ -68,6 +68,7 @@ class EmbedTask(Task):
         self.towers = towers
         self.backbone = backbone
         self.processor = processor
+        self.image_processor = towers.processor if towers is not None else processor
         self.use_pooler = use_pooler
 
     @classmethod

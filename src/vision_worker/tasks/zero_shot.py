@@ -54,6 +54,7 @@ class ZeroShotTask(Task):
 
     def __init__(self, towers: DualEncoder, settings: Settings) -> None:
         self.towers = towers
+        self.image_processor = towers.processor
         self.source: ModelSource = towers.source
         self.settings = settings
         # Label sets repeat across jobs (a tagging service sends the same 50 tags every time),

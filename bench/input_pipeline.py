@@ -1,0 +1,87 @@
+"""The input pipeline alone, per core: decode + preprocess images/s for phone photos (12 MP JPEG),
+1080p PNGs and 640x480 JPEGs, with and without scaled JPEG decoding, per processor family.
+
+Runs on one thread (torch and Pillow), so the figures are per core; a worker's image threads
+multiply them by the cores they get. The processors are the real families' (ViT, ConvNeXt as
+ResNet-50 uses, CLIP, BLIP) at their real sizes; models are not needed for this stage.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from PIL import Image
+from transformers import (
+    BlipImageProcessor,
+    CLIPImageProcessor,
+    ConvNextImageProcessor,
+    ViTImageProcessor,
+)
+
+from common import PHOTOS, report, save
+from vision_worker.images import ImageLimits, draft_for, finish_decode, open_image
+
+SECONDS_PER_POINT = float(os.environ.get("BENCH_INPUT_SECONDS", "3"))
+INPUTS = {  # name: (size, format)
+    "12MP JPEG": ((4032, 3024), "JPEG"),
+    "1080p PNG": ((1920, 1080), "PNG"),
+    "640x480 JPEG": ((640, 480), "JPEG"),
+}
+PROCESSORS = {
+    "ViT": ViTImageProcessor(size={"height": 224, "width": 224}),
+    "ConvNeXt/ResNet": ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=224 / 256),
+    "CLIP": CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224),
+    "BLIP": BlipImageProcessor(size={"height": 384, "width": 384}),
+}
+LIMITS = ImageLimits(max_bytes=100_000_000, max_pixels=100_000_000)
+
+
+def encoded_inputs(size: tuple[int, int], fmt: str) -> list[bytes]:
+    import io
+
+    import skimage.data
+
+    encoded = []
+    for name in PHOTOS[:4]:
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize(size)
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def rate(encoded: list[bytes], processor, draft: bool) -> float:
+    """Images/s of bytes -> pixel tensor, as the worker's image threads do it."""
+
+    def one(data: bytes) -> None:
+        opened = open_image(data, LIMITS)
+        if draft:
+            draft_for(opened, dict(processor.size))
+        processor(images=[finish_decode(opened)], return_tensors="pt")
+
+    one(encoded[0])  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < SECONDS_PER_POINT:
+        one(encoded[done % len(encoded)])
+        done += 1
+    return done / (time.perf_counter() - started)
+
+
+def main() -> dict:
+    torch.set_num_threads(1)
+    results: dict[str, dict] = {}
+    for input_name, (size, fmt) in INPUTS.items():
+        encoded = encoded_inputs(size, fmt)
+        for family, processor in PROCESSORS.items():
+            before, after = rate(encoded, processor, False), rate(encoded, processor, True)
+            results.setdefault(input_name, {})[family] = {"full_decode": before, "scaled": after}
+            report(f"{input_name}, {family}: images/s per core, full decode", before, unit="")
+            report(f"{input_name}, {family}: images/s per core, scaled decode", after, unit="")
+    save("input_pipeline", {"images_per_s_per_core": results})
+    return results
+
+
+if __name__ == "__main__":
+    main()

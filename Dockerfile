@@ -2,10 +2,14 @@
 #
 #   docker build --build-arg MODEL_NAME=nlpconnect/vit-gpt2-image-captioning -t you/vision-worker .
 #
-# Base: the official PyTorch runtime image with CUDA 12.4 and cuDNN 9. CUDA 12.4 runs on every
-# GPU RunPod rents today (driver >= 550 on their hosts), the runtime flavour skips compilers,
-# and torch comes prebuilt for it, so pip never downloads a multi-GB CUDA wheel here.
-FROM pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime
+# Base: plain Python 3.11 (the version the tests run), with torch installed from PyTorch's CUDA
+# 12.8 wheel index at the exact version the tests pin (builder/torch.txt), so the image runs the
+# torch the test suite ran. The wheels bring their own CUDA runtime and cuDNN; the host brings
+# only the driver. CUDA 12.8 because it is the first with Blackwell kernels (B200, RTX 5090) and,
+# through CUDA's minor-version compatibility, still runs on every R525+ driver RunPod's older
+# hosts have (A100, H100, L4, RTX 4090, A4000...). Expected size: ~6.5 GB unpacked (~3.5 GB
+# pushed), before weights; the former pytorch/pytorch runtime base was ~7.5 GB.
+FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -17,7 +21,13 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# Dependencies first: this layer is reused until builder/requirements.txt changes.
+# torch first: the largest layer, reused until its pin changes. torchvision gives transformers'
+# fast image processors; 0.28 is the release built for torch 2.13.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+COPY builder/torch.txt builder/torch.txt
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" -r builder/torch.txt torchvision==0.28.0
+
+# Then the other dependencies: reused until builder/requirements.txt changes.
 COPY builder/requirements.txt builder/requirements.txt
 RUN pip install --no-cache-dir -r builder/requirements.txt
 

@@ -95,15 +95,55 @@ def test_a_full_batch_runs_without_waiting_and_a_partial_one_waits_at_most_max_w
 
     assert asyncio.run(main()) < 1.0
 
-    quick = _batcher(RecordingModel(), max_wait_s=0.05, max_batch_size=64)
+    # Images still on their way (being decoded): a partial batch waits for them, at most max_wait.
+    waiting = _batcher(RecordingModel(), max_wait_s=0.05, max_batch_size=64, incoming=lambda: 3)
 
     async def partial():
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await _job(quick, [1], None)
+        await _job(waiting, [1], None)
         return loop.time() - started
 
     assert 0.04 <= asyncio.run(partial()) < 1.0
+
+
+def test_a_lone_request_on_an_idle_model_runs_at_once_whatever_the_wait():
+    model = RecordingModel()
+    batcher = _batcher(model, max_wait_s=5.0, max_batch_size=64)  # nothing else incoming
+
+    async def lone():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await batcher.submit(7, None)
+        return loop.time() - started
+
+    assert asyncio.run(lone()) < 0.5
+    assert model.batches == [([7], None)]
+
+
+def test_items_queued_while_the_model_is_busy_form_the_next_batch():
+    model = RecordingModel()
+    original = model.__call__
+    gate = threading.Event()
+
+    def slow_first(items, options):
+        if not model.batches:
+            gate.wait(5)
+        return original(items, options)
+
+    batcher = _batcher(slow_first, max_wait_s=5.0, max_batch_size=64)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(0, None))
+        await asyncio.sleep(0.05)  # the model is now busy with [0]
+        rest = [batcher.enqueue(i, None) for i in range(1, 10)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(first, *rest)
+
+    results = asyncio.run(main())
+    assert results == [(i * 2, None) for i in range(10)]
+    assert [len(batch) for batch, _ in model.batches] == [1, 9]
 
 
 def test_out_of_memory_splits_the_batch_and_lowers_the_working_size():
@@ -171,3 +211,20 @@ def test_a_model_returning_the_wrong_count_is_an_error_not_a_silent_mismatch():
 )
 def test_out_of_memory_detection(error, expected):
     assert is_out_of_memory(error) is expected
+
+
+def test_a_lone_job_does_not_pay_the_batch_wait_and_a_many_image_job_still_batches(make_worker):
+    import time
+
+    from conftest import b64, photo, run_job
+
+    worker = make_worker("resnet", BATCH_WAIT_MS=3000, MAX_BATCH_SIZE=64)
+    image = b64(photo("chelsea"))
+    run_job(worker, {"image": image})  # first run pays lazy initialisation
+    started = time.monotonic()
+    assert "labels" in run_job(worker, {"image": image})["results"][0]
+    assert time.monotonic() - started < 1.0  # not 3 s: nothing else was on its way
+    before = dict(worker.batcher.batch_sizes)
+    run_job(worker, {"images": [image] * 12})
+    new = {size: n - before.get(size, 0) for size, n in worker.batcher.batch_sizes.items()}
+    assert {size: n for size, n in new.items() if n} == {12: 1}  # one batch, all 12 together

@@ -1,10 +1,13 @@
 """Cross-job dynamic batching: images from every in-flight job share forward passes.
 
-A batch runs when it is full (the working batch size) or when its oldest image has waited
-`max_wait_s`. One batch runs at a time, on a dedicated thread, so the event loop keeps taking
-jobs and downloading images while the model works. Only items with equal batch keys (e.g. equal
-generation options) share a batch; the model sees each item's own options. A CUDA
-out-of-memory error splits the batch in halves and lowers the working batch size for the rest
+A batch runs when it is full (the working batch size), or at once when the model is idle and no
+more images are on their way (`incoming()`: images of jobs in flight still being decoded), so a
+lone request never waits. While images are on their way, a partial batch waits for them at
+most `max_wait_s` from its oldest image; batches form while the model is busy, so under load
+that bound is rarely reached. One batch runs at a time, on a dedicated thread, so the event loop
+keeps taking jobs and downloading images while the model works. Only items with equal batch
+keys (e.g. equal generation options) share a batch; the model sees each item's own options. A
+CUDA out-of-memory error splits the batch in halves and lowers the working batch size for the rest
 of the process.
 """
 
@@ -50,11 +53,13 @@ class DynamicBatcher:
         batch_key: Callable[[Any, Any], Hashable] = lambda item, options: options,
         is_out_of_memory: Callable[[BaseException], bool] = lambda error: False,
         after_out_of_memory: Callable[[], None] = lambda: None,
+        incoming: Callable[[], int] = lambda: 0,
     ) -> None:
         self._run_batch = run_batch
         self._batch_key = batch_key
         self._is_oom = is_out_of_memory
         self._after_oom = after_out_of_memory
+        self._incoming = incoming
         self.max_wait_s = max_wait_s
         # Lowered after an out-of-memory error and never raised again: the next batch of that
         # size would fail the same way.
@@ -66,13 +71,17 @@ class DynamicBatcher:
     # --- public -----------------------------------------------------------------------------
     async def submit(self, item: Any, options: Any) -> Any:
         """Queue one item; returns its output or raises ImageError for its failure alone."""
+        return await self.enqueue(item, options)
+
+    def enqueue(self, item: Any, options: Any) -> asyncio.Future:
+        """Queue one item now (no await between items of a job, so they batch together)."""
         self._bind_to_running_loop()
         future = self._loop.create_future()  # type: ignore[union-attr]
         self._queues.setdefault(self._batch_key(item, options), deque()).append(
             _Pending(item, options, future)
         )
         self._wakeup.set()
-        return await future
+        return future
 
     @property
     def queue_depth(self) -> int:
@@ -126,6 +135,8 @@ class DynamicBatcher:
                 oldest_key, oldest_at = key, queue[0].queued_at
         if oldest_at is None:
             return _NOTHING_READY, None
+        if self._incoming() <= 0:
+            return oldest_key, None  # nothing else is coming: waiting would only add latency
         remaining = oldest_at + self.max_wait_s - now
         return (oldest_key, None) if remaining <= 0 else (_NOTHING_READY, remaining)
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     MAX_IMAGE_BYTES: int = Field(20 * 1024 * 1024, ge=1024)
     # Decoded size; checked from the header before any pixel is decoded (decompression bombs).
     MAX_IMAGE_PIXELS: int = Field(40_000_000, ge=64)
+    # Threads that download, decode and preprocess images. 0 = two per CPU core available to the
+    # process, plus two (decoding keeps a core busy; downloads mostly wait).
+    IMAGE_THREADS: int = Field(0, ge=0, le=256)
     # Decode JPEGs at 1/2, 1/4 or 1/8 scale when the model needs no more pixels (libjpeg's DCT
     # scaling): a 12 MP photo for a 224 px model decodes 16x fewer pixels. See the README.
     JPEG_DRAFT: bool = True

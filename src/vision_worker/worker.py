@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,8 +24,6 @@ from .tasks.base import Prepared
 
 log = logging.getLogger(__name__)
 
-# Image downloads and decodes are I/O and C code that release the GIL; this many run at once.
-_IMAGE_THREADS = 16
 # Grace beyond URL_TIMEOUT_S before the job stops waiting on a download thread.
 _FETCH_GRACE_S = 1.0
 
@@ -52,9 +51,13 @@ class Worker:
             batch_key=lambda item, options: task.batch_key(item, options),
             is_out_of_memory=is_out_of_memory,
             after_out_of_memory=lambda: release_cached_memory(task.source.device),
+            incoming=lambda: self._images_incoming,
         )
+        self._images_incoming = 0
         limit_malloc_arenas()  # before the image threads allocate arenas of their own
-        self._image_threads = ThreadPoolExecutor(_IMAGE_THREADS, thread_name_prefix="images")
+        self._image_threads = ThreadPoolExecutor(
+            image_threads(settings.IMAGE_THREADS), thread_name_prefix="images"
+        )
         self.decode_budget = DecodeBudget(
             settings.DECODE_MEMORY_MB * 1024 * 1024 or default_budget_bytes()
         )
@@ -69,8 +72,10 @@ class Worker:
         if settings.WARMUP:
             worker.warm_up()
         log.info(
-            "serving %s (task %s) on %s as %s: load %.2fs, warm-up %.2fs",
+            "serving %s (task %s) on %s as %s, image processor %s, %d image threads: "
+            "load %.2fs, warm-up %.2fs",
             settings.MODEL_NAME, task.name, task.source.device, task.source.dtype,
+            type(task.image_processor).__name__, worker._image_threads._max_workers,
             loaded - started, time.perf_counter() - loaded,
         )  # fmt: skip
         return worker
@@ -112,13 +117,18 @@ class Worker:
         request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task)
         options = request.options
         texts = self.task.job_texts(options)
-        prepared = await asyncio.gather(*(self._prepare(s, options) for s in request.sources))
+        # The batcher holds partial batches briefly only while images are on their way.
+        self._images_incoming += len(request.sources)
+        try:
+            prepared = await asyncio.gather(*(self._prepare(s, options) for s in request.sources))
+        finally:
+            self._images_incoming -= len(request.sources)
         loaded = time.perf_counter()
         image_outputs = asyncio.gather(
             *(self._predict(item, options) for item in prepared), return_exceptions=True
         )
         text_outputs = asyncio.gather(
-            *(self.batcher.submit(self.task.prepare_text(t, options), options) for t in texts),
+            *(self.batcher.enqueue(self.task.prepare_text(t, options), options) for t in texts),
             return_exceptions=True,
         )
         outputs, text_results = await asyncio.gather(image_outputs, text_outputs)
@@ -178,10 +188,13 @@ class Worker:
         except TimeoutError:
             return ImageError("fetch_failed", f"download exceeded {self.settings.URL_TIMEOUT_S}s")
 
-    async def _predict(self, item: Prepared | ImageError, options: Any) -> Any:
+    def _predict(self, item: Prepared | ImageError, options: Any) -> asyncio.Future:
+        """Queued at once, synchronously, so all of a job's images reach the batcher together."""
         if isinstance(item, ImageError):
-            raise item
-        return await self.batcher.submit(item, options)
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(item)
+            return failed
+        return self.batcher.enqueue(item, options)
 
 
 def _result(index: int, item: Any, output: Any, task: Task, options: Any) -> dict:
@@ -191,6 +204,16 @@ def _result(index: int, item: Any, output: Any, task: Task, options: Any) -> dic
         log.error("image %d failed: %r", index, output)
         return ImageError("inference_failed", f"{type(output).__name__}: {output}").to_result(index)
     return task.encode(output, item.meta, options)
+
+
+def image_threads(configured: int) -> int:
+    """IMAGE_THREADS, or from the cores this process may use: decoding is C code that releases
+    the GIL (one thread per core keeps them busy) and downloads wait on the network (as many
+    again overlap them)."""
+    if configured:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(64, 2 * (cores or 1) + 2)
 
 
 def _sendable(text: str) -> str:

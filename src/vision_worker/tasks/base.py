@@ -15,6 +15,7 @@ Jobs may also carry texts for the same model (`job_texts`, `prepare_text`, `enco
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -67,6 +68,13 @@ class ModelSource:
         """Call a transformers `from_pretrained` on this source with a clear failure message."""
         return _load(self.name, self.revision, loader, **kwargs)
 
+    def load_image_processor(self) -> Any:
+        from transformers import AutoImageProcessor
+
+        return self.load_processor(
+            AutoImageProcessor.from_pretrained, "image processor", backend=image_processor_backend()
+        )
+
     def load_processor(self, loader: Callable[..., T], what: str, **kwargs: Any) -> T:
         """Load a processor or tokenizer from PROCESSOR_NAME when set, else from the model."""
         name = self.processor_name or self.name
@@ -79,6 +87,12 @@ class ModelSource:
                 f"{error}. A training checkpoint often has no {what}: set PROCESSOR_NAME to the "
                 "base model it was fine-tuned from (a Hub id or directory) to take it from there"
             ) from None
+
+
+def image_processor_backend() -> str:
+    """transformers' fast (torchvision) image processors where torchvision is installed, as in
+    the Docker image; the PIL ones otherwise (chosen here, so no fallback warning per load)."""
+    return "torchvision" if importlib.util.find_spec("torchvision") else "pil"
 
 
 def _load(name: str, revision: str | None, loader: Callable[..., T], **kwargs: Any) -> T:

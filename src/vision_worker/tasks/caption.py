@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 from pydantic import Field
-from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from ..config import Settings
 from ..errors import JobError
@@ -80,7 +80,7 @@ class CaptionTask(Task):
         model, _ = load_weights(
             source, AutoModelForImageTextToText, cls.name, "trained text decoder"
         )
-        processor = source.load_processor(AutoImageProcessor.from_pretrained, "image processor")
+        processor = source.load_image_processor()
         tokenizer = source.load_processor(AutoTokenizer.from_pretrained, "tokenizer")
         return cls(source, prepare_model(model, source, settings), processor, tokenizer, settings)
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 from pydantic import Field
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from ..config import Settings
@@ -70,7 +70,7 @@ class ClassifyTask(Task):
         model, _ = load_weights(
             source, AutoModelForImageClassification, cls.name, "classification head"
         )
-        processor = source.load_processor(AutoImageProcessor.from_pretrained, "image processor")
+        processor = source.load_image_processor()
         return cls(source, prepare_model(model, source, settings), processor, settings)
 
     def check(self, options: ClassifyOptions) -> ClassifyOptions:

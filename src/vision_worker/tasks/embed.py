@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field
-from transformers import AutoImageProcessor, AutoModel
+from transformers import AutoModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_MAPPING_NAMES
 
 from ..config import Settings
@@ -85,7 +85,7 @@ class EmbedTask(Task):
             source, AutoModel, cls.name, "trained backbone",
             tolerate=lambda key: key.startswith("pooler."),
         )  # fmt: skip
-        processor = source.load_processor(AutoImageProcessor.from_pretrained, "image processor")
+        processor = source.load_image_processor()
         return cls(
             source, settings, backbone=prepare_model(model, source, settings),
             processor=processor, use_pooler=not missing,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from .base import (
     Checkpoint,
@@ -58,7 +58,7 @@ class DualEncoder:
     @classmethod
     def load(cls, source: ModelSource, task: str, settings: Any) -> DualEncoder:
         model, _ = load_weights(source, AutoModel, task, "trained image and text towers")
-        processor = source.load_processor(AutoImageProcessor.from_pretrained, "image processor")
+        processor = source.load_image_processor()
         tokenizer = source.load_processor(AutoTokenizer.from_pretrained, "tokenizer")
         return cls(source, prepare_model(model, source, settings), processor, tokenizer)
 

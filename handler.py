@@ -1,6 +1,7 @@
 """RunPod entry point: the model loads once, here at import (cold start); jobs then reuse it.
 
-python handler.py                          # run test_input.json through the SDK's local mode
+python handler.py                          # run test_input.json, print the output as JSON
+python handler.py --image cat.jpg photos/  # your own images (files, folders, URLs), -o KEY=VALUE
 python handler.py --test_input '{"input": {"image": "https://..."}}'
 python handler.py --serve --port 8000      # pod mode: HTTP server (or SERVE_MODE=pod)
 (on RunPod serverless, the same command serves the endpoint's queue)
@@ -26,9 +27,12 @@ from vision_worker.worker import Worker
 
 try:
     settings = settings_from_env()
+    # force: the runpod SDK configures logging on import, and basicConfig alone would then do
+    # nothing. One format, on stderr, so stdout carries only results in local runs.
     logging.basicConfig(
-        level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr, force=True,
+    )  # fmt: skip
     worker = Worker.start(settings)
 except (ConfigError, ModelLoadError) as error:
     # One line in the worker's log says what to fix; a traceback would bury it.
@@ -55,11 +59,21 @@ def _pod_args() -> argparse.Namespace:
     return args
 
 
+def _on_runpod() -> bool:
+    """RunPod's queue sets this; without it (and without the SDK's own --rp_serve_api test
+    server) the run is local: one job, output as JSON on stdout."""
+    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB")) or "--rp_serve_api" in sys.argv
+
+
 if __name__ == "__main__":
     pod = _pod_args()
     if pod.serve or settings.SERVE_MODE == "pod":
         from vision_worker.server import serve
 
         serve(worker, host=pod.host, port=pod.port)
-    else:
+    elif _on_runpod():
         runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
+    else:
+        from vision_worker.local import run_locally
+
+        sys.exit(run_locally(worker, sys.argv[1:]))

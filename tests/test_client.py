@@ -97,5 +97,37 @@ def test_cli_passes_any_task_option_with_dash_o(pod, images, capsys, monkeypatch
     record = json.loads(capsys.readouterr().out)
     assert status == 0
     assert len(record["labels"]) == 1
-    with pytest.raises(SystemExit):
-        main([str(folder / "cat.jpg"), "--endpoint", pod, "-o", "top_k"])
+    assert main([str(folder / "cat.jpg"), "--endpoint", pod, "-o", "top_k"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (["{tmp}/missing.jpg"], "no such file or folder: {tmp}/missing.jpg"),
+        (["{tmp}/empty"], "folder {tmp}/empty has no image files"),
+    ],
+)
+def test_cli_checks_its_inputs_before_sending(pod, tmp_path, capsys, inputs, message):
+    (tmp_path / "empty").mkdir()
+    status = main([i.format(tmp=tmp_path) for i in inputs] + ["--endpoint", pod])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    assert captured.err.startswith(f"vision-worker-client: {message.format(tmp=tmp_path)}")
+    assert len(captured.err.splitlines()) == 1
+
+
+def test_cli_fails_fast_with_one_line_when_the_endpoint_is_down(images, capsys):
+    import time
+
+    from conftest import free_port
+
+    folder, _ = images
+    started = time.monotonic()
+    status = main([str(folder), "--endpoint", f"http://127.0.0.1:{free_port()}", "--no-progress"])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert time.monotonic() - started < 5  # not 15 s of retries per job
+    assert captured.out == ""
+    assert captured.err.startswith("vision-worker-client: cannot reach http://127.0.0.1:")
+    assert len(captured.err.splitlines()) == 1

@@ -24,27 +24,68 @@ def _handler(model: Path, *args: str, **env: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
-def test_python_handler_py_runs_test_input_json(model_dir):
+def test_python_handler_py_prints_test_input_json_output_as_json(model_dir):
     done = _handler(model_dir("vit-gpt2"))
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
-    log = done.stdout + done.stderr
-    assert "completed successfully" in log
-    assert "'caption':" in log
-    assert "(task caption) on cpu as torch.float32" in log
+    output = json.loads(done.stdout)  # stdout is the job's output and nothing else
+    assert [set(r) for r in output["results"]] == [{"caption"}, {"caption"}]
+    # Logs go to stderr, in one format with level names, and say what is serving.
+    assert " INFO vision_worker.worker: serving " in done.stderr
+    assert "(task caption) on cpu as torch.float32, image processor ViTImageProcessorPil" in (
+        done.stderr
+    )
+    # A quiet start: no fallback warnings, progress bars or dumps of the job's base64.
+    assert "torchvision" not in done.stderr
+    assert "Loading weights" not in done.stderr
+    assert "iVBOR" not in done.stderr + done.stdout
+
+
+def test_image_flag_runs_local_files_and_folders_with_options(model_dir, tmp_path):
+    from conftest import encode, photo
+
+    (tmp_path / "more").mkdir()
+    (tmp_path / "cat.jpg").write_bytes(encode(photo("chelsea"), "JPEG"))
+    (tmp_path / "more" / "rocket.png").write_bytes(encode(photo("rocket")))
+    done = _handler(model_dir("resnet"), "--image", str(tmp_path / "cat.jpg"),
+                    str(tmp_path / "more"), "--top-k", "2")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = json.loads(done.stdout)
+    assert [len(r["labels"]) for r in output["results"]] == [2, 2]
+    labels = _handler(model_dir("clip"), "--image", str(tmp_path / "cat.jpg"),
+                      "-o", 'labels=["a cat", "a dog"]')  # fmt: skip
+    assert {e["label"] for e in json.loads(labels.stdout)["results"][0]["labels"]} == {
+        "a cat", "a dog"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image", "no/such/file.jpg"], "no such file or folder: no/such/file.jpg"),
+        (["--image", "{empty}"], "has no image files"),
+        (["--image", "{empty}", "-o", "top_k"], "an option is KEY=VALUE, got 'top_k'"),
+    ],
+)
+def test_a_bad_command_line_gets_one_line_and_exit_2(model_dir, tmp_path, args, message):
+    done = _handler(model_dir("resnet"), *(a.format(empty=tmp_path) for a in args))
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("python handler.py: ")
+    assert message in last
+    assert "Traceback" not in done.stderr
 
 
 def test_test_input_argument_overrides_the_file(model_dir):
     job = {"input": {"image": "data:image/png;base64,not-really", "top_k": 2}}
     done = _handler(model_dir("resnet"), "--test_input", json.dumps(job))
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-2000:]
-    assert "invalid_image" in log
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["results"][0]["error"]["code"] == "invalid_image"
 
 
 def test_an_invalid_job_is_reported_as_failed(model_dir):
     done = _handler(model_dir("resnet"), "--test_input", json.dumps({"input": {"images": []}}))
     assert done.returncode == 1
-    assert '"images" is empty' in done.stdout + done.stderr
+    assert json.loads(done.stdout) == {"error": '"images" is empty; send at least one image'}
 
 
 def test_test_input_json_is_a_valid_job():

@@ -11,15 +11,12 @@ groups of --images-per-job (the worker batches them on the GPU), several jobs at
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -27,36 +24,13 @@ from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util import Retry
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
+from .inputs import ImageSource, InputError, collect_sources, parse_options
+
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 
 class EndpointError(RuntimeError):
     """The endpoint failed a whole job (invalid job, timeout, cancelled)."""
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    label: str  # what the caller named: a path or URL
-    value: str  # what the job carries: base64 or the URL
-
-
-def collect_sources(items: Iterable[str]) -> list[ImageSource]:
-    """URLs as they are; files base64-encoded; folders walked for image files, sorted."""
-    sources = []
-    for item in items:
-        if item.startswith(("http://", "https://")):
-            sources.append(ImageSource(item, item))
-            continue
-        path = Path(item)
-        files = (
-            sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if path.is_dir()
-            else [path]
-        )
-        for file in files:
-            sources.append(ImageSource(str(file), base64.b64encode(file.read_bytes()).decode()))
-    return sources
 
 
 class EndpointClient:
@@ -78,6 +52,18 @@ class EndpointClient:
         )  # fmt: skip
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
         self.session.mount("https://", HTTPAdapter(max_retries=retry))
+
+    def check_reachable(self) -> None:
+        """One quick GET /health without retries: a wrong URL or a server that is down fails in
+        seconds with one line, instead of after every job's retries."""
+        try:
+            response = requests.get(f"{self.endpoint}/health", timeout=5,
+                                    headers=dict(self.session.headers))  # fmt: skip
+        except requests.RequestException as error:
+            reason = type(error).__name__.replace("Error", " error").strip()
+            raise EndpointError(f"cannot reach {self.endpoint} ({reason})") from None
+        if response.status_code == 401:
+            raise EndpointError("unauthorized: set RUNPOD_API_KEY (or the pod's POD_API_KEY)")
 
     def run_sync(self, job_input: dict[str, Any]) -> dict[str, Any]:
         state = self._post("runsync", {"input": job_input})
@@ -148,14 +134,6 @@ def run_images(
             yield from records
 
 
-def _option_value(text: str) -> Any:
-    """JSON when it parses (numbers, booleans, lists), the text itself otherwise."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or http(s) URLs")
@@ -185,15 +163,21 @@ def main(argv: list[str] | None = None) -> int:
 
     options = {k: v for k, v in {"top_k": args.top_k, "max_new_tokens": args.max_new_tokens,
                "num_beams": args.num_beams}.items() if v is not None}  # fmt: skip
-    for text in args.option:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            parser.error(f"--option takes KEY=VALUE, got {text!r}")
-        options[key] = _option_value(value)
+    try:
+        options |= parse_options(args.option)
+        sources = collect_sources(args.inputs)
+    except InputError as error:
+        print(f"vision-worker-client: {error}", file=sys.stderr)
+        return 2
     client = EndpointClient(args.endpoint, os.environ.get("RUNPOD_API_KEY"), timeout_s=args.timeout)
     failures = 0
+    try:
+        client.check_reachable()
+    except EndpointError as error:
+        print(f"vision-worker-client: {error}", file=sys.stderr)
+        return 2
     records = run_images(
-        client, collect_sources(args.inputs), options, images_per_job=args.images_per_job,
+        client, sources, options, images_per_job=args.images_per_job,
         concurrency=args.concurrency, sync=args.sync, progress=not args.no_progress,
     )  # fmt: skip
     for record in records:

@@ -1,0 +1,70 @@
+"""Local runs: `python handler.py` without RunPod prints the job's output as JSON on stdout.
+
+    python handler.py                                  # the job in test_input.json
+    python handler.py --test_input '{"input": {...}}'  # a job given inline
+    python handler.py --image cat.jpg photos/ -o top_k=3
+Logs go to stderr, so `python handler.py --image cat.jpg | jq .` works. Exit status 0 when the
+job completed (single images may still carry errors), 1 when it failed as a whole, 2 for a
+command line that names no usable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .inputs import InputError, collect_sources, parse_options
+from .worker import Worker
+
+
+def local_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python handler.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders or URLs")
+    parser.add_argument(
+        "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="a task option, VALUE read as JSON when it parses (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--top-k", type=int, help="classify / zero_shot: labels per image")
+    parser.add_argument("--test_input", help='a whole job as JSON: {"input": {...}}')
+    parser.add_argument("--test_input_file", default="test_input.json", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def job_input(args: argparse.Namespace) -> Any:
+    """The job's "input" from --image (+ options), --test_input, or test_input.json."""
+    if args.image:
+        options = parse_options(args.option)
+        if args.top_k is not None:
+            options["top_k"] = args.top_k
+        return {"images": [source.value for source in collect_sources(args.image)], **options}
+    text = args.test_input or _read(Path(args.test_input_file))
+    try:
+        job = json.loads(text)
+    except ValueError as error:
+        raise InputError(f"the test job is not valid JSON: {error}") from None
+    if not isinstance(job, dict) or "input" not in job:
+        raise InputError('the test job must be a JSON object with an "input" key')
+    return job["input"]
+
+
+def _read(path: Path) -> str:
+    if not path.exists():
+        raise InputError(f"no {path}: pass --image PATH or --test_input JSON")
+    return path.read_text()
+
+
+def run_locally(worker: Worker, argv: list[str]) -> int:
+    """Run one job through the worker and print its output as JSON; returns the exit status."""
+    args = local_arguments(argv)
+    try:
+        job = job_input(args)
+    except InputError as error:
+        print(f"python handler.py: {error}", file=sys.stderr)
+        return 2
+    output = asyncio.run(worker.run(job))
+    print(json.dumps(output, indent=2, ensure_ascii=False))
+    return 1 if set(output) == {"error"} else 0

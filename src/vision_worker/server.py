@@ -19,12 +19,13 @@ import uuid
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -353,11 +354,27 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
             return JSONResponse(record.output)
         return JSONResponse({"error": record.error}, status_code=400)
 
+    @router.get("/", include_in_schema=False)
+    async def demo_page() -> HTMLResponse:
+        """The pod template's front door: try the served model from a browser."""
+        return HTMLResponse(demo_html(pod.worker.task))
+
     @router.get("/health", tags=["health"])
     async def health() -> dict:
         return pod.health()
 
     return router
+
+
+def demo_html(task: Any) -> str:
+    """The demo page with the served task's options schema inlined (the page builds its form)."""
+    described = {"name": task.name, "options": task.Options.model_json_schema()}
+    # "</" inside a <script> would end it; JSON allows the escaped form.
+    inline = json.dumps(described).replace("</", "<\\/")
+    return _DEMO_TEMPLATE.replace("__TASK__", inline)
+
+
+_DEMO_TEMPLATE = (Path(__file__).parent / "static" / "demo.html").read_text()
 
 
 def form_options(options_model: type[BaseModel], form: Any, query: Any) -> dict[str, Any]:
@@ -415,7 +432,8 @@ async def _upload_as_base64(upload: UploadFile, max_bytes: int) -> str:
     return base64.b64encode(await upload.read(max_bytes + 1)).decode()
 
 
-_HEALTH_PATH = re.compile(r"(/v2/[^/]+)?/health/?")
+# Open without the key: health probes, and the demo page itself (it asks for the key).
+_OPEN_PATHS = re.compile(r"(/v2/[^/]+)?/health/?|/")
 
 
 def max_request_bytes(settings: Settings) -> int:
@@ -488,7 +506,7 @@ def _require_api_key(api_key: str | None):
     expected = f"Bearer {api_key}".encode()
 
     async def check(request: Request, call_next):
-        if api_key is None or _HEALTH_PATH.fullmatch(request.url.path):
+        if api_key is None or _OPEN_PATHS.fullmatch(request.url.path):
             return await call_next(request)
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, expected):

@@ -1,0 +1,103 @@
+"""The pod's demo page in a real headless browser (Debian's chromium + chromedriver, selenium):
+load it, upload a real photo, run, and see the result, with the same API and key as everyone."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+import requests
+
+from conftest import encode, photo, running_server
+from vision_worker.config import load_settings
+from vision_worker.worker import Worker
+
+KEY = "demo-key"
+CHROMEDRIVER = shutil.which("chromedriver")
+# .ci/run installs chromium; on CI a missing browser is a failure, not a skip.
+pytestmark = pytest.mark.skipif(
+    CHROMEDRIVER is None and os.environ.get("CI") != "true",
+    reason="chromium-driver not installed (apt-get install chromium chromium-driver)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,1600"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _server(model_dir, arch: str):
+    worker = Worker.start(load_settings(MODEL_NAME=str(model_dir(arch)), WARMUP=False,
+                                        POD_API_KEY=KEY))  # fmt: skip
+    return running_server(worker)
+
+
+def _run_page(browser, url: str, tmp_path, fill) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    picture = tmp_path / "cat.jpg"
+    picture.write_bytes(encode(photo("chelsea", size=None).convert("RGB"), "JPEG", quality=90))
+    browser.get(url + "/")
+    WebDriverWait(browser, 20).until(lambda b: "task" in b.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "files").send_keys(str(picture))
+    WebDriverWait(browser, 10).until(lambda b: "cat.jpg" in b.find_element(By.ID, "chosen").text)
+    browser.find_element(By.ID, "key").send_keys(KEY)
+    fill(browser)
+    browser.find_element(By.ID, "run").click()
+    WebDriverWait(browser, 60).until(ready.text_to_be_present_in_element((By.ID, "status"), "done"))
+    return browser.find_element(By.ID, "results").text
+
+
+def test_the_page_classifies_an_uploaded_photo_with_score_bars(browser, model_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from vision_worker.dev.tiny_models import LABELS
+
+    def top_2(b):
+        b.find_element(By.ID, "opt-top_k").send_keys("2")
+
+    with _server(model_dir, "resnet") as (url, _):
+        results = _run_page(browser, url, tmp_path, top_2)
+        bars = browser.find_elements(By.CSS_SELECTOR, ".result .bar")
+        browser.save_screenshot(str(tmp_path / "demo.png"))
+    assert "cat.jpg" in results
+    assert len(bars) == 2  # top_k from the form reached the job
+    assert all(any(label in bar.text for label in LABELS) for bar in bars)
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_the_page_builds_its_form_from_the_served_tasks_options(browser, model_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    def labels(b):
+        b.find_element(By.ID, "opt-labels").send_keys("a cat\na rocket\na cup of coffee")
+
+    with _server(model_dir, "clip") as (url, _):
+        results = _run_page(browser, url, tmp_path, labels)
+        template = browser.find_element(By.ID, "opt-hypothesis_template")
+        assert template.get_attribute("placeholder") == "This is a photo of {}."
+    assert all(label in results for label in ("a cat", "a rocket", "a cup of coffee"))
+
+
+def test_the_page_is_open_but_the_api_behind_it_needs_the_key(model_dir):
+    with _server(model_dir, "resnet") as (url, _):
+        page = requests.get(url + "/", timeout=10)
+        assert page.status_code == 200
+        assert "<title>vision-worker</title>" in page.text
+        # Nothing loaded from outside the pod: no external scripts, styles or fonts.
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)
+        assert "@import" not in page.text
+        assert requests.post(url + "/runsync", json={"input": {}}, timeout=10).status_code == 401

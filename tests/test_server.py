@@ -247,3 +247,14 @@ def test_predict_form_and_openapi_follow_the_served_tasks_options(zero_shot_serv
     schema = requests.get(f"{url}/openapi.json", timeout=30).json()
     form = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert set(form["schema"]["properties"]) == {"image", *ZeroShotOptions.model_fields}
+
+
+def test_framework_errors_have_the_one_error_shape(server, http):
+    url, _ = server
+    missing = http.get(f"{url}/no/such/route", timeout=10)
+    assert (missing.status_code, missing.json()) == (404, {"error": "Not Found"})
+    wrong_method = http.get(f"{url}/runsync", timeout=10)
+    assert (wrong_method.status_code, wrong_method.json()) == (405, {"error": "Method Not Allowed"})
+    malformed = http.post(f"{url}/runsync", data="{not json", timeout=10)
+    assert malformed.status_code == 400
+    assert set(malformed.json()) == {"error"}

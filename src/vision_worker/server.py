@@ -25,8 +25,10 @@ from typing import Any
 import h11
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
@@ -262,6 +264,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.pod = pod
+    _errors_as_one_sentence(app)
     app.middleware("http")(_require_api_key(settings.POD_API_KEY))
     # Registered last, so it runs first: an oversized body is refused before anything reads it.
     app.add_middleware(LimitBodySize, limit=max_request_bytes(settings))
@@ -364,6 +367,21 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         return pod.health()
 
     return router
+
+
+def _errors_as_one_sentence(app: FastAPI) -> None:
+    """Framework errors (unknown route, wrong method, invalid path parameter) in the API's one
+    error shape, {"error": "..."}, instead of FastAPI's {"detail": ...}; never echoing input."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail)}, error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"error": f"invalid request: {where}: {first.get('msg')}"[:200]}, 400)
 
 
 def demo_html(task: Any) -> str:

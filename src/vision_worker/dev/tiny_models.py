@@ -11,6 +11,7 @@ ResNet-50, ...) for benchmarks with true compute costs; the weights are random e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +22,6 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     BlipConfig,
     BlipForConditionalGeneration,
-    BlipImageProcessor,
-    CLIPImageProcessor,
-    ConvNextImageProcessor,
     GitConfig,
     GitForCausalLM,
     GPT2Config,
@@ -34,7 +32,6 @@ from transformers import (
     VisionEncoderDecoderModel,
     ViTConfig,
     ViTForImageClassification,
-    ViTImageProcessor,
 )
 
 # Words the captioning tokenizer learns; random weights make any caption of them possible.
@@ -58,12 +55,22 @@ GPT2_SPECIAL = "<|endoftext|>"
 TINY_INIT = 0.5
 
 
+def _processor(name: str) -> Any:
+    """An image processor class: the torchvision-backed one where torchvision is installed, the
+    PIL one otherwise (named directly, so transformers prints no fallback warning)."""
+    import transformers
+
+    return getattr(transformers, name if importlib.util.find_spec("torchvision") else name + "Pil")
+
+
 def _train_tokenizer(specials: list[str], vocab_size: int) -> Tokenizer:
     tokenizer = Tokenizer(
         models.WordPiece(unk_token=specials[1] if len(specials) > 1 else specials[0])
     )
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False
+    )
     tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
     from tokenizers import decoders
 
@@ -98,6 +105,7 @@ def clip_tokenizer() -> Any:
     trainer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
         vocab_size=400, special_tokens=CLIP_SPECIALS, end_of_word_suffix="</w>",
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )  # fmt: skip
     trainer_model.train_from_iterator([s.lower() for s in _CORPUS + LABELS], trainer=trainer)
@@ -138,7 +146,7 @@ def build_vit_gpt2(out: Path, full: bool) -> None:
     model.generation_config.decoder_start_token_id = eos
     model.generation_config.pad_token_id = model.generation_config.eos_token_id = eos
     size = 224 if full else 32
-    processor = ViTImageProcessor(size={"height": size, "width": size})
+    processor = _processor("ViTImageProcessor")(size={"height": size, "width": size})
     _save(out, model, tokenizer, processor)
 
 
@@ -162,7 +170,7 @@ def build_git(out: Path, full: bool) -> None:
     model = GitForCausalLM(config)
     model.generation_config.update(**ids)
     size = 224 if full else 32
-    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size)
+    processor = _processor("CLIPImageProcessor")(size={"shortest_edge": size}, crop_size=size)
     _save(out, model, tokenizer, processor)
 
 
@@ -191,7 +199,7 @@ def build_blip(out: Path, full: bool) -> None:
         bos_token_id=text["bos_token_id"], eos_token_id=text["eos_token_id"],
         pad_token_id=text["pad_token_id"],
     )  # fmt: skip
-    processor = BlipImageProcessor(size={"height": size, "width": size})
+    processor = _processor("BlipImageProcessor")(size={"height": size, "width": size})
     _save(out, model, tokenizer, processor)
 
 
@@ -208,14 +216,16 @@ def build_resnet(out: Path, full: bool) -> None:
     )  # fmt: skip
     model = ResNetForImageClassification(ResNetConfig(num_labels=len(LABELS), **dims, **_labels()))
     size = 224 if full else 32
-    processor = ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=224 / 256)
+    processor = _processor("ConvNextImageProcessor")(
+        size={"shortest_edge": size}, crop_pct=224 / 256
+    )
     _save(out, model, None, processor)
 
 
 def build_vit(out: Path, full: bool) -> None:
     model = ViTForImageClassification(ViTConfig(**_vision(full), **_labels()))
     size = 224 if full else 32
-    _save(out, model, None, ViTImageProcessor(size={"height": size, "width": size}))
+    _save(out, model, None, _processor("ViTImageProcessor")(size={"height": size, "width": size}))
 
 
 def _text_tower(full: bool, vocab_size: int, positions: int, **ids: int) -> dict:
@@ -242,13 +252,14 @@ def build_clip(out: Path, full: bool) -> None:
         CLIPConfig(text_config=text, vision_config=vision, projection_dim=512 if full else 16)
     )
     size = 224 if full else 32
-    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size)
+    clip = _processor("CLIPImageProcessor")
+    image_processor = clip(size={"shortest_edge": size}, crop_size=size)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     _save(out, model, None, None)
 
 
 def build_siglip(out: Path, full: bool) -> None:
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+    from transformers import SiglipConfig, SiglipModel
 
     tokenizer = bert_tokenizer()
     # SigLIP's pipeline pads every text to 64 tokens.
@@ -258,12 +269,12 @@ def build_siglip(out: Path, full: bool) -> None:
     )  # fmt: skip
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=_vision(full)))
     size = 224 if full else 32
-    processor = SiglipImageProcessor(size={"height": size, "width": size})
+    processor = _processor("SiglipImageProcessor")(size={"height": size, "width": size})
     _save(out, model, tokenizer, processor)
 
 
 def build_siglip2(out: Path, full: bool) -> None:
-    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+    from transformers import Siglip2Config, Siglip2Model
 
     tokenizer = bert_tokenizer()
     text = _text_tower(
@@ -276,18 +287,20 @@ def build_siglip2(out: Path, full: bool) -> None:
     model = Siglip2Model(
         Siglip2Config(text_config=text, vision_config={**vision, "num_patches": patches})
     )
-    processor = Siglip2ImageProcessor(patch_size=vision["patch_size"], max_num_patches=patches)
+    processor = _processor("Siglip2ImageProcessor")(
+        patch_size=vision["patch_size"], max_num_patches=patches
+    )
     _save(out, model, tokenizer, processor)
 
 
 def build_dinov2(out: Path, full: bool) -> None:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+    from transformers import Dinov2Config, Dinov2Model
 
     dims = _vision(full)
     dims["patch_size"] = 14 if full else 8
     model = Dinov2Model(Dinov2Config(**dims))
     size = 224 if full else 32
-    processor = BitImageProcessor(
+    processor = _processor("BitImageProcessor")(
         size={"shortest_edge": 256 if full else 40}, crop_size={"height": size, "width": size},
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
     )  # fmt: skip
@@ -300,7 +313,7 @@ def build_vit_backbone(out: Path, full: bool) -> None:
 
     model = ViTModel(ViTConfig(**_vision(full)))
     size = 224 if full else 32
-    _save(out, model, None, ViTImageProcessor(size={"height": size, "width": size}))
+    _save(out, model, None, _processor("ViTImageProcessor")(size={"height": size, "width": size}))
 
 
 BUILDERS: dict[str, Callable[[Path, bool], None]] = {
@@ -328,6 +341,12 @@ def _save(out: Path, model, tokenizer, processor) -> None:
 
 def build(arch: str, out: str | Path, *, full: bool = False, seed: int = 0) -> Path:
     """Write a random-weight model of `arch` to `out` and return the directory."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Writing model shards" on every save
+    # SigLIP's top-level config validates the default text config's token ids (for a 32,000
+    # token vocabulary) before ours replaces it; the warning is about a config never used.
+    transformers_logging.set_verbosity_error()
     torch.manual_seed(seed)
     path = Path(out)
     BUILDERS[arch](path, full)

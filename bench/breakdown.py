@@ -66,8 +66,23 @@ def stages(arch: str) -> dict:
     raw_s, handler_s = min(raw_runs), min(handler_runs)
     overhead_ratio = raw_s / handler_s
     report(f"{arch}: handler throughput / raw model throughput", overhead_ratio, ">= 0.95")
+
+    # One client, one image: the worker against the same stages called directly in one thread
+    # (decode, preprocess, model). The batcher must add no wait when the model is idle.
+    def direct() -> None:
+        item = task.prepare(worker.loader.load(encoded[0]), options)
+        task.predict([item], [options])
+
+    direct_runs, lone_runs = [], []
+    for _ in range(5):
+        direct_runs.append(timed(direct))
+        lone_runs.append(timed(lambda: run(worker.run({"image": encoded[0]}))))
+    latency_ratio = min(direct_runs) / min(lone_runs)
+    report(f"{arch}: one-client latency, direct / worker", latency_ratio, ">= 0.98")
     return {"batch_size": BATCH, "per_image_ms": per_image_ms, "raw_batch_s": raw_s,
-            "handler_batch_s": handler_s, "handler_vs_raw": overhead_ratio}  # fmt: skip
+            "handler_batch_s": handler_s, "handler_vs_raw": overhead_ratio,
+            "one_client_direct_s": min(direct_runs), "one_client_worker_s": min(lone_runs),
+            "one_client_direct_vs_worker": latency_ratio}  # fmt: skip
 
 
 def main() -> dict:

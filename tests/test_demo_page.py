@@ -101,3 +101,20 @@ def test_the_page_is_open_but_the_api_behind_it_needs_the_key(model_dir):
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)
         assert "@import" not in page.text
         assert requests.post(url + "/runsync", json={"input": {}}, timeout=10).status_code == 401
+
+
+def test_api_docs_render_offline_from_local_files(browser, model_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with _server(model_dir, "resnet") as (url, _):
+        page = requests.get(url + "/docs", timeout=10)
+        assert page.status_code == 200
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)
+        assert requests.get(url + "/static/swagger/swagger-ui-bundle.js", timeout=10).ok
+        browser.get(url + "/docs")
+        WebDriverWait(browser, 20).until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+        )
+        paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/runsync", "/run", "/predict"} <= {p.replace("\u200b", "") for p in paths}

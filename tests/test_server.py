@@ -93,7 +93,7 @@ def test_predict_accepts_multipart_uploads(server, http):
     assert second["error"]["code"] == "invalid_image"
 
 
-def test_health_is_open_and_everything_else_needs_the_key(server):
+def test_health_docs_and_demo_page_are_open_and_everything_else_needs_the_key(server):
     url, _ = server
     health = requests.get(f"{url}/health", timeout=30).json()
     assert health["status"] == "ready"
@@ -101,13 +101,16 @@ def test_health_is_open_and_everything_else_needs_the_key(server):
     assert "queue_depth" in health
     assert requests.get(f"{url}/v2/x/health", timeout=30).json()["jobs"]["inQueue"] >= 0
     protected = [("post", "/runsync"), ("post", "/run"), ("get", "/status/x"),
-                 ("post", "/v2/x/runsync"), ("get", "/docs"), ("post", "/predict")]  # fmt: skip
+                 ("post", "/v2/x/runsync"), ("post", "/cancel/x"), ("post", "/predict"),
+                 ("get", "/status/../runsync"), ("get", "/docsx")]  # fmt: skip
     for method, path in protected:
         assert requests.request(method, f"{url}{path}", json=_job(), timeout=30).status_code == 401
         wrong = {"Authorization": "Bearer wrong"}
         assert (
             requests.request(method, f"{url}{path}", headers=wrong, timeout=30).status_code == 401
         )
+    for path in ("/", "/docs", "/openapi.json"):  # a browser cannot send the key for these
+        assert requests.get(f"{url}{path}", timeout=30).status_code == 200
 
 
 def test_openapi_docs_are_served(server, http):

@@ -262,9 +262,12 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         title="vision-worker",
         description=f"{settings.MODEL_NAME} ({worker.task.name}) behind RunPod's serverless API.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files below, not a CDN
+        redoc_url=None,
     )
     app.state.pod = pod
     _errors_as_one_sentence(app)
+    _offline_docs(app)
     app.middleware("http")(_require_api_key(settings.POD_API_KEY))
     # Registered last, so it runs first: an oversized body is refused before anything reads it.
     app.add_middleware(LimitBodySize, limit=max_request_bytes(settings))
@@ -369,6 +372,32 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     return router
 
 
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from files installed with the worker: a pod may have no internet.
+
+    The bundled Swagger UI (4.x) renders OpenAPI 3.0 documents only, so it reads a copy of the
+    schema labelled 3.0.3; FastAPI's 3.1 additions it does not know are shown as plain JSON.
+    """
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+
+    @app.get("/openapi-swagger.json", include_in_schema=False)
+    async def swagger_schema() -> dict:
+        return {**app.openapi(), "openapi": "3.0.3"}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi-swagger.json", title="vision-worker API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )  # fmt: skip
+
+
 def _errors_as_one_sentence(app: FastAPI) -> None:
     """Framework errors (unknown route, wrong method, invalid path parameter) in the API's one
     error shape, {"error": "..."}, instead of FastAPI's {"detail": ...}; never echoing input."""
@@ -450,8 +479,11 @@ async def _upload_as_base64(upload: UploadFile, max_bytes: int) -> str:
     return base64.b64encode(await upload.read(max_bytes + 1)).decode()
 
 
-# Open without the key: health probes, and the demo page itself (it asks for the key).
-_OPEN_PATHS = re.compile(r"(/v2/[^/]+)?/health/?|/")
+# Open without the key: health probes, the demo page (it asks for the key) and the API docs
+# (a browser cannot send the key for them; the schema is not a secret).
+_OPEN_PATHS = re.compile(
+    r"(/v2/[^/]+)?/health/?|/|/docs|/openapi\.json|/openapi-swagger\.json|/static/swagger/.*"
+)
 
 
 def max_request_bytes(settings: Settings) -> int:

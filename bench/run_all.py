@@ -14,7 +14,7 @@ from common import RESULTS, ROOT, machine
 
 SCRIPTS = [
     "cold_start", "batch_curve", "breakdown", "naive", "cross_job", "zero_shot", "concurrency",
-    "input_pipeline",
+    "input_pipeline", "phone_photos",
 ]  # fmt: skip
 
 
@@ -64,6 +64,17 @@ def summary() -> str:
             ">= 0.9",
         ),
         ("32 concurrent zero-shot jobs / 32 sequential", zero_shot["concurrent_vs_sequential"], ""),
+        ("12 MP JPEGs / pre-resized 224 px, ResNet-50", _load("phone_photos")["ratio"], ">= 0.8"),
+        (
+            "one-client latency, direct / worker, ViT-GPT2",
+            split["vit-gpt2"]["one_client_direct_vs_worker"],
+            ">= 0.98",
+        ),
+        (
+            "one-client latency, direct / worker, ResNet-50",
+            split["resnet"]["one_client_direct_vs_worker"],
+            ">= 0.98",
+        ),
     ]
     where = f"{info['device']}, {info['cpu_count']} cores, torch {info['torch']}, {info['date']}"
     lines = [

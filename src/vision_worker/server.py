@@ -167,6 +167,15 @@ class PodServer:
             return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
         return None
 
+    async def admit(self, request: Request) -> Any:
+        """The job input of a JSON request that may start now, or the error response."""
+        if refused := self.refusal():
+            return refused
+        try:
+            return await self.read_job_input(request)
+        except BodyError as error:
+            return JSONResponse({"error": str(error)}, error.status)
+
     async def read_job_input(self, request: Request) -> Any:
         """The "input" of a JSON body, parsed off the event loop; raises BodyError."""
         body = await request.body()  # bounded by LimitBodySize
@@ -292,23 +301,17 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     @router.post("/runsync", tags=["jobs"], summary="Run a job and wait for its output",
                  openapi_extra=job_body)  # fmt: skip
     async def runsync(request: Request) -> JSONResponse:
-        if refused := pod.refusal():
-            return refused
-        try:
-            job_input = await pod.read_job_input(request)
-        except BodyError as error:
-            return JSONResponse({"error": str(error)}, error.status)
+        job_input = await pod.admit(request)
+        if isinstance(job_input, JSONResponse):
+            return job_input
         return JSONResponse((await pod.execute(pod.new_job(job_input))).to_json())
 
     @router.post("/run", tags=["jobs"], summary="Queue a job; poll /status/{id}",
                  openapi_extra=job_body)  # fmt: skip
     async def run(request: Request) -> JSONResponse:
-        if refused := pod.refusal():
-            return refused
-        try:
-            job_input = await pod.read_job_input(request)
-        except BodyError as error:
-            return JSONResponse({"error": str(error)}, error.status)
+        job_input = await pod.admit(request)
+        if isinstance(job_input, JSONResponse):
+            return job_input
         record = pod.submit(job_input)
         return JSONResponse({"id": record.id, "status": record.status})
 

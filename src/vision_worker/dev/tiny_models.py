@@ -258,15 +258,19 @@ def build_clip(out: Path, full: bool) -> None:
     _save(out, model, None, None)
 
 
+def _siglip_text_tower(full: bool, tokenizer: Any) -> dict:
+    # SigLIP's pipeline pads every text to 64 tokens, so 64 positions.
+    return _text_tower(
+        full, len(tokenizer), 64, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+    )  # fmt: skip
+
+
 def build_siglip(out: Path, full: bool) -> None:
     from transformers import SiglipConfig, SiglipModel
 
     tokenizer = bert_tokenizer()
-    # SigLIP's pipeline pads every text to 64 tokens.
-    text = _text_tower(
-        full, len(tokenizer), 64, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-    )  # fmt: skip
+    text = _siglip_text_tower(full, tokenizer)
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=_vision(full)))
     size = 224 if full else 32
     processor = _processor("SiglipImageProcessor")(size={"height": size, "width": size})
@@ -277,10 +281,7 @@ def build_siglip2(out: Path, full: bool) -> None:
     from transformers import Siglip2Config, Siglip2Model
 
     tokenizer = bert_tokenizer()
-    text = _text_tower(
-        full, len(tokenizer), 64, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-    )  # fmt: skip
+    text = _siglip_text_tower(full, tokenizer)
     # SigLIP2 (NaFlex) keeps each image's aspect ratio and pads to a fixed number of patches.
     vision = {key: value for key, value in _vision(full).items() if key != "image_size"}
     patches = 256 if full else 16

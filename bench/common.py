@@ -16,8 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import skimage.data
-import torch
+# As handler.py does in production: idle OpenMP threads sleep instead of spinning, or a
+# benchmark that calls the model from two threads (direct and through the worker) measures
+# their contention. Must precede the torch import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import skimage.data  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -117,15 +117,24 @@ class Worker:
         request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task)
         options = request.options
         texts = self.task.job_texts(options)
-        # The batcher holds partial batches briefly only while images are on their way.
+        # Each image goes to the batcher as soon as it is prepared, so decoding overlaps the
+        # model; the batcher holds a partial batch briefly only while images are on their way.
+        prepared: list[Prepared | ImageError | None] = [None] * len(request.sources)
+        loaded = started
         self._images_incoming += len(request.sources)
-        try:
-            prepared = await asyncio.gather(*(self._prepare(s, options) for s in request.sources))
-        finally:
-            self._images_incoming -= len(request.sources)
-        loaded = time.perf_counter()
+
+        async def prepare_then_predict(index: int, source: str) -> Any:
+            nonlocal loaded
+            try:
+                prepared[index] = item = await self._prepare(source, options)
+            finally:
+                self._images_incoming -= 1
+            loaded = max(loaded, time.perf_counter())
+            return await self._predict(item, options)
+
         image_outputs = asyncio.gather(
-            *(self._predict(item, options) for item in prepared), return_exceptions=True
+            *(prepare_then_predict(i, s) for i, s in enumerate(request.sources)),
+            return_exceptions=True,
         )
         text_outputs = asyncio.gather(
             *(self.batcher.enqueue(self.task.prepare_text(t, options), options) for t in texts),

@@ -21,8 +21,8 @@ from typing import Any
 # their contention. Must precede the torch import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import skimage.data  # noqa: E402
-import torch  # noqa: E402
+import skimage.data
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]

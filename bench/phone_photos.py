@@ -48,7 +48,7 @@ def main() -> dict:
     ratio = rates["12MP_jpeg"] / rates["pre_resized_224"]
     report("12 MP JPEGs / pre-resized 224 px, ResNet-50", ratio, ">= 0.80")
     result = {"images": IMAGES, "images_per_s": rates, "ratio": ratio,
-              "image_threads": worker._image_threads._max_workers}  # fmt: skip
+              "image_threads": worker.image_thread_count}  # fmt: skip
     save("phone_photos", result)
     return result
 

@@ -55,8 +55,9 @@ class Worker:
         )
         self._images_incoming = 0
         limit_malloc_arenas()  # before the image threads allocate arenas of their own
+        self.image_thread_count = image_threads(settings.IMAGE_THREADS)
         self._image_threads = ThreadPoolExecutor(
-            image_threads(settings.IMAGE_THREADS), thread_name_prefix="images"
+            self.image_thread_count, thread_name_prefix="images"
         )
         self.decode_budget = DecodeBudget(
             settings.DECODE_MEMORY_MB * 1024 * 1024 or default_budget_bytes()
@@ -75,7 +76,7 @@ class Worker:
             "serving %s (task %s) on %s as %s, image processor %s, %d image threads: "
             "load %.2fs, warm-up %.2fs",
             settings.MODEL_NAME, task.name, task.source.device, task.source.dtype,
-            type(task.image_processor).__name__, worker._image_threads._max_workers,
+            type(task.image_processor).__name__, worker.image_thread_count,
             loaded - started, time.perf_counter() - loaded,
         )  # fmt: skip
         return worker

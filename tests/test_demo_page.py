@@ -118,3 +118,20 @@ def test_api_docs_render_offline_from_local_files(browser, model_dir):
         )
         paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
     assert {"/runsync", "/run", "/predict"} <= {p.replace("\u200b", "") for p in paths}
+
+
+def test_the_page_draws_detection_boxes_on_the_photo(browser, model_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def threshold(b):
+        b.find_element(By.ID, "opt-threshold").send_keys("0.1")
+        b.find_element(By.ID, "opt-max_detections").send_keys("3")
+
+    with _server(model_dir, "yolos") as (url, _):
+        _run_page(browser, url, tmp_path, threshold)
+        WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".frame .box"))
+        boxes = browser.find_elements(By.CSS_SELECTOR, ".frame .box")
+        listed = browser.find_elements(By.CSS_SELECTOR, ".result .detection")
+    assert len(listed) == 3  # max_detections from the form
+    assert len(boxes) == 3

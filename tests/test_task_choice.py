@@ -26,6 +26,7 @@ from vision_worker.worker import Worker
         ("siglip2", "zero_shot", ["zero_shot", "embed"]),
         ("dinov2", "embed", ["embed"]),
         ("vit-backbone", "embed", ["embed"]),
+        ("yolos", "detect", ["detect", "embed"]),
     ],
 )
 def test_the_default_task_comes_from_the_checkpoint(arch, default, serves, model_dir):

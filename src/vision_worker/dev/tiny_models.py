@@ -308,6 +308,24 @@ def build_dinov2(out: Path, full: bool) -> None:
     _save(out, model, None, processor)
 
 
+def build_yolos(out: Path, full: bool) -> None:
+    """A YOLOS detector (a ViT with detection tokens): no CNN backbone to build offline."""
+    from transformers import YolosConfig, YolosForObjectDetection
+
+    dims = _vision(full)
+    if not full:
+        dims["image_size"] = [64, 96]
+    model = YolosForObjectDetection(
+        YolosConfig(**dims, num_detection_tokens=100 if full else 10, **_labels())
+    )
+    size = (
+        {"shortest_edge": 512, "longest_edge": 864}
+        if full
+        else {"shortest_edge": 64, "longest_edge": 96}
+    )
+    _save(out, model, None, _processor("YolosImageProcessor")(size=size))
+
+
 def build_vit_backbone(out: Path, full: bool) -> None:
     """A headless ViT (ViTModel, with its pooler): serves embed, must refuse classify."""
     from transformers import ViTModel
@@ -328,6 +346,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "siglip2": build_siglip2,
     "dinov2": build_dinov2,
     "vit-backbone": build_vit_backbone,
+    "yolos": build_yolos,
 }
 
 

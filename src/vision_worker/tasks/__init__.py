@@ -16,11 +16,12 @@ from ..device import resolve_device, resolve_dtype
 from .base import Checkpoint, MissingWeightsError, ModelLoadError, ModelSource, Task, TaskOptions
 from .caption import CaptionTask
 from .classify import ClassifyTask
+from .detect import DetectTask
 from .embed import EmbedTask
 from .zero_shot import ZeroShotTask
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (CaptionTask, ClassifyTask, ZeroShotTask, EmbedTask)
+    task.name: task for task in (CaptionTask, ClassifyTask, DetectTask, ZeroShotTask, EmbedTask)
 }
 
 __all__ = [

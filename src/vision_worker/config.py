@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     # --- model -------------------------------------------------------------------------------
     MODEL_NAME: str = Field(DEFAULT_MODEL_NAME, min_length=1)
     MODEL_REVISION: str | None = None
+    # RunPod's cached models (a Hub cache layout the platform mounts); checked before the HF
+    # cache and the Hub. See tasks/sources.py for the whole order.
+    RUNPOD_MODEL_CACHE_DIR: str = "/runpod-volume/huggingface-cache/hub"
     # Where the image processor and tokenizer come from when MODEL_NAME has none (a fine-tuning
     # checkpoint): usually the base model's Hub id or directory. Empty means MODEL_NAME.
     PROCESSOR_NAME: str | None = Field("", validate_default=True)

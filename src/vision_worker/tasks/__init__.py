@@ -18,6 +18,7 @@ from .caption import CaptionTask
 from .classify import ClassifyTask
 from .detect import DetectTask
 from .embed import EmbedTask
+from .sources import resolve_model
 from .zero_shot import ZeroShotTask
 
 TASKS: dict[str, type[Task]] = {
@@ -45,9 +46,15 @@ def load_task(settings: Settings) -> Task:
         # Vision inputs have fixed shapes after preprocessing, so cuDNN's one-time autotuning
         # per shape pays for itself from the second batch on.
         torch.backends.cudnn.benchmark = True
+    model = resolve_model(settings.MODEL_NAME, settings.MODEL_REVISION,
+                          settings.RUNPOD_MODEL_CACHE_DIR)  # fmt: skip
+    processor = (
+        settings.PROCESSOR_NAME
+        and resolve_model(settings.PROCESSOR_NAME, None, settings.RUNPOD_MODEL_CACHE_DIR).location
+    )
     source = ModelSource(
-        settings.MODEL_NAME, settings.MODEL_REVISION, device,
-        resolve_dtype(settings.DTYPE, device), settings.PROCESSOR_NAME,
+        model.location, None if model.on_disk else settings.MODEL_REVISION, device,
+        resolve_dtype(settings.DTYPE, device), processor or None,
     )  # fmt: skip
     checkpoint = Checkpoint.from_config(
         settings.MODEL_NAME, source.load(AutoConfig.from_pretrained)

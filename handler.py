@@ -72,6 +72,8 @@ if __name__ == "__main__":
 
         serve(worker, host=pod.host, port=pod.port)
     elif _on_runpod():
+        if settings.METRICS_PORT:
+            worker.metrics.serve(settings.METRICS_PORT)
         runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
     else:
         from vision_worker.local import run_locally

@@ -54,12 +54,14 @@ class DynamicBatcher:
         is_out_of_memory: Callable[[BaseException], bool] = lambda error: False,
         after_out_of_memory: Callable[[], None] = lambda: None,
         incoming: Callable[[], int] = lambda: 0,
+        on_batch: Callable[[int, list[float], float], None] = lambda size, waited, model: None,
     ) -> None:
         self._run_batch = run_batch
         self._batch_key = batch_key
         self._is_oom = is_out_of_memory
         self._after_oom = after_out_of_memory
         self._incoming = incoming
+        self._on_batch = on_batch  # (size, seconds each item waited, seconds of the model)
         self.max_wait_s = max_wait_s
         # Lowered after an out-of-memory error and never raised again: the next batch of that
         # size would fail the same way.
@@ -149,6 +151,7 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         self.batch_sizes[len(batch)] += 1
+        started = time.monotonic()
         try:
             outputs = await self._loop.run_in_executor(  # type: ignore[union-attr]
                 self._model_thread,
@@ -165,6 +168,8 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(failure)
             return
+        waited = [started - pending.queued_at for pending in batch]
+        self._on_batch(len(batch), waited, time.monotonic() - started)
         for pending, output in zip(batch, outputs, strict=True):
             if not pending.future.done():
                 pending.future.set_result(output)

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # After SIGTERM: how long results stay readable once the last job in flight has finished.
     SHUTDOWN_GRACE_S: float = Field(30.0, ge=0, le=3600)
 
+    # Serverless mode: Prometheus metrics on this port (0 = off). Pod mode serves /metrics.
+    METRICS_PORT: int = Field(0, ge=0, le=65535)
+
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("DEVICE")

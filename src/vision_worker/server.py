@@ -26,12 +26,13 @@ import h11
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -362,6 +363,10 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         if record.status == COMPLETED:
             return JSONResponse(record.output)
         return JSONResponse({"error": record.error}, status_code=400)
+
+    @router.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(pod.worker.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @router.get("/", include_in_schema=False)
     async def demo_page() -> HTMLResponse:

@@ -18,6 +18,7 @@ from .errors import ImageError, JobError
 from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
 from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
+from .metrics import Metrics
 from .schema import parse_job_input
 from .tasks import Task, load_task
 from .tasks.base import Prepared
@@ -52,7 +53,13 @@ class Worker:
             is_out_of_memory=is_out_of_memory,
             after_out_of_memory=lambda: release_cached_memory(task.source.device),
             incoming=lambda: self._images_incoming,
+            on_batch=lambda size, waited, model_s: self.metrics.batch_ran(size, waited, model_s),
         )
+        self.metrics = Metrics(queue_depth=lambda: self.batcher.queue_depth)
+        self.metrics.describe_model(
+            model=settings.MODEL_NAME, task=task.name, device=str(task.source.device),
+            dtype=str(task.source.dtype).removeprefix("torch."),
+        )  # fmt: skip
         self._images_incoming = 0
         limit_malloc_arenas()  # before the image threads allocate arenas of their own
         self.image_thread_count = image_threads(settings.IMAGE_THREADS)
@@ -105,6 +112,12 @@ class Worker:
     # --- a job ------------------------------------------------------------------------------
     async def run(self, job_input: Any) -> dict[str, Any]:
         """The output for one job's "input": results per image, or {"error": "..."} for the job."""
+        started = time.perf_counter()
+        output = await self._run_safely(job_input)
+        self.metrics.job_done(output, time.perf_counter() - started)
+        return output
+
+    async def _run_safely(self, job_input: Any) -> dict[str, Any]:
         try:
             return await self._run(job_input)
         except JobError as error:

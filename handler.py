@@ -27,15 +27,38 @@ from vision_worker.worker import Worker
 
 try:
     settings = settings_from_env()
-    # force: the runpod SDK configures logging on import, and basicConfig alone would then do
-    # nothing. One format, on stderr, so stdout carries only results in local runs.
-    logging.basicConfig(
-        level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr, force=True,
-    )  # fmt: skip
-    worker = Worker.start(settings)
-except (ConfigError, ModelLoadError) as error:
+except ConfigError as error:
     # One line in the worker's log says what to fix; a traceback would bury it.
+    sys.exit(f"vision-worker cannot start: {error}")
+# force: the runpod SDK configures logging on import, and basicConfig alone would then do
+# nothing. One format, on stderr, so stdout carries only results in local runs.
+logging.basicConfig(
+    level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    stream=sys.stderr, force=True,
+)  # fmt: skip
+
+
+def _pod_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--host", default=settings.HOST)
+    parser.add_argument("--port", type=int, default=settings.PORT)
+    args, rest = parser.parse_known_args()
+    sys.argv = [sys.argv[0], *rest]  # what is left is runpod's (--test_input, --rp_log_level)
+    return args
+
+
+if __name__ == "__main__" and ((pod := _pod_args()).serve or settings.SERVE_MODE == "pod"):
+    # Pod mode (and RunPod load-balancing endpoints): listen first, load the model on a thread,
+    # so /ping says "initializing" instead of the port refusing connections for a minute.
+    from vision_worker.server import serve
+
+    serve(settings, pod.host, pod.port, start=lambda: Worker.start(settings))
+    sys.exit(0)
+
+try:
+    worker = Worker.start(settings)  # cold start: once, before the first job
+except ModelLoadError as error:
     sys.exit(f"vision-worker cannot start: {error}")
 
 
@@ -49,16 +72,6 @@ def concurrency_modifier(current_concurrency: int) -> int:
     return settings.MAX_CONCURRENCY
 
 
-def _pod_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--serve", action="store_true")
-    parser.add_argument("--host", default=settings.HOST)
-    parser.add_argument("--port", type=int, default=settings.PORT)
-    args, rest = parser.parse_known_args()
-    sys.argv = [sys.argv[0], *rest]  # what is left is runpod's (--test_input, --rp_log_level)
-    return args
-
-
 def _on_runpod() -> bool:
     """RunPod's queue sets this; without it (and without the SDK's own --rp_serve_api test
     server) the run is local: one job, output as JSON on stdout."""
@@ -66,12 +79,7 @@ def _on_runpod() -> bool:
 
 
 if __name__ == "__main__":
-    pod = _pod_args()
-    if pod.serve or settings.SERVE_MODE == "pod":
-        from vision_worker.server import serve
-
-        serve(worker, host=pod.host, port=pod.port)
-    elif _on_runpod():
+    if _on_runpod():
         if settings.METRICS_PORT:
             worker.metrics.serve(settings.METRICS_PORT)
         runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})

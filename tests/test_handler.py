@@ -142,10 +142,11 @@ def test_serve_flag_starts_pod_mode_and_sigterm_drains_then_exits_0(model_dir, h
         return Response(encode(noise_image(2)), mimetype="image/png")
 
     httpserver.expect_request("/slow.png").respond_with_handler(slow_image)
-    port = free_port()
+    port, health_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     environment = {**os.environ, "MODEL_NAME": str(model_dir("resnet")), "SERVE_MODE": "pod",
-                   "ALLOW_PRIVATE_URLS": "true", "SHUTDOWN_GRACE_S": "2"}  # fmt: skip
+                   "ALLOW_PRIVATE_URLS": "true", "SHUTDOWN_GRACE_S": "2",
+                   "PORT_HEALTH": str(health_port)}  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "handler.py", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -155,12 +156,16 @@ def test_serve_flag_starts_pod_mode_and_sigterm_drains_then_exits_0(model_dir, h
         while True:
             try:
                 health = requests.get(f"{url}/health", timeout=2).json()
-                break
+                if health["status"] == "ready":
+                    break
             except requests.ConnectionError:
                 assert process.poll() is None, process.stdout.read()
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         assert health["task"] == "classify"
+        # RunPod's load balancer probes /ping on PORT_HEALTH.
+        ping = requests.get(f"http://127.0.0.1:{health_port}/ping", timeout=5)
+        assert (ping.status_code, ping.json()) == (200, {"status": "healthy"})
         job = json.loads((ROOT / "test_input.json").read_text())
         body = requests.post(f"{url}/runsync", json=job, timeout=60).json()
         assert body["status"] == "COMPLETED"

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     SERVE_MODE: Literal["serverless", "pod"] = "serverless"
     HOST: str = "0.0.0.0"
     PORT: int = Field(8000, ge=1, le=65535)
+    # RunPod load-balancing endpoints probe GET /ping on this port; 0 = the same as PORT.
+    PORT_HEALTH: int = Field(0, ge=0, le=65535)
     # When set, every pod route but /health requires "Authorization: Bearer <key>".
     POD_API_KEY: str | None = None
     # Finished results are kept this long, within RESULT_STORE_MB of JSON (oldest out first).

@@ -14,9 +14,11 @@ import hmac
 import json
 import logging
 import re
+import socket
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,6 +375,10 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         """The pod template's front door: try the served model from a browser."""
         return HTMLResponse(demo_html(pod.worker.task))
 
+    @router.get("/ping", tags=["health"], summary="Load-balancer probe: 200 once ready")
+    async def ping() -> dict:
+        return {"status": "healthy"}
+
     @router.get("/health", tags=["health"])
     async def health() -> dict:
         return pod.health()
@@ -490,7 +496,7 @@ async def _upload_as_base64(upload: UploadFile, max_bytes: int) -> str:
 # Open without the key: health probes, the demo page (it asks for the key) and the API docs
 # (a browser cannot send the key for them; the schema is not a secret).
 _OPEN_PATHS = re.compile(
-    r"(/v2/[^/]+)?/health/?|/|/docs|/openapi\.json|/openapi-swagger\.json|/static/swagger/.*"
+    r"(/v2/[^/]+)?/health/?|/ping/?|/|/docs|/openapi\.json|/openapi-swagger\.json|/static/swagger/.*"
 )
 
 
@@ -589,24 +595,28 @@ class DrainingServer(uvicorn.Server):
     A second signal exits at once, as uvicorn does.
     """
 
-    def __init__(self, config: uvicorn.Config, pod: PodServer, grace_s: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, pod: Callable[[], PodServer | None], grace_s: float
+    ) -> None:
         super().__init__(config)
-        self.pod = pod
+        self._pod = pod  # None while the model loads: then there is nothing to drain
         self.grace_s = grace_s
         self._idle_since: float | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        if self.pod.draining:
+        pod = self._pod()
+        if pod is None or pod.draining:
             super().handle_exit(sig, frame)
             return
         log.info("signal %d: no new jobs; results stay readable until %.0fs after the last "
                  "job in flight", sig, self.grace_s)  # fmt: skip
-        self.pod.draining = True
+        pod.draining = True
 
     async def on_tick(self, counter: int) -> bool:
-        if await super().on_tick(counter) or not self.pod.draining:
+        pod = self._pod()
+        if await super().on_tick(counter) or pod is None or not pod.draining:
             return self.should_exit
-        if self.pod.store.active():
+        if pod.store.active():
             self._idle_since = None
             return False
         self._idle_since = self._idle_since or time.monotonic()
@@ -671,10 +681,27 @@ def server_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvi
     )  # fmt: skip
 
 
-def serve(worker: Worker, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, then drain (see DrainingServer) and exit 0."""
-    settings = worker.settings
-    log.info("pod mode: serving on http://%s:%d (docs at /docs)", host, port)
-    app = create_app(worker, settings)
-    config = server_config(app, settings, host, port)
-    DrainingServer(config, app.state.pod, settings.SHUTDOWN_GRACE_S).run()
+def serve(settings: Settings, host: str, port: int, start: Callable[[], Worker]) -> None:
+    """Listen at once (on PORT, and PORT_HEALTH when it differs), load the model on a thread,
+    serve until SIGTERM/SIGINT, then drain (see DrainingServer) and exit 0."""
+    from .starting import StartingApp
+
+    app = StartingApp(settings)
+    config = server_config(app, settings, host, port)  # type: ignore[arg-type]
+    sockets = [config.bind_socket()]
+    health_port = settings.PORT_HEALTH or port
+    if health_port != port:
+        sockets.append(_listening_socket(host, health_port))
+    log.info("pod mode: listening on http://%s:%d (health probes on %d); loading the model",
+             host, port, health_port)  # fmt: skip
+    app.load_in_background(start)
+    DrainingServer(config, lambda: app.pod, settings.SHUTDOWN_GRACE_S).run(sockets=sockets)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock

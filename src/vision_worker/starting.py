@@ -1,0 +1,93 @@
+"""Pod mode listens before the model has loaded, as RunPod's load balancer expects.
+
+`StartingApp` answers at once: `GET /ping` 204 while the model loads (200 once ready, 503 if it
+failed), `GET /health` {"status": "initializing" | "broken"}, everything else 503 with one
+sentence. When the model is ready every request goes to the real app (server.create_app).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .config import Settings
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class StartingApp:
+    """ASGI app in front of the pod server: serves probes while the model loads, then delegates."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app: Any = None  # the FastAPI app, once the model is ready
+        self.error: str | None = None  # why the model could not load: the worker is broken
+
+    @property
+    def pod(self) -> Any:
+        return None if self.app is None else self.app.state.pod
+
+    def load_in_background(self, start: Callable[[], Worker]) -> threading.Thread:
+        """Cold start on a thread, so the HTTP server answers probes meanwhile."""
+        from .server import create_app
+
+        def load() -> None:
+            try:
+                self.app = create_app(start(), self.settings)
+            except Exception as error:  # reported by /ping and /health; the pod stays up
+                self.error = " ".join(str(error).split())[:500] or type(error).__name__
+                log.error("vision-worker cannot start: %s", self.error)
+
+        thread = threading.Thread(target=load, name="cold-start", daemon=True)
+        thread.start()
+        return thread
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif self.app is not None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await self._not_ready(scope["path"], send)
+
+    async def _not_ready(self, path: str, send: Any) -> None:
+        state = "broken" if self.error else "initializing"
+        if path.rstrip("/") == "/ping":
+            # RunPod's load balancer: 204 = still starting, 503 = unhealthy.
+            await _respond(send, 503 if self.error else 204, None)
+        elif path.rstrip("/").endswith("/health"):
+            body = {"status": state, "model": self.settings.MODEL_NAME}
+            if self.error:
+                body["error"] = self.error
+            await _respond(send, 503 if self.error else 200, body)
+        else:
+            message = (
+                f"the model failed to load: {self.error}"
+                if self.error
+                else "the model is still loading; retry in a few seconds"
+            )
+            await _respond(send, 503, {"error": message})
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.pod is not None:
+                    await self.pod.shutdown()  # finish jobs in flight, as the real app would
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _respond(send: Any, status: int, body: dict | None) -> None:
+    payload = b"" if body is None else json.dumps(body).encode()
+    headers = [(b"content-length", str(len(payload)).encode())]
+    if body is not None:
+        headers.append((b"content-type", b"application/json"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

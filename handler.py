@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import runpod
 
 from vision_worker.config import ConfigError, settings_from_env
+from vision_worker.fitness import check_fitness
 from vision_worker.tasks import ModelLoadError
 from vision_worker.worker import Worker
 
@@ -64,7 +65,17 @@ except ModelLoadError as error:
 
 async def handler(job: dict) -> dict:
     """One RunPod job: {"id": ..., "input": {...}} -> output dict, or {"error": ...} (FAILED)."""
-    return await worker.run(job.get("input"))
+    return await worker.run(job.get("input"), progress=lambda text: _progress(job, text))
+
+
+def _progress(job: dict, text: str) -> None:
+    """Jobs of more than one batch report "32/64 images", visible through /status."""
+    runpod.serverless.progress_update(job, text)
+
+
+def model_device_disk_and_memory_are_fit() -> None:
+    """Run by the SDK on RunPod before taking jobs; a failure exits 1 and the worker is replaced."""
+    check_fitness(worker)
 
 
 def concurrency_modifier(current_concurrency: int) -> int:
@@ -80,6 +91,9 @@ def _on_runpod() -> bool:
 
 if __name__ == "__main__":
     if _on_runpod():
+        # Registered only here: the SDK logs the registration on stdout, which local runs keep
+        # for the job's JSON output.
+        runpod.serverless.register_fitness_check(model_device_disk_and_memory_are_fit)
         if settings.METRICS_PORT:
             worker.metrics.serve(settings.METRICS_PORT)
         runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})

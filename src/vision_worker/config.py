@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # After SIGTERM: how long results stay readable once the last job in flight has finished.
     SHUTDOWN_GRACE_S: float = Field(30.0, ge=0, le=3600)
 
+    # RunPod's fitness check at start (serverless): below these the worker exits to be replaced.
+    FITNESS_MIN_FREE_DISK_MB: int = Field(512, ge=0)
+    FITNESS_MIN_FREE_MEMORY_MB: int = Field(512, ge=0)
     # Serverless mode: Prometheus metrics on this port (0 = off). Pod mode serves /metrics.
     METRICS_PORT: int = Field(0, ge=0, le=65535)
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -110,23 +111,32 @@ class Worker:
         }
 
     # --- a job ------------------------------------------------------------------------------
-    async def run(self, job_input: Any) -> dict[str, Any]:
-        """The output for one job's "input": results per image, or {"error": "..."} for the job."""
+    async def run(
+        self, job_input: Any, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """The output for one job's "input": results per image, or {"error": "..."} for the job.
+
+        `progress` hears "N/M images" as a job of more than one batch completes batches.
+        """
         started = time.perf_counter()
-        output = await self._run_safely(job_input)
+        output = await self._run_safely(job_input, progress)
         self.metrics.job_done(output, time.perf_counter() - started)
         return output
 
-    async def _run_safely(self, job_input: Any) -> dict[str, Any]:
+    async def _run_safely(
+        self, job_input: Any, progress: Callable[[str], None] | None
+    ) -> dict[str, Any]:
         try:
-            return await self._run(job_input)
+            return await self._run(job_input, progress)
         except JobError as error:
             return {"error": _sendable(str(error))}
         except Exception as error:  # never a traceback to the caller; the worker keeps serving
             log.exception("job failed unexpectedly")
             return {"error": f"internal error: {type(error).__name__}: {error}"[:500]}
 
-    async def _run(self, job_input: Any) -> dict[str, Any]:
+    async def _run(
+        self, job_input: Any, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task)
         options = request.options
@@ -136,6 +146,7 @@ class Worker:
         prepared: list[Prepared | ImageError | None] = [None] * len(request.sources)
         loaded = started
         self._images_incoming += len(request.sources)
+        report = _ProgressReport(len(request.sources), self.batcher.working_batch_size, progress)
 
         async def prepare_then_predict(index: int, source: str) -> Any:
             nonlocal loaded
@@ -144,7 +155,10 @@ class Worker:
             finally:
                 self._images_incoming -= 1
             loaded = max(loaded, time.perf_counter())
-            return await self._predict(item, options)
+            try:
+                return await self._predict(item, options)
+            finally:
+                report.image_done()
 
         image_outputs = asyncio.gather(
             *(prepare_then_predict(i, s) for i, s in enumerate(request.sources)),
@@ -227,6 +241,23 @@ def _result(index: int, item: Any, output: Any, task: Task, options: Any) -> dic
         log.error("image %d failed: %r", index, output)
         return ImageError("inference_failed", f"{type(output).__name__}: {output}").to_result(index)
     return task.encode(output, item.meta, options)
+
+
+class _ProgressReport:
+    """Counts a job's finished images and reports once per batch's worth (jobs of one batch
+    report nothing: they finish about as soon as they would say anything)."""
+
+    def __init__(self, total: int, batch_size: int, progress: Callable[[str], None] | None):
+        self.total, self.step, self.done = total, max(1, batch_size), 0
+        self.progress = progress if progress is not None and total > batch_size else None
+
+    def image_done(self) -> None:
+        self.done += 1
+        if self.progress and (self.done % self.step == 0 or self.done == self.total):
+            try:
+                self.progress(f"{self.done}/{self.total} images")
+            except Exception:  # progress is a courtesy; it never fails the job
+                log.warning("progress update failed", exc_info=True)
 
 
 def image_threads(configured: int) -> int:

@@ -65,7 +65,12 @@ except ModelLoadError as error:
 
 async def handler(job: dict) -> dict:
     """One RunPod job: {"id": ..., "input": {...}} -> output dict, or {"error": ...} (FAILED)."""
-    return await worker.run(job.get("input"), progress=lambda text: _progress(job, text))
+    output = await worker.run(job.get("input"), progress=lambda text: _progress(job, text))
+    if worker.broken:
+        # The GPU faulted: RunPod stops this worker after the job and starts a fresh one,
+        # instead of a process that would fail every later job.
+        output["refresh_worker"] = True
+    return output
 
 
 def _progress(job: dict, text: str) -> None:

@@ -55,6 +55,8 @@ class DynamicBatcher:
         after_out_of_memory: Callable[[], None] = lambda: None,
         incoming: Callable[[], int] = lambda: 0,
         on_batch: Callable[[int, list[float], float], None] = lambda size, waited, model: None,
+        is_device_fault: Callable[[BaseException], bool] = lambda error: False,
+        on_device_fault: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         self._run_batch = run_batch
         self._batch_key = batch_key
@@ -62,6 +64,8 @@ class DynamicBatcher:
         self._after_oom = after_out_of_memory
         self._incoming = incoming
         self._on_batch = on_batch  # (size, seconds each item waited, seconds of the model)
+        self._is_device_fault = is_device_fault
+        self._on_device_fault = on_device_fault
         self.max_wait_s = max_wait_s
         # Lowered after an out-of-memory error and never raised again: the next batch of that
         # size would fail the same way.
@@ -164,6 +168,13 @@ class DynamicBatcher:
             failure = ImageError(
                 "inference_failed", f"model error: {type(error).__name__}: {error}"[:300]
             )
+            if self._is_device_fault(error):
+                self._on_device_fault(error)
+                failure = ImageError(
+                    "inference_failed",
+                    f"the GPU failed ({str(error)[:150]}); this worker is being replaced, "
+                    "send the job again",
+                )
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(failure)

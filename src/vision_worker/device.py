@@ -36,3 +36,18 @@ def is_out_of_memory(error: BaseException) -> bool:
 def release_cached_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+# CUDA errors after which the context is unusable: every later kernel fails the same way, so the
+# worker must be replaced, not retried (an out-of-memory error is not one of them).
+_DEVICE_FAULTS = (
+    "illegal memory access", "device-side assert", "uncorrectable ecc",
+    "unspecified launch failure", "misaligned address", "illegal instruction",
+    "cudaerrorlaunchfailure", "cublas_status_execution_failed", "gpu is lost", "fell off the bus",
+)  # fmt: skip
+
+
+def is_device_fault(error: BaseException) -> bool:
+    """True for an accelerator fault that leaves the process unable to compute (not OOM)."""
+    message = str(error).lower()
+    return not is_out_of_memory(error) and any(fault in message for fault in _DEVICE_FAULTS)

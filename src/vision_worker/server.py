@@ -166,6 +166,8 @@ class PodServer:
         """One admission rule for /run, /runsync and /predict, or None when a job may start."""
         if self.draining:
             return JSONResponse({"error": "worker is shutting down; send the job elsewhere"}, 503)
+        if self.worker.broken:
+            return JSONResponse({"error": f"worker is broken: {self.worker.broken}"}, 503)
         if len(self.store.active()) >= self.settings.MAX_STORED_RESULTS:
             return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
         return None
@@ -238,7 +240,8 @@ class PodServer:
     def health(self) -> dict[str, Any]:
         active = self.store.active()
         return {
-            "status": "ready",
+            "status": "broken" if self.worker.broken else "ready",
+            **({"error": self.worker.broken} if self.worker.broken else {}),
             **self.worker.describe(),
             "jobs_in_queue": sum(r.status == IN_QUEUE for r in active),
             "jobs_in_progress": sum(r.status == IN_PROGRESS for r in active),
@@ -376,8 +379,10 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         return HTMLResponse(demo_html(pod.worker.task))
 
     @router.get("/ping", tags=["health"], summary="Load-balancer probe: 200 once ready")
-    async def ping() -> dict:
-        return {"status": "healthy"}
+    async def ping() -> JSONResponse:
+        if pod.worker.broken:  # the load balancer takes this worker out of rotation
+            return JSONResponse({"status": "broken", "error": pod.worker.broken}, 503)
+        return JSONResponse({"status": "healthy"})
 
     @router.get("/health", tags=["health"])
     async def health() -> dict:

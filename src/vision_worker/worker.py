@@ -14,7 +14,7 @@ from PIL import Image
 
 from .batcher import DynamicBatcher
 from .config import Settings
-from .device import is_out_of_memory, release_cached_memory
+from .device import is_device_fault, is_out_of_memory, release_cached_memory
 from .errors import ImageError, JobError
 from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
@@ -55,7 +55,12 @@ class Worker:
             after_out_of_memory=lambda: release_cached_memory(task.source.device),
             incoming=lambda: self._images_incoming,
             on_batch=lambda size, waited, model_s: self.metrics.batch_ran(size, waited, model_s),
+            is_device_fault=is_device_fault,
+            on_device_fault=self._device_failed,
         )
+        # Set when the GPU faulted (not OOM): the process cannot compute any more and must be
+        # replaced; jobs fail at once and the handler asks RunPod for a new worker.
+        self.broken: str | None = None
         self.metrics = Metrics(queue_depth=lambda: self.batcher.queue_depth)
         self.metrics.describe_model(
             model=settings.MODEL_NAME, task=task.name, device=str(task.source.device),
@@ -94,6 +99,11 @@ class Worker:
         options = self.task.warmup_options()
         gray = self.task.prepare(Image.new("RGB", (64, 64), (127, 127, 127)), options)
         self.task.predict([gray], [options])
+
+    def _device_failed(self, error: BaseException) -> None:
+        if self.broken is None:
+            log.critical("device fault, this worker must be replaced: %s", error)
+        self.broken = f"{type(error).__name__}: {error}"[:300]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -138,6 +148,8 @@ class Worker:
         self, job_input: Any, progress: Callable[[str], None] | None = None
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        if self.broken:
+            raise JobError(f"this worker's GPU failed ({self.broken}); send the job again")
         request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task)
         options = request.options
         texts = self.task.job_texts(options)

@@ -112,11 +112,13 @@ def test_a_model_error_fails_the_images_of_its_batch_not_the_worker(make_worker,
     worker = make_worker("resnet", MAX_BATCH_SIZE=4)
 
     def broken(images, options):
-        raise RuntimeError("CUDA error: device-side assert triggered")
+        # A model error, not a device fault (those replace the worker: test_device_fault.py).
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x7 and 8x10)")
 
     monkeypatch.setattr(worker.batcher, "_run_batch", broken)
     output = run_job(worker, {"images": [PNG, PNG]})
     assert [e["code"] for e in _errors(output)] == ["inference_failed"] * 2
-    assert "device-side assert" in output["results"][0]["error"]["message"]
+    assert "shapes cannot be multiplied" in output["results"][0]["error"]["message"]
+    assert worker.broken is None
     monkeypatch.undo()
     assert "labels" in run_job(worker, {"image": PNG})["results"][0]

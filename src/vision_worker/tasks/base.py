@@ -149,6 +149,13 @@ class Checkpoint:
     def from_config(cls, name: str, config: Any) -> Checkpoint:
         return cls(name, config.model_type, tuple(config.architectures or ()))
 
+    def saved_as(self, architectures: Iterable[str], model_types: Iterable[str]) -> bool:
+        """Saved from one of `architectures`; a config naming none (old checkpoints) is judged
+        by its model type, and the weight check at load still catches a missing head."""
+        if self.architectures:
+            return any(a in set(architectures) for a in self.architectures)
+        return self.model_type in set(model_types)
+
 
 class TaskOptions(BaseModel):
     """Base of every task's options: strict types ("5" is not an integer), no unknown keys."""

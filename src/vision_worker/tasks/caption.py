@@ -71,9 +71,7 @@ class CaptionTask(Task):
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
-        if checkpoint.architectures:
-            return any(a in _ARCHITECTURES for a in checkpoint.architectures)
-        return checkpoint.model_type in _MODEL_TYPES
+        return checkpoint.saved_as(_ARCHITECTURES, _MODEL_TYPES)
 
     @classmethod
     def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> CaptionTask:

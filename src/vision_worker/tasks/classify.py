@@ -60,10 +60,9 @@ class ClassifyTask(Task):
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
-        if checkpoint.architectures:
-            return any(a in _CLASSIFIER_ARCHITECTURES for a in checkpoint.architectures)
-        # Old configs name no architecture; the weight check at load still catches a missing head.
-        return checkpoint.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+        return checkpoint.saved_as(
+            _CLASSIFIER_ARCHITECTURES, MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+        )
 
     @classmethod
     def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> ClassifyTask:

@@ -67,9 +67,9 @@ class DetectTask(Task):
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
-        if checkpoint.architectures:
-            return any(a in _DETECTOR_ARCHITECTURES for a in checkpoint.architectures)
-        return checkpoint.model_type in MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
+        return checkpoint.saved_as(
+            _DETECTOR_ARCHITECTURES, MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
+        )
 
     @classmethod
     def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> DetectTask:

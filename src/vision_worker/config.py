@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     HEADER_TIMEOUT_S: float = Field(10.0, gt=0, le=600)
     BODY_TIMEOUT_S: float = Field(120.0, gt=0, le=3600)
     MAX_CONNECTIONS: int = Field(512, ge=1, le=100_000)
+    # Seconds between the three tries of a /run job's webhook (RunPod's own interval is 10).
+    WEBHOOK_RETRY_S: float = Field(10.0, ge=0, le=600)
     # After SIGTERM: how long results stay readable once the last job in flight has finished.
     SHUTDOWN_GRACE_S: float = Field(30.0, ge=0, le=3600)
 

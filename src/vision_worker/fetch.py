@@ -155,6 +155,23 @@ class UrlFetcher:
                 return self._read_body(response, deadline, url)
         raise ImageError("fetch_failed", f"more than {self.max_redirects} redirects")
 
+    def post_json(self, url: str, body: Any) -> int:
+        """POST JSON through the same address guard (job webhooks); the HTTP status, or raises
+        ImageError. Redirects are not followed: a webhook that moved is a failed delivery."""
+        check_url_shape(url)
+        try:
+            response = self._session.post(
+                url, json=body, allow_redirects=False, timeout=(self.timeout_s, self.timeout_s)
+            )
+        except ForbiddenAddress as error:
+            raise ImageError("forbidden_url", str(error)) from None
+        except requests.exceptions.RequestException as error:
+            raise ImageError(
+                "fetch_failed", f"cannot reach {_redact(url)}: {_reason(error)}"
+            ) from None
+        response.close()
+        return response.status_code
+
     def _get(self, url: str, deadline: float) -> requests.Response:
         remaining = _remaining(deadline, url)
         try:

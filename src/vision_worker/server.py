@@ -34,6 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
+from .errors import ImageError
+from .fetch import check_url_shape
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .worker import Worker
 
@@ -79,6 +81,7 @@ class JobRecord:
     started: float | None = None
     finished: float | None = None
     task: asyncio.Task | None = None
+    webhook: str | None = None  # RunPod's "webhook": POSTed the final job JSON
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "status": self.status}
@@ -197,6 +200,15 @@ class PodServer:
                 raise BodyError(400, f"request body is not valid JSON: {error}"[:200]) from None
         if not isinstance(parsed, dict) or "input" not in parsed:
             raise BodyError(400, 'request body must be a JSON object with an "input" key')
+        webhook = parsed.get("webhook")
+        if webhook is not None:
+            if not isinstance(webhook, str):
+                raise BodyError(400, '"webhook" must be a URL string')
+            try:
+                check_url_shape(webhook)
+            except ImageError as error:
+                raise BodyError(400, f'"webhook": {error.message}') from None
+        request.state.webhook = webhook
         return parsed["input"]
 
     async def execute(self, record: JobRecord) -> JobRecord:
@@ -222,12 +234,42 @@ class PodServer:
     def new_job(self, job_input: Any) -> JobRecord:
         return self.store.add(JobRecord(id=f"pod-{uuid.uuid4()}", input=job_input))
 
-    def submit(self, job_input: Any) -> JobRecord:
-        """Start a job in the background; /status reports it."""
+    def submit(self, job_input: Any, webhook: str | None = None) -> JobRecord:
+        """Start a job in the background; /status reports it, and `webhook` hears its end."""
         record = self.new_job(job_input)
-        record.task = asyncio.create_task(self.execute(record), name=f"job-{record.id}")
+        record.webhook = webhook
+        record.task = asyncio.create_task(self._execute_and_notify(record), name=f"job-{record.id}")
         record.task.add_done_callback(_swallow_cancel)
         return record
+
+    async def _execute_and_notify(self, record: JobRecord) -> JobRecord:
+        try:
+            await self.execute(record)
+        finally:
+            if record.webhook and record.status in FINISHED:
+                await self.deliver_webhook(record)
+        return record
+
+    async def deliver_webhook(self, record: JobRecord) -> bool:
+        """POST the final job JSON as RunPod does: up to three tries, WEBHOOK_RETRY_S apart.
+        The URL passes the image-URL address guard: no private or metadata addresses."""
+        fetcher = self.worker.loader.fetcher
+        for attempt in range(3):
+            if attempt:
+                await asyncio.sleep(self.settings.WEBHOOK_RETRY_S)
+            try:
+                status = await asyncio.to_thread(
+                    fetcher.post_json, record.webhook, record.to_json()
+                )
+            except ImageError as error:
+                log.warning("webhook for %s: %s", record.id, error.message)
+                if error.code == "forbidden_url":
+                    return False  # no retry can make a forbidden address allowed
+                continue
+            if 200 <= status < 300:
+                return True
+            log.warning("webhook for %s answered HTTP %d", record.id, status)
+        return False
 
     async def shutdown(self, timeout_s: float = 60.0) -> None:
         """Finish the jobs in flight (uvicorn has already stopped taking new requests)."""
@@ -318,7 +360,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         job_input = await pod.admit(request)
         if isinstance(job_input, JSONResponse):
             return job_input
-        record = pod.submit(job_input)
+        record = pod.submit(job_input, webhook=request.state.webhook)
         return JSONResponse({"id": record.id, "status": record.status})
 
     async def status(job_id: str) -> JSONResponse:

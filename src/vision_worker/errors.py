@@ -23,3 +23,10 @@ class ImageError(Exception):
 
 class JobError(Exception):
     """The job as a whole is invalid; RunPod marks it FAILED with this one sentence."""
+
+
+def sendable(text: str) -> str:
+    """Text that can always be sent: lone UTF-16 surrogates (valid in a JSON string from a caller,
+    invalid in UTF-8) replaced. Echoing one unchanged made the runpod SDK fail to post the result,
+    and the job hung until RunPod timed it out."""
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -10,7 +10,6 @@ import os
 import shutil
 
 import torch
-from PIL import Image
 
 from .worker import Worker
 
@@ -24,18 +23,11 @@ def fitness_problems(
 ) -> list[str]:
     """What stops this worker from serving, or nothing: model output, device, disk, memory."""
     problems = []
-    task = worker.task
     try:
-        options = task.warmup_options()
-        outputs = task.predict([task.prepare(Image.new("RGB", (64, 48), (90, 140, 200)), options)],
-                               [options])  # fmt: skip
-        if len(outputs) != 1:
-            problems.append(f"the model gave {len(outputs)} outputs for 1 test image")
-        else:
-            task.encode(outputs[0], {"size": (48, 64)}, options)
+        worker.self_test()
     except Exception as error:
         problems.append(f"the model failed on a test image: {type(error).__name__}: {error}"[:300])
-    device = task.source.device
+    device = worker.task.source.device
     if device.type == "cuda":
         try:
             probe = torch.ones(256, device=device) * 2

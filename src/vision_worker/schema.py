@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import JobError
+from .errors import JobError, sendable
 from .tasks import TASKS, Task, TaskOptions
 
 JOB_FIELDS = ("images", "image", "task")
@@ -107,7 +107,5 @@ def _short_repr(value: Any) -> str:
 
 
 def _shorten(text: str, limit: int = 60) -> str:
-    """A short, encodable echo of caller input: at most `limit` characters, lone surrogates
-    (valid in a JSON string, invalid in UTF-8) replaced, or the result could never be sent."""
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return text.encode("utf-8", "replace").decode("utf-8")
+    """A short, sendable echo of caller input: at most `limit` characters."""
+    return sendable(text if len(text) <= limit else text[: limit - 3] + "...")

@@ -63,6 +63,14 @@ class BodyError(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class JobBody:
+    """A job request's "input" and RunPod's optional top-level "webhook"."""
+
+    input: Any
+    webhook: str | None = None
+
+
 class JobRequest(BaseModel):
     """RunPod's request body; "input" is validated by the worker, as on serverless."""
 
@@ -175,17 +183,17 @@ class PodServer:
             return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
         return None
 
-    async def admit(self, request: Request) -> Any:
-        """The job input of a JSON request that may start now, or the error response."""
+    async def admit(self, request: Request) -> JobBody | JSONResponse:
+        """The job of a JSON request that may start now, or the error response."""
         if refused := self.refusal():
             return refused
         try:
-            return await self.read_job_input(request)
+            return await self.read_job_body(request)
         except BodyError as error:
             return JSONResponse({"error": str(error)}, error.status)
 
-    async def read_job_input(self, request: Request) -> Any:
-        """The "input" of a JSON body, parsed off the event loop; raises BodyError."""
+    async def read_job_body(self, request: Request) -> JobBody:
+        """ "input" and "webhook" of a JSON body, parsed off the event loop; raises BodyError."""
         body = await request.body()  # bounded by LimitBodySize
         if body.count(b"{") + body.count(b"[") > MAX_JSON_CONTAINERS:
             raise BodyError(400, f"request body has over {MAX_JSON_CONTAINERS} objects and arrays")
@@ -208,8 +216,7 @@ class PodServer:
                 check_url_shape(webhook)
             except ImageError as error:
                 raise BodyError(400, f'"webhook": {error.message}') from None
-        request.state.webhook = webhook
-        return parsed["input"]
+        return JobBody(parsed["input"], webhook)
 
     async def execute(self, record: JobRecord) -> JobRecord:
         """Run one job to a final state; never raises."""
@@ -349,18 +356,18 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     @router.post("/runsync", tags=["jobs"], summary="Run a job and wait for its output",
                  openapi_extra=job_body)  # fmt: skip
     async def runsync(request: Request) -> JSONResponse:
-        job_input = await pod.admit(request)
-        if isinstance(job_input, JSONResponse):
-            return job_input
-        return JSONResponse((await pod.execute(pod.new_job(job_input))).to_json())
+        job = await pod.admit(request)
+        if isinstance(job, JSONResponse):
+            return job
+        return JSONResponse((await pod.execute(pod.new_job(job.input))).to_json())
 
     @router.post("/run", tags=["jobs"], summary="Queue a job; poll /status/{id}",
                  openapi_extra=job_body)  # fmt: skip
     async def run(request: Request) -> JSONResponse:
-        job_input = await pod.admit(request)
-        if isinstance(job_input, JSONResponse):
-            return job_input
-        record = pod.submit(job_input, webhook=request.state.webhook)
+        job = await pod.admit(request)
+        if isinstance(job, JSONResponse):
+            return job
+        record = pod.submit(job.input, webhook=job.webhook)
         return JSONResponse({"id": record.id, "status": record.status})
 
     async def status(job_id: str) -> JSONResponse:

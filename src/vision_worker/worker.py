@@ -15,7 +15,7 @@ from PIL import Image
 from .batcher import DynamicBatcher
 from .config import Settings
 from .device import is_device_fault, is_out_of_memory, release_cached_memory
-from .errors import ImageError, JobError
+from .errors import ImageError, JobError, sendable
 from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
 from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
@@ -50,7 +50,7 @@ class Worker:
             task.predict,
             max_batch_size=settings.MAX_BATCH_SIZE,
             max_wait_s=settings.BATCH_WAIT_MS / 1000,
-            batch_key=lambda item, options: task.batch_key(item, options),
+            batch_key=task.batch_key,
             is_out_of_memory=is_out_of_memory,
             after_out_of_memory=lambda: release_cached_memory(task.source.device),
             incoming=lambda: self._images_incoming,
@@ -96,9 +96,16 @@ class Worker:
 
     def warm_up(self) -> None:
         """One tiny batch, so lazy initialisation (kernels, allocator) is not job one's cost."""
+        self.self_test()
+
+    def self_test(self) -> dict:
+        """A gray test image through prepare, predict and encode: its result, or an exception."""
         options = self.task.warmup_options()
-        gray = self.task.prepare(Image.new("RGB", (64, 64), (127, 127, 127)), options)
-        self.task.predict([gray], [options])
+        item = self.task.prepare(Image.new("RGB", (64, 64), (127, 127, 127)), options)
+        outputs = self.task.predict([item], [options])
+        if len(outputs) != 1:
+            raise RuntimeError(f"the model gave {len(outputs)} outputs for 1 test image")
+        return self.task.encode(outputs[0], item.meta, options)
 
     def _device_failed(self, error: BaseException) -> None:
         if self.broken is None:
@@ -139,10 +146,10 @@ class Worker:
         try:
             return await self._run(job_input, progress)
         except JobError as error:
-            return {"error": _sendable(str(error))}
+            return {"error": sendable(str(error))}
         except Exception as error:  # never a traceback to the caller; the worker keeps serving
             log.exception("job failed unexpectedly")
-            return {"error": f"internal error: {type(error).__name__}: {error}"[:500]}
+            return {"error": sendable(f"internal error: {type(error).__name__}: {error}"[:500])}
 
     async def _run(
         self, job_input: Any, progress: Callable[[str], None] | None = None
@@ -280,12 +287,6 @@ def image_threads(configured: int) -> int:
         return configured
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(64, 2 * (cores or 1) + 2)
-
-
-def _sendable(text: str) -> str:
-    """Lone UTF-16 surrogates from caller input cannot be encoded to UTF-8; the runpod SDK would
-    fail to post the result and the job would hang until RunPod times it out."""
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _ms(seconds: float) -> float:

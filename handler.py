@@ -10,6 +10,7 @@ python handler.py --serve --port 8000      # pod mode: HTTP server (or SERVE_MOD
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -19,7 +20,11 @@ import sys
 # Must be set before torch loads OpenMP; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from concurrent.futures import ThreadPoolExecutor
+
 import runpod
+from runpod.http_client import AsyncClientSession
+from runpod.serverless.modules.rp_http import send_result
 
 from vision_worker.config import ConfigError, settings_from_env
 from vision_worker.fitness import check_fitness
@@ -73,9 +78,36 @@ async def handler(job: dict) -> dict:
     return output
 
 
+async def streaming_handler(job: dict):
+    """STREAM_RESULTS=true: the same job, yielded as batches finish (/stream/{id}); /run and
+    /runsync get the list of chunks (return_aggregate_stream), merged by client.merge_stream."""
+    async for chunk in worker.stream(job.get("input"), progress=lambda text: _progress(job, text)):
+        yield chunk
+    if worker.broken:
+        # A generator's output cannot carry refresh_worker; the SDK reads it from the config
+        # it was started with, after each job.
+        runpod_config["refresh_worker"] = True
+
+
 def _progress(job: dict, text: str) -> None:
-    """Jobs of more than one batch report "32/64 images", visible through /status."""
-    runpod.serverless.progress_update(job, text)
+    """Jobs of more than one batch report "32/64 images", visible through /status.
+
+    The SDK's progress_update starts a thread per update, so updates a batch apart raced and
+    arrived out of order ("5/5" before "4/5", seen with the real SDK in tests/test_streaming.py).
+    One thread posts them in order, with the same SDK calls progress_update makes.
+    """
+    _progress_poster.submit(_post_progress, job, text)
+
+
+def _post_progress(job: dict, text: str) -> None:
+    async def post() -> None:
+        async with AsyncClientSession() as session:
+            await send_result(session, {"status": "IN_PROGRESS", "output": text}, job)
+
+    asyncio.run(post())
+
+
+_progress_poster = ThreadPoolExecutor(1, thread_name_prefix="progress")
 
 
 def model_device_disk_and_memory_are_fit() -> None:
@@ -86,6 +118,14 @@ def model_device_disk_and_memory_are_fit() -> None:
 def concurrency_modifier(current_concurrency: int) -> int:
     """Jobs this worker takes at once; their images share batches in the dynamic batcher."""
     return settings.MAX_CONCURRENCY
+
+
+# What the SDK runs; one dict, so a streaming job can still ask for a fresh worker.
+runpod_config = {
+    "handler": streaming_handler if settings.STREAM_RESULTS else handler,
+    "return_aggregate_stream": True,  # only read for streaming handlers
+    "concurrency_modifier": concurrency_modifier,
+}
 
 
 def _on_runpod() -> bool:
@@ -101,7 +141,7 @@ if __name__ == "__main__":
         runpod.serverless.register_fitness_check(model_device_disk_and_memory_are_fit)
         if settings.METRICS_PORT:
             worker.metrics.serve(settings.METRICS_PORT)
-        runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
+        runpod.serverless.start(runpod_config)
     else:
         from vision_worker.local import run_locally
 

@@ -66,7 +66,8 @@ def test_pod_mode_reports_broken_and_refuses_jobs(model_dir):
         assert refused.json()["error"].startswith("worker is broken: RuntimeError: CUDA error")
 
 
-def test_the_serverless_handler_asks_runpod_to_replace_the_worker(model_dir, monkeypatch):
+def _handler_module(model_dir, monkeypatch):
+    """handler.py imported as RunPod runs it (not as __main__): the cold start happens here."""
     monkeypatch.setenv("MODEL_NAME", str(model_dir("resnet")))
     monkeypatch.setenv("WARMUP", "false")
     monkeypatch.setattr(sys, "argv", ["handler.py"])
@@ -75,8 +76,13 @@ def test_the_serverless_handler_asks_runpod_to_replace_the_worker(model_dir, mon
     settings_from_env.cache_clear()
     spec = importlib.util.spec_from_file_location("handler_under_test", ROOT / "handler.py")
     handler = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(handler)  # cold start, as RunPod runs it (not as __main__)
+    spec.loader.exec_module(handler)
     settings_from_env.cache_clear()
+    return handler
+
+
+def test_the_serverless_handler_asks_runpod_to_replace_the_worker(model_dir, monkeypatch):
+    handler = _handler_module(model_dir, monkeypatch)
     job = {"id": "j1", "input": {"image": b64(noise_image(1))}}
     healthy = _LOOP.run_until_complete(handler.handler(job))
     assert "refresh_worker" not in healthy
@@ -88,3 +94,25 @@ def test_the_serverless_handler_asks_runpod_to_replace_the_worker(model_dir, mon
     broken = _LOOP.run_until_complete(handler.handler(job))
     # The SDK pops this flag from the output and stops the worker after the job.
     assert broken["refresh_worker"] is True
+
+
+def test_a_streaming_handler_asks_runpod_to_replace_the_worker(model_dir, monkeypatch):
+    """A generator's chunks cannot carry refresh_worker: the SDK reads it from its config."""
+    monkeypatch.setenv("STREAM_RESULTS", "true")
+    handler = _handler_module(model_dir, monkeypatch)
+    assert handler.runpod_config["handler"] is handler.streaming_handler
+    job = {"id": "j1", "input": {"image": b64(noise_image(1))}}
+
+    async def stream() -> list[dict]:
+        return [chunk async for chunk in handler.streaming_handler(job)]
+
+    assert "results" in _LOOP.run_until_complete(stream())[0]
+    assert "refresh_worker" not in handler.runpod_config
+
+    def fault(items, options):
+        raise RuntimeError(FAULT)
+
+    handler.worker.batcher._run_batch = fault
+    chunks = _LOOP.run_until_complete(stream())
+    assert chunks[0]["results"][0]["error"]["code"] == "inference_failed"
+    assert handler.runpod_config["refresh_worker"] is True

@@ -10,6 +10,7 @@ import requests
 import runpod
 
 from conftest import encode, noise_image, running_server
+from vision_worker.client import merge_stream
 from vision_worker.config import load_settings
 from vision_worker.worker import Worker
 
@@ -133,6 +134,10 @@ def test_the_official_runpod_sdk_works_against_the_pod_unchanged(server, monkeyp
     assert len(job.output(timeout=30)["results"][0]["labels"]) == 4
     assert job.status() == "COMPLETED"
     assert endpoint.health()["jobs"]["completed"] >= 2
+
+    streamed = endpoint.run(_job(top_k=2))
+    chunks = list(streamed.stream())  # GET /stream/{id} until the job ends
+    assert len(merge_stream(chunks)["results"][0]["labels"]) == 2
 
 
 def test_concurrent_http_clients_share_batches(server, http):

@@ -82,7 +82,9 @@ class EndpointClient:
             state = self._get(f"status/{state['id']}")
         if state["status"] != "COMPLETED":
             raise EndpointError(f"job {state.get('id')} {state['status']}: {state.get('error')}")
-        return state["output"]
+        output = state["output"]
+        # An endpoint with STREAM_RESULTS=true answers with its stream's chunks.
+        return merge_stream(output) if isinstance(output, list) else output
 
     def _post(self, path: str, body: dict) -> dict[str, Any]:
         return self._check(self.session.post(f"{self.endpoint}/{path}", json=body, timeout=120))
@@ -96,6 +98,21 @@ class EndpointClient:
             raise EndpointError("unauthorized: set RUNPOD_API_KEY (or the pod's POD_API_KEY)")
         response.raise_for_status()
         return response.json()
+
+
+def merge_stream(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A streamed job's chunks (RunPod's aggregated /run output, or the "output" of each
+    /stream item) as the one output a non-streaming job gives: results back in image order."""
+    output: dict[str, Any] = {}
+    by_index: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        if "error" in chunk:
+            return {"error": chunk["error"]}
+        for result in chunk.get("results", []):
+            index, rest = result["index"], {k: v for k, v in result.items() if k != "index"}
+            by_index[index] = rest
+        output |= {k: v for k, v in chunk.items() if k != "results"}
+    return {"results": [by_index[i] for i in sorted(by_index)], **output}
 
 
 def _chunks(sources: list[ImageSource], size: int) -> Iterator[list[ImageSource]]:

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     BATCH_WAIT_MS: float = Field(10.0, ge=0, le=10_000)
     # Jobs one worker accepts at once; images from all of them share batches.
     MAX_CONCURRENCY: int = Field(8, ge=1, le=1024)
+    # Serverless: results stream as batches finish (/stream/{id}); /run and /runsync then return
+    # the list of chunks instead of one output (RunPod aggregates a streaming handler's output).
+    # Pod mode streams on /stream/{id} either way and keeps the one-output shape.
+    STREAM_RESULTS: bool = False
 
     # --- input limits -----------------------------------------------------------------------------
     MAX_IMAGES_PER_JOB: int = Field(64, ge=1, le=10_000)

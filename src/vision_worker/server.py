@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,10 @@ MAX_JSON_CONTAINERS = 10_000
 # Bodies parsed at once, each on a thread: parsing a large body never stalls the event loop, and
 # the memory parsing takes is bounded by this many bodies, not by the number of clients.
 _PARALLEL_PARSES = 2
+# How long GET /stream/{id} waits for the next results of a running job before answering with
+# none (long polling, as RunPod's own /stream does): clients poll without spinning. Under the
+# runpod SDK's 10 s request timeout, so its Job.stream() works against a pod unchanged.
+STREAM_WAIT_S = 5.0
 
 
 class BodyError(Exception):
@@ -79,6 +83,40 @@ class JobRequest(BaseModel):
 
 
 @dataclass
+class JobStream:
+    """The results of a /run job not yet read from /stream/{id}, in RunPod's stream contract:
+    chunks of {"results": [... each with "index"]}, then one chunk with the rest of the output
+    (the chunks Worker.stream yields on serverless)."""
+
+    pending: list[dict] = field(default_factory=list)
+    read: set[int] = field(default_factory=set)
+    summary_read: bool = False
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, index: int, result: dict) -> None:
+        self.pending.append({"index": index, **result})
+        self.arrived.set()
+
+    def take(self, record: JobRecord) -> list[dict]:
+        """Every chunk not read yet; a finished job's output supplies what was not streamed."""
+        results, self.pending = self.pending, []
+        self.arrived.clear()
+        chunks: list[dict] = []
+        if record.status == COMPLETED and not self.summary_read:
+            seen = self.read | {r["index"] for r in results}
+            results += [
+                {"index": i, **r} for i, r in enumerate(record.output["results"]) if i not in seen
+            ]
+        if results:
+            self.read.update(r["index"] for r in results)
+            chunks.append({"results": results})
+        if record.status == COMPLETED and not self.summary_read:
+            self.summary_read = True
+            chunks.append({k: v for k, v in record.output.items() if k != "results"})
+        return chunks
+
+
+@dataclass
 class JobRecord:
     id: str
     input: Any
@@ -90,6 +128,7 @@ class JobRecord:
     finished: float | None = None
     task: asyncio.Task | None = None
     webhook: str | None = None  # RunPod's "webhook": POSTed the final job JSON
+    stream: JobStream | None = None  # /run jobs: results for /stream/{id} as batches finish
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "status": self.status}
@@ -131,6 +170,9 @@ class JobStore:
     def finish(self, record: JobRecord, status: str) -> None:
         record.status, record.finished = status, time.monotonic()
         record.input = None  # only the output is kept; inputs can be 100s of MB of base64
+        if record.stream is not None:
+            record.stream.pending.clear()  # all in the output now; /stream reads it from there
+            record.stream.arrived.set()  # a waiting /stream answers with the end at once
         self.counts[status] += 1
         size = len(json.dumps(record.output if status == COMPLETED else record.error))
         self._finished[record.id] = size
@@ -225,7 +267,8 @@ class PodServer:
         try:
             async with self._slots:
                 record.status, record.started = IN_PROGRESS, time.monotonic()
-                output = await self.worker.run(record.input)
+                listener = record.stream.add if record.stream is not None else None
+                output = await self.worker.run(record.input, on_result=listener)
         except asyncio.CancelledError:
             record.error = "job was cancelled"
             self.store.finish(record, CANCELLED)
@@ -245,6 +288,7 @@ class PodServer:
         """Start a job in the background; /status reports it, and `webhook` hears its end."""
         record = self.new_job(job_input)
         record.webhook = webhook
+        record.stream = JobStream()
         record.task = asyncio.create_task(self._execute_and_notify(record), name=f"job-{record.id}")
         record.task.add_done_callback(_swallow_cancel)
         return record
@@ -380,6 +424,27 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     for method in ("GET", "POST"):
         router.add_api_route("/status/{job_id}", status, methods=[method], tags=["jobs"],
                              operation_id=f"status_{method.lower()}")  # fmt: skip
+
+    async def stream(job_id: str) -> JSONResponse:
+        """A /run job's results as its batches finish; each call returns what is new."""
+        record = pod.store.get(job_id)
+        if record is None:
+            return JSONResponse({"error": f"job {job_id} not found (or expired)"}, 404)
+        if record.stream is None:
+            return JSONResponse({"error": "only jobs started with /run can be streamed"}, 400)
+        if record.status not in FINISHED and not record.stream.pending:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(record.stream.arrived.wait(), STREAM_WAIT_S)
+        body = {"id": record.id, "status": record.status,
+                "stream": [{"output": chunk} for chunk in record.stream.take(record)]}  # fmt: skip
+        if record.error is not None:
+            body["error"] = record.error
+        return JSONResponse(body)
+
+    for method in ("GET", "POST"):
+        router.add_api_route("/stream/{job_id}", stream, methods=[method], tags=["jobs"],
+                             operation_id=f"stream_{method.lower()}",
+                             summary="A /run job's new results, as RunPod streams")  # fmt: skip
 
     @router.post("/cancel/{job_id}", tags=["jobs"])
     async def cancel(job_id: str) -> JSONResponse:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +25,9 @@ from .tasks import Task, load_task
 from .tasks.base import Prepared
 
 log = logging.getLogger(__name__)
+
+# Hears (image index, encoded result) as each image of a job finishes.
+ResultListener = Callable[[int, dict], None]
 
 # Grace beyond URL_TIMEOUT_S before the job stops waiting on a download thread.
 _FETCH_GRACE_S = 1.0
@@ -129,22 +132,59 @@ class Worker:
 
     # --- a job ------------------------------------------------------------------------------
     async def run(
-        self, job_input: Any, progress: Callable[[str], None] | None = None
+        self,
+        job_input: Any,
+        progress: Callable[[str], None] | None = None,
+        on_result: ResultListener | None = None,
     ) -> dict[str, Any]:
         """The output for one job's "input": results per image, or {"error": "..."} for the job.
 
-        `progress` hears "N/M images" as a job of more than one batch completes batches.
+        `progress` hears "N/M images" as a job of more than one batch completes batches;
+        `on_result` hears (index, result) for each image as soon as its batch has run.
         """
         started = time.perf_counter()
-        output = await self._run_safely(job_input, progress)
+        output = await self._run_safely(job_input, progress, on_result)
         self.metrics.job_done(output, time.perf_counter() - started)
         return output
 
+    async def stream(
+        self, job_input: Any, progress: Callable[[str], None] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The job's output in chunks, for RunPod streaming: {"results": [...]} as batches
+        finish (each result carries its image's "index"), then one chunk with the rest of the
+        output (model, task, texts, timings_ms); or a single {"error": ...} for the job.
+        `merge_stream` in client.py puts the chunks back together into `run`'s output.
+        """
+        finished: asyncio.Queue[tuple[int, dict]] = asyncio.Queue()
+        job = asyncio.ensure_future(
+            self.run(job_input, progress, on_result=lambda i, r: finished.put_nowait((i, r)))
+        )
+        try:
+            while not (job.done() and finished.empty()):
+                next_result = asyncio.ensure_future(finished.get())
+                await asyncio.wait({next_result, job}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_result.done():
+                    next_result.cancel()
+                    continue
+                # A batch's images finish in one turn of the loop: one chunk per batch.
+                arrived = [next_result.result()]
+                while not finished.empty():
+                    arrived.append(finished.get_nowait())
+                yield {"results": [{"index": i, **result} for i, result in arrived]}
+            output = job.result()
+            output.pop("results", None)
+            yield output
+        finally:
+            job.cancel()  # the consumer went away: nothing is left to wait for the images
+
     async def _run_safely(
-        self, job_input: Any, progress: Callable[[str], None] | None
+        self,
+        job_input: Any,
+        progress: Callable[[str], None] | None,
+        on_result: ResultListener | None,
     ) -> dict[str, Any]:
         try:
-            return await self._run(job_input, progress)
+            return await self._run(job_input, progress, on_result)
         except JobError as error:
             return {"error": sendable(str(error))}
         except Exception as error:  # never a traceback to the caller; the worker keeps serving
@@ -152,7 +192,10 @@ class Worker:
             return {"error": sendable(f"internal error: {type(error).__name__}: {error}"[:500])}
 
     async def _run(
-        self, job_input: Any, progress: Callable[[str], None] | None = None
+        self,
+        job_input: Any,
+        progress: Callable[[str], None] | None,
+        on_result: ResultListener | None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         if self.broken:
@@ -162,36 +205,36 @@ class Worker:
         texts = self.task.job_texts(options)
         # Each image goes to the batcher as soon as it is prepared, so decoding overlaps the
         # model; the batcher holds a partial batch briefly only while images are on their way.
-        prepared: list[Prepared | ImageError | None] = [None] * len(request.sources)
         loaded = started
         self._images_incoming += len(request.sources)
         report = _ProgressReport(len(request.sources), self.batcher.working_batch_size, progress)
 
-        async def prepare_then_predict(index: int, source: str) -> Any:
+        async def prepare_then_predict(index: int, source: str) -> dict:
             nonlocal loaded
             try:
-                prepared[index] = item = await self._prepare(source, options)
+                item = await self._prepare(source, options)
             finally:
                 self._images_incoming -= 1
             loaded = max(loaded, time.perf_counter())
             try:
-                return await self._predict(item, options)
+                output = await self._predict(item, options)
+            except Exception as error:  # this image fails alone, with its code
+                output = error
             finally:
                 report.image_done()
+            result = _result(index, item, output, self.task, options)
+            if on_result is not None:
+                on_result(index, result)
+            return result
 
-        image_outputs = asyncio.gather(
-            *(prepare_then_predict(i, s) for i, s in enumerate(request.sources)),
-            return_exceptions=True,
+        image_results = asyncio.gather(
+            *(prepare_then_predict(i, s) for i, s in enumerate(request.sources))
         )
         text_outputs = asyncio.gather(
             *(self.batcher.enqueue(self.task.prepare_text(t, options), options) for t in texts),
             return_exceptions=True,
         )
-        outputs, text_results = await asyncio.gather(image_outputs, text_outputs)
-        results = [
-            _result(i, item, out, self.task, options)
-            for i, (item, out) in enumerate(zip(prepared, outputs, strict=True))
-        ]
+        results, text_results = await asyncio.gather(image_results, text_outputs)
         finished = time.perf_counter()
         output: dict[str, Any] = {
             "model": self.settings.MODEL_NAME,

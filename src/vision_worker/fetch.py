@@ -3,6 +3,16 @@
 The address check happens where the socket is opened, on the exact address that was checked:
 resolving once to validate and again to connect would let a DNS answer change in between
 (DNS rebinding). Redirects are followed by hand so every hop is checked the same way.
+
+Why not runpod's own guard (runpod.serverless.utils.rp_ssrf, SDK 1.12)? tests/test_rp_ssrf.py
+runs our hostile-URL cases against it. Its address rules hold: private, loopback, metadata and
+mixed answers, obfuscated literals, redirects to them or to file:, DNS rebinding, size caps. What
+fails for a serving worker: a dripping server holds a download past any deadline (its timeout is
+per read); a 503 is final (no retries); each download is a new session, so a job of 64 URLs on
+one CDN pays 64 TCP+TLS handshakes where this pool reuses connections; its private-address switch
+is a process-wide environment variable; it refuses every URL when a proxy variable is set; and it
+has no POST for webhooks. Built on it, this module would keep all of its own code for those and
+gain a second guard, so it keeps one.
 """
 
 from __future__ import annotations

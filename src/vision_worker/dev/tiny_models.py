@@ -79,8 +79,16 @@ def _train_tokenizer(specials: list[str], vocab_size: int) -> Tokenizer:
 
 
 def bert_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import processors
+
+    trained = _train_tokenizer(BERT_SPECIALS, 200)
+    # "[CLS] text [SEP]", as bert-base-uncased (GIT, BLIP) tokenizes.
+    trained.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[(t, trained.token_to_id(t)) for t in ("[CLS]", "[SEP]")],
+    )  # fmt: skip
     return PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(BERT_SPECIALS, 200),
+        tokenizer_object=trained,
         pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
         mask_token="[MASK]", bos_token="[DEC]",
     )  # fmt: skip

@@ -28,6 +28,8 @@ _ARCHITECTURES = frozenset(
     {"VisionEncoderDecoderModel", "GitForCausalLM", "BlipForConditionalGeneration"}
 )
 _MODEL_TYPES = frozenset({"vision-encoder-decoder", "git", "blip"})
+# Model types that take a prompt, and whether it ends with [SEP] (see _prompt_ids).
+_PROMPT_FORMS = {"blip": 1, "git": 0}
 
 
 class CaptionOptions(TaskOptions):
@@ -37,11 +39,18 @@ class CaptionOptions(TaskOptions):
         "at most MAX_NEW_TOKENS_LIMIT).",
     )  # fmt: skip
     num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width (at most MAX_NUM_BEAMS).")
+    prompt: str | None = Field(
+        None, min_length=1, max_length=1_000_000,
+        description='Conditional captioning (BLIP, GIT): the caption starts with this text, e.g. '
+        '"a photograph of" (at most MAX_TEXT_CHARS characters).',
+    )  # fmt: skip
 
 
 class CaptionTask(Task):
     name: ClassVar[str] = "caption"
-    summary: ClassVar[str] = "a caption per image (greedy or beam search)"
+    summary: ClassVar[str] = (
+        "a caption per image (greedy or beam search), or one that continues a prompt"
+    )
     Options: ClassVar = CaptionOptions
     architectures_doc: ClassVar[str] = (
         "`VisionEncoderDecoderModel` (ViT-GPT2), `GitForCausalLM`, `BlipForConditionalGeneration`"
@@ -62,12 +71,10 @@ class CaptionTask(Task):
         self.processor = self.image_processor = processor
         self.tokenizer = tokenizer
         self.settings = settings
+        self.model_type = model.config.model_type
         # Past its position table a decoder fails mid-generation; jobs are bounded by both.
-        positions = _decoder_positions(model.config)
-        self.max_new_tokens_limit = min(
-            settings.MAX_NEW_TOKENS_LIMIT,
-            positions - 1 if positions else settings.MAX_NEW_TOKENS_LIMIT,
-        )
+        self.positions = _decoder_positions(model.config) or 1_000_000
+        self.max_new_tokens_limit = min(settings.MAX_NEW_TOKENS_LIMIT, self.positions - 1)
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
@@ -95,20 +102,48 @@ class CaptionTask(Task):
             raise JobError(
                 f'"num_beams" must be between 1 and {limits.MAX_NUM_BEAMS}, got {options.num_beams}'
             )
+        if options.prompt is not None:
+            self._check_prompt(options.prompt, max_new_tokens)
         return options.model_copy(update={"max_new_tokens": max_new_tokens})
+
+    def _check_prompt(self, prompt: str, max_new_tokens: int) -> None:
+        if self.model_type not in _PROMPT_FORMS:
+            raise JobError(
+                f'"prompt" is not supported by {self.model_type} models (BLIP and GIT take one)'
+            )
+        if len(prompt) > self.settings.MAX_TEXT_CHARS:
+            raise JobError(f'"prompt" is over {self.settings.MAX_TEXT_CHARS} characters')
+        room = self.positions - max_new_tokens
+        if len(self._prompt_ids(prompt)) > room:
+            raise JobError(
+                f'"prompt" is too long: with max_new_tokens={max_new_tokens} this model has room '
+                f"for {room} prompt tokens"
+            )
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        """The decoder's start as the model was trained on it: BLIP [CLS] p [SEP] (generate swaps
+        in its BOS and drops the [SEP]), GIT [CLS] p (both model cards' recipes)."""
+        tokens = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        form = _PROMPT_FORMS[self.model_type]
+        return [self.tokenizer.cls_token_id, *tokens, *([self.tokenizer.sep_token_id] * form)]
 
     def batch_key(self, item: Prepared, options: CaptionOptions) -> tuple:
         # Every generation option changes the decoding loop, so only equal options share a batch.
-        return (item.kind, options.max_new_tokens, options.num_beams)
+        return (item.kind, options.max_new_tokens, options.num_beams, options.prompt)
 
     def prepare(self, image: Image.Image, options: CaptionOptions) -> Prepared:
         return Prepared(pixel_inputs(self.processor, image))
 
     def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:
         first = options[0]  # equal for the whole batch (batch_key)
+        prompt: dict[str, torch.Tensor] = {}
+        if first.prompt is not None:
+            ids = torch.tensor([self._prompt_ids(first.prompt)], device=self.source.device)
+            prompt["input_ids"] = ids.repeat(len(items), 1)  # BLIP writes into it: no views
         with torch.inference_mode():
             generated = self.model.generate(
                 pixel_values=stack_pixels(items, self.source),
+                **prompt,
                 max_new_tokens=first.max_new_tokens,
                 min_new_tokens=self.pinned_min_new_tokens,
                 num_beams=first.num_beams,

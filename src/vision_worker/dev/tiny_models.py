@@ -119,7 +119,11 @@ def clip_tokenizer() -> Any:
     trainer_model.train_from_iterator([s.lower() for s in _CORPUS + LABELS], trainer=trainer)
     state = json.loads(trainer_model.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    return CLIPTokenizer(vocab=state["vocab"], merges=merges)
+    # Special tokens last, as in CLIP's vocabulary: OWL-ViT reads a query whose first id is 0
+    # as padding, and CLIP pools at the highest id when its config predates eos_token_id.
+    ordinary = [t for t in sorted(state["vocab"], key=state["vocab"].get) if t not in CLIP_SPECIALS]
+    vocab = {token: i for i, token in enumerate([*ordinary, *CLIP_SPECIALS])}
+    return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
 def _dims(full: bool, tiny: dict, real: dict) -> dict:
@@ -334,6 +338,46 @@ def build_yolos(out: Path, full: bool) -> None:
     _save(out, model, None, _processor("YolosImageProcessor")(size=size))
 
 
+def _owl(out: Path, full: bool, version: str) -> None:
+    """OWL-ViT (base patch32, 768 px) or OWLv2 (base patch16, 960 px): open-vocabulary detectors
+    on a CLIP pair; their text tower has 16 positions."""
+    import transformers
+
+    tokenizer = clip_tokenizer()
+    text = _text_tower(
+        full, len(tokenizer), 16, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    size = (768 if version == "OwlViT" else 960) if full else 32
+    patch = (32 if version == "OwlViT" else 16) if full else 8
+    vision = {**_vision(full, size), "patch_size": patch}
+    # The class head compares projected text with image features at the text width.
+    config = getattr(transformers, f"{version}Config")(
+        text_config=text, vision_config=vision, projection_dim=text["hidden_size"]
+    )
+    model = getattr(transformers, f"{version}ForObjectDetection")(config)
+    if not full:
+        # Heads initialised at unit scale saturate every score at 1.0 and collapse the boxes;
+        # a tenth spreads scores over (0.4, 0.75), so rankings and thresholds mean something.
+        with torch.no_grad():
+            for weight in [*model.class_head.parameters(), *model.box_head.parameters()]:
+                weight.mul_(0.1)
+    image_processor = _processor(f"{version}ImageProcessor")(size={"height": size, "width": size})
+    processor = getattr(transformers, f"{version}Processor")(
+        image_processor=image_processor, tokenizer=tokenizer
+    )
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
+def build_owlvit(out: Path, full: bool) -> None:
+    _owl(out, full, "OwlViT")
+
+
+def build_owlv2(out: Path, full: bool) -> None:
+    _owl(out, full, "Owlv2")
+
+
 def build_vit_backbone(out: Path, full: bool) -> None:
     """A headless ViT (ViTModel, with its pooler): serves embed, must refuse classify."""
     from transformers import ViTModel
@@ -355,6 +399,8 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "dinov2": build_dinov2,
     "vit-backbone": build_vit_backbone,
     "yolos": build_yolos,
+    "owlvit": build_owlvit,
+    "owlv2": build_owlv2,
 }
 
 

@@ -20,10 +20,11 @@ from .detect import DetectTask
 from .embed import EmbedTask
 from .sources import resolve_model
 from .zero_shot import ZeroShotTask
+from .zero_shot_detect import ZeroShotDetectTask
 
-TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (CaptionTask, ClassifyTask, DetectTask, ZeroShotTask, EmbedTask)
-}
+# In priority order (see the module docstring).
+_REGISTERED = (CaptionTask, ClassifyTask, DetectTask, ZeroShotDetectTask, ZeroShotTask, EmbedTask)
+TASKS: dict[str, type[Task]] = {task.name: task for task in _REGISTERED}
 
 __all__ = [
     "TASKS", "Checkpoint", "ModelLoadError", "ModelSource", "Task", "TaskOptions", "load_task",

@@ -109,12 +109,8 @@ class DetectTask(Task):
         return {"detections": [self._detection(output, i) for i in order.tolist()]}
 
     def _detection(self, output: dict, index: int) -> dict:
-        corners = (round(float(v), 2) for v in output["boxes"][index])
-        return {
-            "label": self.labels[int(output["labels"][index])],
-            "score": round(float(output["scores"][index]), 6),
-            "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), corners, strict=True)),
-        }
+        label = self.labels[int(output["labels"][index])]
+        return detection(label, output["scores"][index], output["boxes"][index])
 
     def _collate(self, items: Sequence[Prepared]) -> dict[str, torch.Tensor]:
         pixels = [item.inputs["pixel_values"] for item in items]
@@ -136,3 +132,13 @@ class DetectTask(Task):
             "pixel_values": stack_on_device(list(padded), self.source),
             "pixel_mask": mask.to(self.source.device),
         }
+
+
+def detection(label: str, score: Any, box: Any) -> dict:
+    """One detection as jobs get it: corners in the original image's pixels, two decimals."""
+    corners = (round(float(v), 2) for v in box)
+    return {
+        "label": label,
+        "score": round(float(score), 6),
+        "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), corners, strict=True)),
+    }

@@ -41,6 +41,19 @@ class ZeroShotOptions(TaskOptions):
         return template
 
 
+def check_labels(labels: list[str], limits: Settings) -> None:
+    """A job's labels: at most MAX_LABELS, each 1 to MAX_TEXT_CHARS characters, no repeats."""
+    if len(labels) > limits.MAX_LABELS:
+        raise JobError(f"too many labels: {len(labels)}, at most {limits.MAX_LABELS}")
+    for label in labels:
+        if not label.strip() or len(label) > limits.MAX_TEXT_CHARS:
+            raise JobError(
+                f"each label must be 1 to {limits.MAX_TEXT_CHARS} characters and not blank"
+            )
+    if len(set(labels)) != len(labels):
+        raise JobError('"labels" has duplicates; each label must appear once')
+
+
 class ZeroShotTask(Task):
     name: ClassVar[str] = "zero_shot"
     summary: ClassVar[str] = "scores for labels the job names, no training needed"
@@ -75,16 +88,7 @@ class ZeroShotTask(Task):
         return self.check(ZeroShotOptions(labels=["a photo"]))
 
     def check(self, options: ZeroShotOptions) -> ZeroShotOptions:
-        limits = self.settings
-        if len(options.labels) > limits.MAX_LABELS:
-            raise JobError(f"too many labels: {len(options.labels)}, at most {limits.MAX_LABELS}")
-        for label in options.labels:
-            if not label.strip() or len(label) > limits.MAX_TEXT_CHARS:
-                raise JobError(
-                    f"each label must be 1 to {limits.MAX_TEXT_CHARS} characters and not blank"
-                )
-        if len(set(options.labels)) != len(options.labels):
-            raise JobError('"labels" has duplicates; each label must appear once')
+        check_labels(options.labels, self.settings)
         return options
 
     def prepare(self, image: Image.Image, options: ZeroShotOptions) -> Prepared:

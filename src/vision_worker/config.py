@@ -94,6 +94,18 @@ class Settings(BaseSettings):
     # Distinct label sets whose text embeddings are kept, so repeated label sets cost nothing.
     LABEL_CACHE_SIZE: int = Field(256, ge=1, le=100_000)
 
+    # --- outputs ---------------------------------------------------------------------------------
+    # A job's output as JSON at most (MB): RunPod refuses larger payloads (/run 10 MB, /runsync
+    # 20 MB), so a larger output fails the job with the fix named instead of being cut.
+    MAX_OUTPUT_MB: float = Field(10.0, gt=0, le=10_000)
+    # RunPod's bucket variables: when all three are set, output images (heatmaps) are uploaded
+    # with the runpod SDK and returned as presigned URLs instead of inline data URIs.
+    BUCKET_ENDPOINT_URL: str | None = None
+    BUCKET_ACCESS_KEY_ID: str | None = None
+    BUCKET_SECRET_ACCESS_KEY: str | None = None
+    # The bucket to upload to; empty is the SDK's default (a bucket named for the month, MM-YY).
+    BUCKET_NAME: str = ""
+
     # --- pod mode (HTTP server) -------------------------------------------------------------------
     # "serverless" (RunPod queue) or "pod" (HTTP server on PORT); one image serves both templates.
     SERVE_MODE: Literal["serverless", "pod"] = "serverless"
@@ -132,7 +144,10 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
 
-    @field_validator("MODEL_REVISION", "PROCESSOR_NAME", "POD_API_KEY")
+    @field_validator(
+        "MODEL_REVISION", "PROCESSOR_NAME", "POD_API_KEY", "BUCKET_ENDPOINT_URL",
+        "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY",
+    )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None

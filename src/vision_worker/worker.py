@@ -20,6 +20,7 @@ from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
 from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
 from .metrics import Metrics
+from .outputs import ImageOutputs, check_output_size
 from .schema import parse_job_input
 from .tasks import Task, load_task
 from .tasks.base import Prepared
@@ -39,6 +40,7 @@ class Worker:
     def __init__(self, settings: Settings, task: Task) -> None:
         self.settings = settings
         self.task = task
+        self.image_outputs = ImageOutputs(settings)
         self.loader = ImageLoader(
             ImageLimits(settings.MAX_IMAGE_BYTES, settings.MAX_IMAGE_PIXELS),
             UrlFetcher(
@@ -222,7 +224,10 @@ class Worker:
                 output = error
             finally:
                 report.image_done()
-            result = _result(index, item, output, self.task, options)
+            # Encoding runs on an image thread: some results render and upload images.
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._image_threads, _result, index, item, output, self.task, options
+            )
             if on_result is not None:
                 on_result(index, result)
             return result
@@ -250,6 +255,7 @@ class Worker:
             "inference": _ms(finished - loaded),
             "total": _ms(finished - started),
         }
+        check_output_size(output, self.settings.MAX_OUTPUT_MB, self.image_outputs.uploads)
         return output
 
     def _text_result(self, index: int, output: Any, options: Any) -> dict:
@@ -262,7 +268,7 @@ class Worker:
         """Decode and prepare one image on an image thread, within the decoded-memory budget."""
         opened = open_image(data, self.loader.limits)
         if self.settings.JPEG_DRAFT:
-            draft_for(opened, self.task.input_size())
+            draft_for(opened, self.task.decode_target(options))
         with self.decode_budget.reserve(decoded_cost(*opened.size, opened.mode)):
             image = finish_decode(opened)
             try:
@@ -302,7 +308,10 @@ def _result(index: int, item: Any, output: Any, task: Task, options: Any) -> dic
     if isinstance(output, BaseException):
         log.error("image %d failed: %r", index, output)
         return ImageError("inference_failed", f"{type(output).__name__}: {output}").to_result(index)
-    return task.encode(output, item.meta, options)
+    try:
+        return task.encode(output, item.meta, options)
+    except ImageError as error:  # e.g. a heatmap upload that failed: this image only
+        return error.to_result(index)
 
 
 class _ProgressReport:

@@ -194,6 +194,11 @@ class Task:
         size = getattr(self.image_processor, "size", None)
         return dict(size) if size else None
 
+    def decode_target(self, options: Any) -> dict | None:
+        """The size an image must keep when decoded (JPEG draft); the model's input size unless
+        an option needs more of the image (e.g. a heatmap drawn over it)."""
+        return self.input_size()
+
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -13,6 +13,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 
 from ..config import Settings
 from ..errors import JobError
+from ..outputs import ImageOutputs
 from .base import (
     Checkpoint,
     ModelSource,
@@ -24,6 +25,7 @@ from .base import (
     prepare_model,
     stack_pixels,
 )
+from .explain import HEATMAP_MAX_SIDE, grad_cam, overlay
 
 # The class names a checkpoint is saved from when it carries a trained classification head.
 _CLASSIFIER_ARCHITECTURES = frozenset(
@@ -37,6 +39,10 @@ class ClassifyOptions(TaskOptions):
     top_k: int | None = Field(
         None, ge=1, le=1_000_000, description="Labels returned, best first (default DEFAULT_TOP_K)."
     )
+    explain: bool = Field(
+        False, description="Also a Grad-CAM heatmap of the regions behind the top label "
+        "(a PNG overlay, inline or a bucket URL, and the raw map)."
+    )  # fmt: skip
 
 
 class ClassifyTask(Task):
@@ -57,6 +63,7 @@ class ClassifyTask(Task):
         self.processor = self.image_processor = processor
         self.settings = settings
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.image_outputs = ImageOutputs(settings)
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
@@ -78,21 +85,47 @@ class ClassifyTask(Task):
             raise JobError(f'"top_k" must be between 1 and {len(self.labels)}, got {top_k}')
         return options.model_copy(update={"top_k": top_k})
 
-    def batch_key(self, item: Prepared, options: ClassifyOptions) -> str:
-        # top_k only slices the output, so every classification job can share a batch.
-        return item.kind
+    def batch_key(self, item: Prepared, options: ClassifyOptions) -> Hashable:
+        # top_k only slices the output, so every classification job can share a batch; an
+        # explanation needs a backward pass, so those batch among themselves.
+        return (item.kind, options.explain)
+
+    def decode_target(self, options: ClassifyOptions) -> dict | None:
+        # The heatmap is drawn over the image at up to HEATMAP_MAX_SIDE, not at the model's size.
+        return {"longest_edge": HEATMAP_MAX_SIDE} if options.explain else self.input_size()
 
     def prepare(self, image: Image.Image, options: ClassifyOptions) -> Prepared:
-        return Prepared(pixel_inputs(self.processor, image))
+        prepared = Prepared(pixel_inputs(self.processor, image))
+        if options.explain:
+            shown = image.copy()
+            shown.thumbnail((HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE))
+            prepared.meta["image"] = shown
+        return prepared
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[torch.Tensor]:
+    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
+        pixels = stack_pixels(items, self.source)
+        if options[0].explain:  # equal for the whole batch (batch_key)
+            logits, maps = grad_cam(self.model, pixels)
+            return list(zip(_probabilities(logits), maps, strict=True))
         with torch.inference_mode():
-            logits = self.model(pixel_values=stack_pixels(items, self.source)).logits
-        # Softmax in float32: half-precision probabilities lose the small scores entirely.
-        return list(logits.float().softmax(dim=-1).cpu())
+            return _probabilities(self.model(pixel_values=pixels).logits)
 
-    def encode(self, output: torch.Tensor, meta: dict, options: ClassifyOptions) -> dict:
-        return ranked_labels(output, self.labels, options.top_k or len(self.labels))
+    def encode(self, output: Any, meta: dict, options: ClassifyOptions) -> dict:
+        if not options.explain:
+            return ranked_labels(output, self.labels, options.top_k or len(self.labels))
+        probabilities, cam = output
+        result = ranked_labels(probabilities, self.labels, options.top_k or len(self.labels))
+        result["explanation"] = {
+            "label": self.labels[int(probabilities.argmax())],
+            "heatmap": self.image_outputs.deliver(overlay(meta["image"], cam), "heatmap"),
+            "map": [[round(v, 3) for v in row] for row in cam.tolist()],
+        }
+        return result
+
+
+def _probabilities(logits: torch.Tensor) -> list[torch.Tensor]:
+    # Softmax in float32: half-precision probabilities lose the small scores entirely.
+    return list(logits.float().softmax(dim=-1).cpu())
 
 
 def ranked_labels(scores: torch.Tensor, labels: Sequence[str], top_k: int) -> dict:

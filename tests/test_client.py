@@ -63,8 +63,8 @@ def test_wrong_key_is_reported_clearly(pod):
 
 def test_a_failed_job_raises_with_the_workers_sentence(pod):
     client = EndpointClient(pod, KEY, poll_s=0.05)
-    with pytest.raises(EndpointError, match='FAILED: unknown input key "prompt"'):
-        client.run_async({"image": "x", "prompt": "hi"})
+    with pytest.raises(EndpointError, match='FAILED: unknown input key "colour"'):
+        client.run_async({"image": "x", "colour": "red"})
 
 
 def test_transient_gateway_errors_are_retried(httpserver):

@@ -205,6 +205,7 @@ class Worker:
         request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task)
         options = request.options
         texts = self.task.job_texts(options)
+        per_image = self.task.options_per_image(options, len(request.sources))
         # Each image goes to the batcher as soon as it is prepared, so decoding overlaps the
         # model; the batcher holds a partial batch briefly only while images are on their way.
         loaded = started
@@ -213,6 +214,7 @@ class Worker:
 
         async def prepare_then_predict(index: int, source: str) -> dict:
             nonlocal loaded
+            options = per_image[index]
             try:
                 item = await self._prepare(source, options)
             finally:

@@ -378,6 +378,73 @@ def build_owlv2(out: Path, full: bool) -> None:
     _owl(out, full, "Owlv2")
 
 
+# LLaVA-1.5's conversation format, as its processors' chat template renders it.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def llama_tokenizer() -> PreTrainedTokenizerFast:
+    """A decoder's tokenizer: <s> before the text, and <image> as one special token."""
+    from tokenizers import processors
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+    trained = _train_tokenizer(specials, 260)
+    trained.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", trained.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=trained, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+    )  # fmt: skip
+
+
+def build_llava(out: Path, full: bool) -> None:
+    """A LLaVA-1.5-style VLM: a CLIP vision tower, a projector and a Llama decoder; each image
+    becomes a fixed number of <image> tokens (one per patch)."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )  # fmt: skip
+
+    tokenizer = llama_tokenizer()
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    text = _dims(
+        full,
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+             num_key_value_heads=2, max_position_embeddings=256, initializer_range=TINY_INIT),
+        dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+             num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
+    )  # fmt: skip
+    size = 336 if full else 32
+    patch = 14 if full else 8
+    vision = {**_vision(full, size), "patch_size": patch}
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), **text, **ids),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(size // patch) ** 2,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.update(**ids)
+    image_processor = _processor("CLIPImageProcessor")(size={"shortest_edge": size}, crop_size=size)
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )  # fmt: skip
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
 def build_vit_backbone(out: Path, full: bool) -> None:
     """A headless ViT (ViTModel, with its pooler): serves embed, must refuse classify."""
     from transformers import ViTModel
@@ -401,6 +468,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "yolos": build_yolos,
     "owlvit": build_owlvit,
     "owlv2": build_owlv2,
+    "llava": build_llava,
 }
 
 

@@ -13,6 +13,7 @@ from transformers import AutoConfig
 
 from ..config import Settings
 from ..device import resolve_device, resolve_dtype
+from .ask import AskTask
 from .base import Checkpoint, MissingWeightsError, ModelLoadError, ModelSource, Task, TaskOptions
 from .caption import CaptionTask
 from .classify import ClassifyTask
@@ -23,7 +24,9 @@ from .zero_shot import ZeroShotTask
 from .zero_shot_detect import ZeroShotDetectTask
 
 # In priority order (see the module docstring).
-_REGISTERED = (CaptionTask, ClassifyTask, DetectTask, ZeroShotDetectTask, ZeroShotTask, EmbedTask)
+_REGISTERED = (
+    CaptionTask, AskTask, ClassifyTask, DetectTask, ZeroShotDetectTask, ZeroShotTask, EmbedTask,
+)  # fmt: skip
 TASKS: dict[str, type[Task]] = {task.name: task for task in _REGISTERED}
 
 __all__ = [

@@ -211,6 +211,11 @@ class Task:
         """Bounds that depend on settings or the model; raises JobError. Returns the options."""
         return options
 
+    def options_per_image(self, options: Any, images: int) -> list[Any]:
+        """Each image's options: the job's, unless the job carries per-image values (e.g. one
+        question per image); raises JobError when those do not fit the images."""
+        return [options] * images
+
     def warmup_options(self) -> Any:
         """Options for the cold-start warm-up batch (tasks with required options override it)."""
         return self.check(self.Options())

@@ -1,0 +1,215 @@
+"""Visual questions: image-text-to-text models (LLaVA, SmolVLM/Idefics3, Qwen2-VL, PaliGemma, ...)
+answer a question about each image, through the checkpoint's own processor and chat template.
+
+Each image's prompt is built as transformers' `image-text-to-text` pipeline builds it (the chat
+template over one user turn holding the image and the question), so answers equal the
+pipeline's. Images with different questions share a batch: prompts are left-padded, and the
+vision inputs are joined as the processor joins a batch of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from pydantic import Field
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+from ..config import Settings
+from ..errors import JobError
+from .base import (
+    Checkpoint,
+    ModelLoadError,
+    ModelSource,
+    Prepared,
+    Task,
+    TaskOptions,
+    load_weights,
+    prepare_model,
+)
+from .caption import CaptionTask, _decoder_positions
+
+# Every image-text-to-text architecture; the captioners among them (BLIP, GIT, ViT-GPT2) have no
+# chat template and are served by `caption`, which comes first in the registry.
+_ARCHITECTURES = frozenset(
+    name
+    for names in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values()
+    for name in ((names,) if isinstance(names, str) else names)
+)
+_TEXT_KEYS = ("input_ids", "attention_mask")
+
+
+class AskOptions(TaskOptions):
+    question: str | None = Field(
+        None, min_length=1, max_length=1_000_000,
+        description="One question for every image of the job (at most MAX_TEXT_CHARS characters).",
+    )  # fmt: skip
+    questions: list[str] | None = Field(
+        None, min_length=1, description="One question per image, in the images' order."
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Tokens generated at most (default DEFAULT_MAX_NEW_TOKENS, "
+        "at most MAX_NEW_TOKENS_LIMIT).",
+    )  # fmt: skip
+    num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width (at most MAX_NUM_BEAMS).")
+
+
+class AskTask(Task):
+    name: ClassVar[str] = "ask"
+    summary: ClassVar[str] = "an answer per image to the job's question (small VLMs)"
+    Options: ClassVar = AskOptions
+    architectures_doc: ClassVar[str] = (
+        "image-text-to-text checkpoints with a chat template: `LlavaForConditionalGeneration`, "
+        "`SmolVLMForConditionalGeneration`, `Qwen2VLForConditionalGeneration`, ..."
+    )
+    example_input: ClassVar[dict] = {
+        "images": ["<image>", "<image>"], "question": "What is the animal doing?",
+    }  # fmt: skip
+    example_output: ClassVar[list] = [
+        {"answer": "The cat is lying on a couch."},
+        {"answer": "There is no animal; an astronaut is holding a flag."},
+    ]
+
+    def __init__(self, source: ModelSource, model: Any, processor: Any, settings: Settings) -> None:
+        self.source = source
+        self.model = model
+        self.processor = processor
+        self.image_processor = processor.image_processor
+        self.tokenizer = processor.tokenizer
+        self.settings = settings
+        positions = _decoder_positions(model.config) or 1_000_000
+        self.max_new_tokens_limit = min(settings.MAX_NEW_TOKENS_LIMIT, positions - 1)
+
+    @classmethod
+    def serves(cls, checkpoint: Checkpoint) -> bool:
+        return checkpoint.saved_as(_ARCHITECTURES, ()) and not CaptionTask.serves(checkpoint)
+
+    @classmethod
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> AskTask:
+        model, _ = load_weights(source, AutoModelForImageTextToText, cls.name, "language model")
+        processor = source.load_processor(AutoProcessor.from_pretrained, "processor")
+        if not getattr(processor, "chat_template", None):
+            raise ModelLoadError(
+                f"{source.name} has no chat template; questions need one (captioners without "
+                "one serve TASK=caption)"
+            )
+        # Prompts of different lengths share a batch: padded on the left, so every prompt ends
+        # where generation starts.
+        processor.tokenizer.padding_side = "left"
+        return cls(source, prepare_model(model, source, settings), processor, settings)
+
+    def warmup_options(self) -> AskOptions:
+        return self.check(AskOptions(question="What is in the image?", max_new_tokens=2))
+
+    def check(self, options: AskOptions) -> AskOptions:
+        if (options.question is None) == (options.questions is None):
+            raise JobError('give either "question" (for every image) or "questions" (one each)')
+        for text in options.questions or [options.question]:
+            if not text.strip() or len(text) > self.settings.MAX_TEXT_CHARS:
+                raise JobError(
+                    f"each question must be 1 to {self.settings.MAX_TEXT_CHARS} characters "
+                    "and not blank"
+                )
+        limit = self.max_new_tokens_limit
+        if options.max_new_tokens is not None and options.max_new_tokens > limit:
+            raise JobError(
+                f'"max_new_tokens" must be between 1 and {limit} for this model, '
+                f"got {options.max_new_tokens}"
+            )
+        if options.num_beams > self.settings.MAX_NUM_BEAMS:
+            raise JobError(
+                f'"num_beams" must be between 1 and {self.settings.MAX_NUM_BEAMS}, '
+                f"got {options.num_beams}"
+            )
+        tokens = options.max_new_tokens or min(self.settings.DEFAULT_MAX_NEW_TOKENS, limit)
+        return options.model_copy(update={"max_new_tokens": tokens})
+
+    def options_per_image(self, options: AskOptions, images: int) -> list[AskOptions]:
+        if options.questions is None:
+            return [options] * images
+        if len(options.questions) != images:
+            raise JobError(
+                f'"questions" has {len(options.questions)} questions for {images} images; '
+                'give one per image, or one "question" for all'
+            )
+        return [options.model_copy(update={"question": q}) for q in options.questions]
+
+    def batch_key(self, item: Prepared, options: AskOptions) -> Hashable:
+        # Questions differ freely within a batch; the decoding loop's options may not.
+        return (item.kind, options.max_new_tokens, options.num_beams)
+
+    def prepare(self, image: Image.Image, options: AskOptions) -> Prepared:
+        content = [{"type": "image"}, {"type": "text", "text": options.question}]
+        turn = [{"role": "user", "content": content}]
+        prompt = self.processor.apply_chat_template(turn, add_generation_prompt=True)
+        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
+        return Prepared({key: value for key, value in inputs.items()})
+
+    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:
+        first = options[0]  # decoding options are equal for the whole batch (batch_key)
+        batch = self._collate(items)
+        prompt_length = batch["input_ids"].shape[1]
+        with torch.inference_mode():
+            generated = self.model.generate(
+                **batch, max_new_tokens=first.max_new_tokens, num_beams=first.num_beams,
+                do_sample=False,
+            )  # fmt: skip
+        return [
+            _answer(full, prompt)
+            for full, prompt in zip(
+                self.processor.post_process_image_text_to_text(generated, skip_special_tokens=True),
+                self.processor.post_process_image_text_to_text(
+                    generated[:, :prompt_length], skip_special_tokens=True
+                ),
+                strict=True,
+            )
+        ]
+
+    def encode(self, output: str, meta: dict, options: AskOptions) -> dict:
+        return {"answer": output}
+
+    def _collate(self, items: Sequence[Prepared]) -> dict[str, torch.Tensor]:
+        """One batch as the processor would make it: prompts left-padded, vision inputs joined
+        along the batch axis (padded where images have different numbers of tiles)."""
+        pad_id = self.tokenizer.pad_token_id or 0
+        length = max(item.inputs["input_ids"].shape[1] for item in items)
+        batch: dict[str, torch.Tensor] = {}
+        for key, fill in zip(_TEXT_KEYS, (pad_id, 0), strict=True):
+            rows = [item.inputs[key] for item in items]
+            batch[key] = torch.cat(
+                [torch.nn.functional.pad(r, (length - r.shape[1], 0), value=fill) for r in rows]
+            )
+        for key in items[0].inputs:
+            if key not in _TEXT_KEYS:
+                batch[key] = _join([item.inputs[key] for item in items])
+        device, dtype = self.source.device, self.source.dtype
+        return {
+            key: value.to(device, dtype=dtype if value.is_floating_point() else value.dtype)
+            for key, value in batch.items()
+        }
+
+
+def _answer(full_text: str, prompt_text: str) -> str:
+    """The generated text after the prompt, cut as the pipeline cuts it: both decoded whole, the
+    prompt's text removed from the front (decoding the new tokens alone would split a word that
+    continues across the boundary, e.g. "##yke")."""
+    start = full_text.find(prompt_text)
+    if 0 <= start <= 2:  # the pipeline allows two leading characters (a space, a newline)
+        full_text = full_text[start + len(prompt_text) :]
+    return full_text.strip()
+
+
+def _join(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along dim 0, zero-padding dim 1 first when its sizes differ (Idefics3/SmolVLM
+    tile counts); the models skip all-zero tiles as padding."""
+    if len({t.shape[1:] for t in tensors}) > 1 and len({t.ndim for t in tensors}) == 1:
+        widest = max(t.shape[1] for t in tensors)
+        tensors = [
+            torch.cat([t, t.new_zeros(t.shape[0], widest - t.shape[1], *t.shape[2:])], dim=1)
+            for t in tensors
+        ]
+    return torch.cat(tensors)

@@ -1,0 +1,72 @@
+"""ask on a tiny LLaVA built offline (tokenizer trained here, chat template in its processor):
+answers equal transformers' image-text-to-text pipeline on real photos, batched with different
+questions equal one at a time, and the options are bounded."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import pipeline
+
+from conftest import PHOTOS, b64, photo, run_job, run_jobs
+
+QUESTIONS = ["what is in the photo?", "is there a cat on the couch?", "what colour is the sky?"]
+
+
+def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, model_dir):
+    worker = make_worker("llava")
+    assert worker.task.name == "ask"  # chosen from the checkpoint's architecture
+    reference = pipeline("image-text-to-text", model=str(model_dir("llava")))
+    images = [photo(name, size=None).convert("RGB") for name in PHOTOS[:3]]
+    output = run_job(worker, {"images": [b64(i) for i in images], "questions": QUESTIONS,
+                              "max_new_tokens": 8})  # fmt: skip
+    for image, question, result in zip(images, QUESTIONS, output["results"], strict=True):
+        turn = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": question}]}]  # fmt: skip
+        expected = reference(text=turn, max_new_tokens=8, return_full_text=False)
+        assert result == {"answer": expected[0]["generated_text"].strip()}
+
+
+def test_different_questions_batched_equal_one_at_a_time(make_worker):
+    worker = make_worker("llava", MAX_BATCH_SIZE=8, BATCH_WAIT_MS=100)
+    images = [b64(photo(name)) for name in PHOTOS[:3]]
+    # Prompts of different lengths in one batch: left padding must not change any answer.
+    together = run_job(worker, {"images": images, "questions": QUESTIONS, "max_new_tokens": 6})
+    alone = [
+        run_job(worker, {"image": i, "question": q, "max_new_tokens": 6})["results"][0]
+        for i, q in zip(images, QUESTIONS, strict=True)
+    ]
+    assert together["results"] == alone
+    assert len({r["answer"] for r in alone}) > 1  # random weights still see image and question
+    concurrent = run_jobs(
+        worker, [{"image": i, "question": QUESTIONS[0], "max_new_tokens": 6} for i in images]
+    )
+    assert [c["results"][0] for c in concurrent] == [
+        run_job(worker, {"image": i, "question": QUESTIONS[0], "max_new_tokens": 6})["results"][0]
+        for i in images
+    ]
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        ({}, 'give either "question"'),
+        ({"question": "a?", "questions": ["b?"]}, 'give either "question"'),
+        ({"questions": ["a?", "b?"]}, '"questions" has 2 questions for 1 images'),
+        ({"question": " "}, "each question must be 1 to 1000 characters"),
+        ({"question": "x" * 1001}, "each question must be 1 to 1000 characters"),
+        ({"question": "a?", "max_new_tokens": 999}, '"max_new_tokens" must be between 1 and 128'),
+        ({"question": "a?", "num_beams": 9}, '"num_beams" must be between 1 and 5'),
+        ({"question": "a?", "top_k": 1}, 'does not apply to task "ask"'),
+    ],
+)
+def test_bad_options_fail_the_job_with_one_sentence(make_worker, job, message):
+    output = run_job(make_worker("llava"), {"image": b64(photo("chelsea")), **job})
+    assert message in output["error"]
+
+
+def test_a_captioner_cannot_be_asked(model_dir):
+    from vision_worker.config import load_settings
+    from vision_worker.tasks import ModelLoadError, load_task
+
+    with pytest.raises(ModelLoadError, match=r"TASK=ask does not fit .*it serves caption"):
+        load_task(load_settings(MODEL_NAME=str(model_dir("blip")), TASK="ask", WARMUP=False))

@@ -14,7 +14,7 @@ from common import RESULTS, ROOT, machine
 
 SCRIPTS = [
     "cold_start", "batch_curve", "breakdown", "naive", "cross_job", "zero_shot", "concurrency",
-    "input_pipeline", "phone_photos",
+    "input_pipeline", "phone_photos", "tasks",
 ]  # fmt: skip
 
 
@@ -98,6 +98,18 @@ def summary() -> str:
         lines.append(
             f"| {level['concurrency']} | {level['requests_per_s']:.2f} | {level['p50_ms']:.0f} | "
             f"{level['p95_ms']:.0f} | {level['p99_ms']:.0f} | {level['mean_batch_size']:.1f} |"
+        )
+    tasks = _load("tasks")
+    count = tasks["images"]
+    lines += ["", f"| task ({count} images) | model | one {count}-image job, images/s | "
+              f"{count} concurrent / one job | {count} concurrent / {count} sequential |",
+              "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    for case, measured in tasks["tasks"].items():
+        one = measured["images_per_s"][f"one_{count}_image_job"]
+        lines.append(
+            f"| {case} | {measured['arch']} | {one:.2f} | "
+            f"{measured['concurrent_vs_one_big_job']:.2f}x | "
+            f"{measured['concurrent_vs_sequential']:.2f}x |"
         )
     pipeline = _load("input_pipeline")["images_per_s_per_core"]
     families = list(next(iter(pipeline.values())))

@@ -405,7 +405,8 @@ def llama_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_llava(out: Path, full: bool) -> None:
     """A LLaVA-1.5-style VLM: a CLIP vision tower, a projector and a Llama decoder; each image
-    becomes a fixed number of <image> tokens (one per patch)."""
+    becomes a fixed number of <image> tokens (one per patch). Full size: ViT-B/14 at 336 px and
+    a 0.5B decoder shaped like Qwen2-0.5B (LLaVA-Interleave 0.5B's language model)."""
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -421,8 +422,8 @@ def build_llava(out: Path, full: bool) -> None:
         full,
         dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=2, max_position_embeddings=256, initializer_range=TINY_INIT),
-        dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-             num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
+        dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096),
     )  # fmt: skip
     size = 336 if full else 32
     patch = 14 if full else 8

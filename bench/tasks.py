@@ -1,0 +1,69 @@
+"""Every task through the worker: one N-image job vs N concurrent one-image jobs vs N sequential
+jobs, on full-size architectures with random weights (true compute, no Hub), same run.
+
+    detect            YOLOS-base (ViT-B/16 with 100 detection tokens, 512-864 px)
+    zero_shot_detect  OWL-ViT base patch32 (768 px), 3 labels
+    caption + prompt  BLIP base (384 px), "a photograph of", pinned to CAPTION_TOKENS tokens
+    ask               LLaVA-style: ViT-B/14 at 336 px (576 image tokens) + a 0.5B decoder shaped
+                      like Qwen2-0.5B (LLaVA-Interleave 0.5B's size), 4 new tokens
+    classify explain  ResNet-50 with Grad-CAM (a backward pass), against plain classify
+
+BENCH_TASK_IMAGES sets N (default 8: the largest models take seconds per image on a CPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+from common import (
+    images_b64,
+    make_worker,
+    one_vs_concurrent_vs_sequential,
+    pin_caption_length,
+    report,
+    save,
+)
+
+IMAGES = int(os.environ.get("BENCH_TASK_IMAGES", "8"))
+CASES = {
+    "detect": ("yolos", {"threshold": 0.5}, "detections"),
+    "zero_shot_detect": ("owlvit", {"labels": ["a cat", "a rocket", "a cup"]}, "detections"),
+    "caption_prompt": ("blip", {"prompt": "a photograph of"}, "caption"),
+    "ask": ("llava", {"question": "What is in the image?", "max_new_tokens": 4}, "answer"),
+    "classify": ("resnet", {}, "labels"),
+    "classify_explain": ("resnet", {"explain": True}, "explanation"),
+}
+
+
+def main() -> dict:
+    images = images_b64(IMAGES)
+    results: dict[str, dict] = {}
+    workers = []  # kept to the end: each one's batcher runs on the shared loop until exit
+    for case, (arch, options, key) in CASES.items():
+        worker = make_worker(arch, MAX_BATCH_SIZE=IMAGES, BATCH_WAIT_MS=20)
+        workers.append(worker)
+        pin_caption_length(worker)
+        throughput = one_vs_concurrent_vs_sequential(worker, images, options, key)
+        one, concurrent, sequential = throughput.values()
+        results[case] = {
+            "arch": arch,
+            "images_per_s": throughput,
+            "concurrent_vs_one_big_job": concurrent / one,
+            "concurrent_vs_sequential": concurrent / sequential,
+        }
+        print(f"{case} ({arch}), {IMAGES} images:")
+        report("  one job (images/s)", one, unit="")
+        report(f"  {IMAGES} concurrent jobs / one job", concurrent / one, ">= 0.90")
+        report(f"  {IMAGES} concurrent jobs / {IMAGES} sequential", concurrent / sequential)
+    explain_cost = (
+        results["classify"]["images_per_s"][f"one_{IMAGES}_image_job"]
+        / results["classify_explain"]["images_per_s"][f"one_{IMAGES}_image_job"]
+    )
+    report("classify time with explain / without", explain_cost, unit="x")
+    result = {"images": IMAGES, "tasks": results, "explain_cost": explain_cost}
+    save("tasks", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -325,8 +325,8 @@ def build_yolos(out: Path, full: bool) -> None:
     from transformers import YolosConfig, YolosForObjectDetection
 
     dims = _vision(full)
-    if not full:
-        dims["image_size"] = [64, 96]
+    # Its position embeddings are interpolated from this (height, width) to each image's size.
+    dims["image_size"] = [800, 1344] if full else [64, 96]
     model = YolosForObjectDetection(
         YolosConfig(**dims, num_detection_tokens=100 if full else 10, **_labels())
     )

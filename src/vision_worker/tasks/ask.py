@@ -26,23 +26,19 @@ from .base import (
     ModelSource,
     Prepared,
     Task,
-    TaskOptions,
+    architectures_in,
     load_weights,
     prepare_model,
 )
-from .caption import CaptionTask, _decoder_positions
+from .caption import CaptionTask, GenerationOptions, checked_generation, decoder_positions
 
 # Every image-text-to-text architecture; the captioners among them (BLIP, GIT, ViT-GPT2) have no
 # chat template and are served by `caption`, which comes first in the registry.
-_ARCHITECTURES = frozenset(
-    name
-    for names in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values()
-    for name in ((names,) if isinstance(names, str) else names)
-)
+_ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
 _TEXT_KEYS = ("input_ids", "attention_mask")
 
 
-class AskOptions(TaskOptions):
+class AskOptions(GenerationOptions):
     question: str | None = Field(
         None, min_length=1, max_length=1_000_000,
         description="One question for every image of the job (at most MAX_TEXT_CHARS characters).",
@@ -50,12 +46,6 @@ class AskOptions(TaskOptions):
     questions: list[str] | None = Field(
         None, min_length=1, description="One question per image, in the images' order."
     )
-    max_new_tokens: int | None = Field(
-        None, ge=1, le=1_000_000,
-        description="Tokens generated at most (default DEFAULT_MAX_NEW_TOKENS, "
-        "at most MAX_NEW_TOKENS_LIMIT).",
-    )  # fmt: skip
-    num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width (at most MAX_NUM_BEAMS).")
 
 
 class AskTask(Task):
@@ -81,7 +71,7 @@ class AskTask(Task):
         self.image_processor = processor.image_processor
         self.tokenizer = processor.tokenizer
         self.settings = settings
-        positions = _decoder_positions(model.config) or 1_000_000
+        positions = decoder_positions(model.config) or 1_000_000
         self.max_new_tokens_limit = min(settings.MAX_NEW_TOKENS_LIMIT, positions - 1)
 
     @classmethod
@@ -114,18 +104,7 @@ class AskTask(Task):
                     f"each question must be 1 to {self.settings.MAX_TEXT_CHARS} characters "
                     "and not blank"
                 )
-        limit = self.max_new_tokens_limit
-        if options.max_new_tokens is not None and options.max_new_tokens > limit:
-            raise JobError(
-                f'"max_new_tokens" must be between 1 and {limit} for this model, '
-                f"got {options.max_new_tokens}"
-            )
-        if options.num_beams > self.settings.MAX_NUM_BEAMS:
-            raise JobError(
-                f'"num_beams" must be between 1 and {self.settings.MAX_NUM_BEAMS}, '
-                f"got {options.num_beams}"
-            )
-        tokens = options.max_new_tokens or min(self.settings.DEFAULT_MAX_NEW_TOKENS, limit)
+        tokens = checked_generation(options, self.max_new_tokens_limit, self.settings)
         return options.model_copy(update={"max_new_tokens": tokens})
 
     def options_per_image(self, options: AskOptions, images: int) -> list[AskOptions]:

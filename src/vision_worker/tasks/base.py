@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -155,6 +155,15 @@ class Checkpoint:
         if self.architectures:
             return any(a in set(architectures) for a in self.architectures)
         return self.model_type in set(model_types)
+
+
+def architectures_in(mapping: Mapping[str, str | Sequence[str]]) -> frozenset[str]:
+    """The class names of a transformers auto mapping (model type -> one name or several)."""
+    return frozenset(
+        name
+        for names in mapping.values()
+        for name in ((names,) if isinstance(names, str) else names)
+    )
 
 
 class TaskOptions(BaseModel):

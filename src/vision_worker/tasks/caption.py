@@ -32,13 +32,33 @@ _MODEL_TYPES = frozenset({"vision-encoder-decoder", "git", "blip"})
 _PROMPT_FORMS = {"blip": 1, "git": 0}
 
 
-class CaptionOptions(TaskOptions):
+class GenerationOptions(TaskOptions):
+    """What bounds a generation loop; captions and answers share them."""
+
     max_new_tokens: int | None = Field(
         None, ge=1, le=1_000_000,
         description="Tokens generated at most (default DEFAULT_MAX_NEW_TOKENS, "
         "at most MAX_NEW_TOKENS_LIMIT).",
     )  # fmt: skip
     num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width (at most MAX_NUM_BEAMS).")
+
+
+def checked_generation(options: GenerationOptions, limit: int, settings: Settings) -> int:
+    """The job's max_new_tokens (its own or the default, within `limit`); JobError when the
+    job asks for more tokens or beams than allowed."""
+    if options.max_new_tokens is not None and options.max_new_tokens > limit:
+        raise JobError(
+            f'"max_new_tokens" must be between 1 and {limit} for this model, '
+            f"got {options.max_new_tokens}"
+        )
+    if options.num_beams > settings.MAX_NUM_BEAMS:
+        raise JobError(
+            f'"num_beams" must be between 1 and {settings.MAX_NUM_BEAMS}, got {options.num_beams}'
+        )
+    return options.max_new_tokens or min(settings.DEFAULT_MAX_NEW_TOKENS, limit)
+
+
+class CaptionOptions(GenerationOptions):
     prompt: str | None = Field(
         None, min_length=1, max_length=1_000_000,
         description='Conditional captioning (BLIP, GIT): the caption starts with this text, e.g. '
@@ -73,7 +93,7 @@ class CaptionTask(Task):
         self.settings = settings
         self.model_type = model.config.model_type
         # Past its position table a decoder fails mid-generation; jobs are bounded by both.
-        self.positions = _decoder_positions(model.config) or 1_000_000
+        self.positions = decoder_positions(model.config) or 1_000_000
         self.max_new_tokens_limit = min(settings.MAX_NEW_TOKENS_LIMIT, self.positions - 1)
 
     @classmethod
@@ -90,18 +110,7 @@ class CaptionTask(Task):
         return cls(source, prepare_model(model, source, settings), processor, tokenizer, settings)
 
     def check(self, options: CaptionOptions) -> CaptionOptions:
-        limits = self.settings
-        limit = self.max_new_tokens_limit
-        max_new_tokens = min(options.max_new_tokens or limits.DEFAULT_MAX_NEW_TOKENS, limit)
-        if options.max_new_tokens is not None and options.max_new_tokens > limit:
-            raise JobError(
-                f'"max_new_tokens" must be between 1 and {limit} for this model, '
-                f"got {options.max_new_tokens}"
-            )
-        if options.num_beams > limits.MAX_NUM_BEAMS:
-            raise JobError(
-                f'"num_beams" must be between 1 and {limits.MAX_NUM_BEAMS}, got {options.num_beams}'
-            )
+        max_new_tokens = checked_generation(options, self.max_new_tokens_limit, self.settings)
         if options.prompt is not None:
             self._check_prompt(options.prompt, max_new_tokens)
         return options.model_copy(update={"max_new_tokens": max_new_tokens})
@@ -156,7 +165,7 @@ class CaptionTask(Task):
         return {"caption": output}
 
 
-def _decoder_positions(config: Any) -> int | None:
+def decoder_positions(config: Any) -> int | None:
     """Positions the text decoder can attend to (n_positions / max_position_embeddings)."""
     decoder = getattr(config, "decoder", None) or getattr(config, "text_config", None) or config
     for name in ("n_positions", "max_position_embeddings"):

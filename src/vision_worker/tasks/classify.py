@@ -21,6 +21,7 @@ from .base import (
     Prepared,
     Task,
     TaskOptions,
+    architectures_in,
     load_weights,
     pixel_inputs,
     prepare_model,
@@ -29,11 +30,7 @@ from .base import (
 from .explain import HEATMAP_MAX_SIDE, grad_cam, overlay
 
 # The class names a checkpoint is saved from when it carries a trained classification head.
-_CLASSIFIER_ARCHITECTURES = frozenset(
-    name
-    for names in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values()
-    for name in ((names,) if isinstance(names, str) else names)
-)
+_CLASSIFIER_ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
 
 
 class ClassifyOptions(TaskOptions):

@@ -23,12 +23,11 @@ from .base import (
     ModelSource,
     Prepared,
     Task,
-    TaskOptions,
     load_weights,
     prepare_model,
     stack_pixels,
 )
-from .detect import detection
+from .detect import DetectOptions, detection
 from .zero_shot import check_labels
 
 # Grounding DINO and OmDet also detect from text, but take one prompt of all labels and
@@ -37,16 +36,14 @@ _ARCHITECTURES = frozenset({"OwlViTForObjectDetection", "Owlv2ForObjectDetection
 _MODEL_TYPES = frozenset({"owlvit", "owlv2"})
 
 
-class ZeroShotDetectOptions(TaskOptions):
+class ZeroShotDetectOptions(DetectOptions):
     labels: list[str] = Field(
         ..., min_length=1,
         description='What to find (1 to MAX_LABELS text queries), e.g. ["a cat", "a remote"].',
     )  # fmt: skip
+    # The zero-shot-object-detection pipeline's default: OWL scores sit far below a classifier's.
     threshold: float = Field(
         0.1, ge=0.0, le=1.0, description="Detections scoring at or below this are dropped."
-    )
-    max_detections: int = Field(
-        100, ge=1, le=1000, description="Detections returned per image at most, best first."
     )
 
 

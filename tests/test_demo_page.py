@@ -135,3 +135,25 @@ def test_the_page_draws_detection_boxes_on_the_photo(browser, model_dir, tmp_pat
         listed = browser.find_elements(By.CSS_SELECTOR, ".result .detection")
     assert len(listed) == 3  # max_detections from the form
     assert len(boxes) == 3
+
+
+def test_the_page_shows_heatmaps_and_answers(browser, model_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    def explain(b):
+        b.find_element(By.ID, "opt-explain").click()
+
+    with _server(model_dir, "resnet") as (url, _):
+        results = _run_page(browser, url, tmp_path, explain)
+        heatmap = browser.find_element(By.CSS_SELECTOR, ".frame img.heatmap")
+        assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
+        assert browser.execute_script("return arguments[0].naturalWidth", heatmap) > 0
+    assert 'heatmap: the regions behind "' in results
+
+    def question(b):
+        b.find_element(By.ID, "opt-question").send_keys("what is in the photo?")
+
+    with _server(model_dir, "llava") as (url, _):
+        _run_page(browser, url, tmp_path, question)
+        answer = browser.find_element(By.CSS_SELECTOR, ".result .answer")
+    assert answer.text.strip()

@@ -338,6 +338,42 @@ def build_yolos(out: Path, full: bool) -> None:
     _save(out, model, None, _processor("YolosImageProcessor")(size=size))
 
 
+def build_detr(out: Path, full: bool) -> None:
+    """DETR with a transformers ResNet backbone (no timm): a CNN, a transformer encoder-decoder
+    over its features, and a mask over the padding that lets images of any size share a batch."""
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    backbone = ResNetConfig(
+        **_dims(
+            full,
+            dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+            dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
+                 layer_type="bottleneck"),
+        ),
+        out_features=["stage2"] if not full else ["stage4"],
+    )  # fmt: skip
+    transformer = _dims(
+        full,
+        dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10,
+             init_std=TINY_INIT / 10),
+        dict(d_model=256, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+             decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
+             num_queries=100),
+    )  # fmt: skip
+    config = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
+        **transformer, **_labels(),
+    )  # fmt: skip
+    size = {"shortest_edge": 800, "longest_edge": 1333} if full else {
+        "shortest_edge": 64, "longest_edge": 96}  # fmt: skip
+    model = DetrForObjectDetection(config)
+    if not full:
+        with torch.no_grad():  # queries initialised apart, so they find different boxes
+            model.model.query_position_embeddings.weight.normal_(0, 1.0)
+    _save(out, model, None, _processor("DetrImageProcessor")(size=size))
+
+
 def _owl(out: Path, full: bool, version: str) -> None:
     """OWL-ViT (base patch32, 768 px) or OWLv2 (base patch16, 960 px): open-vocabulary detectors
     on a CLIP pair; their text tower has 16 positions."""
@@ -467,6 +503,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "dinov2": build_dinov2,
     "vit-backbone": build_vit_backbone,
     "yolos": build_yolos,
+    "detr": build_detr,
     "owlvit": build_owlvit,
     "owlv2": build_owlv2,
     "llava": build_llava,

@@ -12,10 +12,11 @@ from conftest import PHOTOS, b64, photo, run_job, run_jobs
 QUESTIONS = ["what is in the photo?", "is there a cat on the couch?", "what colour is the sky?"]
 
 
-def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, model_dir):
-    worker = make_worker("llava")
+@pytest.mark.parametrize("arch", ["llava", "llava-next"])
+def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, model_dir, arch):
+    worker = make_worker(arch)
     assert worker.task.name == "ask"  # chosen from the checkpoint's architecture
-    reference = pipeline("image-text-to-text", model=str(model_dir("llava")))
+    reference = pipeline("image-text-to-text", model=str(model_dir(arch)))
     images = [photo(name, size=None).convert("RGB") for name in PHOTOS[:3]]
     output = run_job(worker, {"images": [b64(i) for i in images], "questions": QUESTIONS,
                               "max_new_tokens": 8})  # fmt: skip
@@ -44,6 +45,19 @@ def test_different_questions_batched_equal_one_at_a_time(make_worker):
         run_job(worker, {"image": i, "question": QUESTIONS[0], "max_new_tokens": 6})["results"][0]
         for i in images
     ]
+
+
+def test_images_of_different_token_counts_batched_equal_one_at_a_time(make_worker):
+    """LLaVA-NeXT tiles each image on the grid that fits its shape: a square, a wide and a tall
+    photo become 97, 43 and 49 prompt tokens and 5, 3 and 3 tiles, in one batch."""
+    worker = make_worker("llava-next", MAX_BATCH_SIZE=8, BATCH_WAIT_MS=100)
+    images = [b64(photo(name, size=size)) for name, size in
+              [("chelsea", (64, 64)), ("rocket", (120, 40)), ("coffee", (40, 120))]]  # fmt: skip
+    job = {"question": QUESTIONS[0], "max_new_tokens": 6}
+    together = run_job(worker, {"images": images, **job})
+    assert worker.batcher.batch_sizes.get(3), "the three images must have shared one batch"
+    alone = [run_job(worker, {"image": i, **job})["results"][0] for i in images]
+    assert together["results"] == alone
 
 
 @pytest.mark.parametrize(

@@ -482,6 +482,42 @@ def build_llava(out: Path, full: bool) -> None:
     _save(out, model, None, None)
 
 
+def build_llava_next(out: Path, full: bool) -> None:
+    """LLaVA-NeXT ("anyres"): each image is tiled on the best-fitting grid of its aspect ratio,
+    so images of different shapes become different numbers of <image> tokens."""
+    from transformers import (
+        CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )  # fmt: skip
+
+    tokenizer = llama_tokenizer()
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    size, patch = (336, 14) if full else (32, 8)
+    pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, max_position_embeddings=512, initializer_range=TINY_INIT)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**{**_vision(full, size), "patch_size": patch}),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), **text, **ids),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints, image_seq_length=(size // patch) ** 2,
+    )  # fmt: skip
+    model = LlavaNextForConditionalGeneration(config)
+    model.generation_config.update(**ids)
+    image_processor = _processor("LlavaNextImageProcessor")(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_grid_pinpoints=pinpoints,
+    )  # fmt: skip
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )  # fmt: skip
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
 def build_vit_backbone(out: Path, full: bool) -> None:
     """A headless ViT (ViTModel, with its pooler): serves embed, must refuse classify."""
     from transformers import ViTModel
@@ -507,6 +543,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "owlvit": build_owlvit,
     "owlv2": build_owlv2,
     "llava": build_llava,
+    "llava-next": build_llava_next,
 }
 
 

@@ -9,11 +9,13 @@ jobs, on full-size architectures with random weights (true compute, no Hub), sam
     classify explain  ResNet-50 with Grad-CAM (a backward pass), against plain classify
 
 BENCH_TASK_IMAGES sets N (default 8: the largest models take seconds per image on a CPU).
+Last, streaming: when the first results of a 4N-image ResNet-50 job arrive, against its end.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from common import (
     images_b64,
@@ -21,6 +23,7 @@ from common import (
     one_vs_concurrent_vs_sequential,
     pin_caption_length,
     report,
+    run,
     save,
 )
 
@@ -33,6 +36,29 @@ CASES = {
     "classify": ("resnet", {}, "labels"),
     "classify_explain": ("resnet", {"explain": True}, "explanation"),
 }
+
+
+CASE_NAMES = list(CASES)
+
+
+def first_results_vs_whole_job(worker, images: list[str]) -> dict:
+    """Seconds until a streamed job's first results chunk, and until its end."""
+
+    async def stream() -> tuple[float, float]:
+        started, first = time.perf_counter(), None
+        async for chunk in worker.stream({"images": images}):
+            if first is None and chunk.get("results"):
+                first = time.perf_counter() - started
+        return first or 0.0, time.perf_counter() - started
+
+    first, whole = run(stream())
+    return {
+        "images": len(images),
+        "batch_size": worker.batcher.working_batch_size,
+        "first_results_s": first,
+        "whole_job_s": whole,
+        "first_vs_whole": first / whole,
+    }
 
 
 def main() -> dict:
@@ -60,7 +86,10 @@ def main() -> dict:
         / results["classify_explain"]["images_per_s"][f"one_{IMAGES}_image_job"]
     )
     report("classify time with explain / without", explain_cost, unit="x")
-    result = {"images": IMAGES, "tasks": results, "explain_cost": explain_cost}
+    streaming = first_results_vs_whole_job(workers[CASE_NAMES.index("classify")], images * 4)
+    report("streamed job: first results at / whole job", streaming["first_vs_whole"], unit="x")
+    result = {"images": IMAGES, "tasks": results, "explain_cost": explain_cost,
+              "streaming": streaming}  # fmt: skip
     save("tasks", result)
     return result
 

@@ -59,10 +59,14 @@ def test_a_streamed_job_merges_back_into_the_plain_output(make_worker, model_dir
                                               WARMUP=False, MAX_BATCH_SIZE=2)), 0.2)  # fmt: skip
     chunks = _collect(slow, _job())
     result_chunks = [c for c in chunks if "results" in c]
-    # The bad image at once, then one chunk per batch as it finished (images reach the batcher
-    # in the order they decode), then the rest of the output.
-    assert [len(c["results"]) for c in result_chunks] == [1, 2, 2]
-    assert result_chunks[0]["results"][0]["index"] == 2
+    # The bad image at once, then one chunk per batch as it finished, then the rest of the
+    # output. How the four good images split into batches of at most 2 depends on when each is
+    # decoded (one batch of 1 when the idle model takes the first at once): at least two.
+    assert result_chunks[0]["results"] == [
+        r for r in result_chunks[0]["results"] if r["index"] == 2
+    ]
+    assert len(result_chunks) >= 3
+    assert all(1 <= len(c["results"]) <= 2 for c in result_chunks)
     assert sorted(r["index"] for c in result_chunks for r in c["results"]) == [0, 1, 2, 3, 4]
     assert set(chunks[-1]) == {"model", "task", "timings_ms"}
     bad = next(r for c in result_chunks for r in c["results"] if r["index"] == 2)

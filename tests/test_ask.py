@@ -78,6 +78,18 @@ def test_bad_options_fail_the_job_with_one_sentence(make_worker, job, message):
     assert message in output["error"]
 
 
+def test_a_prompt_past_the_models_positions_fails_that_image_not_the_batch(make_worker):
+    worker = make_worker("llava-next", MAX_TEXT_CHARS=5000, BATCH_WAIT_MS=100)
+    long_question = "what is in the photo " * 150  # ~600 tokens; the tiny decoder has 512
+    jobs = [{"image": b64(photo("chelsea", size=(64, 64))), "question": long_question},
+            {"image": b64(photo("rocket", size=(64, 64))), "question": QUESTIONS[0]}]  # fmt: skip
+    too_long, fine = run_jobs(worker, [{**job, "max_new_tokens": 4} for job in jobs])
+    error = too_long["results"][0]["error"]
+    assert error["code"] == "too_large"
+    assert "needs more than the model's 512" in error["message"]
+    assert fine["results"][0]["answer"]
+
+
 def test_a_captioner_cannot_be_asked(model_dir):
     from vision_worker.config import load_settings
     from vision_worker.tasks import ModelLoadError, load_task

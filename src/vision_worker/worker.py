@@ -275,6 +275,8 @@ class Worker:
             image = finish_decode(opened)
             try:
                 return self.task.prepare(image, options)
+            except ImageError:  # the task's own verdict on this image
+                raise
             except Exception as error:  # e.g. a 1x1 image the processor cannot resize
                 message = f"cannot preprocess image: {error}"[:300]
                 raise ImageError("invalid_image", message) from None

@@ -486,7 +486,10 @@ def build_llava_next(out: Path, full: bool) -> None:
     """LLaVA-NeXT ("anyres"): each image is tiled on the best-fitting grid of its aspect ratio,
     so images of different shapes become different numbers of <image> tokens."""
     from transformers import (
-        CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
         LlavaNextProcessor,
     )  # fmt: skip
 
@@ -495,8 +498,15 @@ def build_llava_next(out: Path, full: bool) -> None:
                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     size, patch = (336, 14) if full else (32, 8)
     pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=2, max_position_embeddings=512, initializer_range=TINY_INIT)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=TINY_INIT,
+    )
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(**{**_vision(full, size), "patch_size": patch}),
         text_config=LlamaConfig(vocab_size=len(tokenizer), **text, **ids),

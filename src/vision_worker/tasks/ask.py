@@ -19,7 +19,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from ..config import Settings
-from ..errors import JobError
+from ..errors import ImageError, JobError
 from .base import (
     Checkpoint,
     ModelLoadError,
@@ -71,8 +71,8 @@ class AskTask(Task):
         self.image_processor = processor.image_processor
         self.tokenizer = processor.tokenizer
         self.settings = settings
-        positions = decoder_positions(model.config) or 1_000_000
-        self.max_new_tokens_limit = min(settings.MAX_NEW_TOKENS_LIMIT, positions - 1)
+        self.positions = decoder_positions(model.config) or 1_000_000
+        self.max_new_tokens_limit = min(settings.MAX_NEW_TOKENS_LIMIT, self.positions - 1)
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
@@ -126,6 +126,15 @@ class AskTask(Task):
         turn = [{"role": "user", "content": content}]
         prompt = self.processor.apply_chat_template(turn, add_generation_prompt=True)
         inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
+        # Checked per image, before batching: past its positions the decoder would fail the
+        # whole batch, other jobs' images included.
+        length = inputs["input_ids"].shape[1]
+        if length + options.max_new_tokens > self.positions:
+            raise ImageError(
+                "too_large",
+                f"the prompt is {length} tokens with this image; with max_new_tokens="
+                f"{options.max_new_tokens} it needs more than the model's {self.positions}",
+            )
         return Prepared({key: value for key, value in inputs.items()})
 
     def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:

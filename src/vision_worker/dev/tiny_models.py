@@ -439,17 +439,12 @@ def llama_tokenizer() -> PreTrainedTokenizerFast:
     )  # fmt: skip
 
 
-def build_llava(out: Path, full: bool) -> None:
-    """A LLaVA-1.5-style VLM: a CLIP vision tower, a projector and a Llama decoder; each image
-    becomes a fixed number of <image> tokens (one per patch). Full size: ViT-B/14 at 336 px and
-    a 0.5B decoder shaped like Qwen2-0.5B (LLaVA-Interleave 0.5B's language model)."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )  # fmt: skip
+def _llava(out: Path, full: bool, family: str, pinpoints: list[list[int]] | None) -> None:
+    """A LLaVA-family VLM: a CLIP vision tower, a projector and a Llama decoder, with the
+    LLaVA-1.5 chat template. Full size: ViT-B/14 at 336 px and a 0.5B decoder shaped like
+    Qwen2-0.5B (LLaVA-Interleave 0.5B's language model)."""
+    import transformers
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     tokenizer = llama_tokenizer()
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -457,75 +452,43 @@ def build_llava(out: Path, full: bool) -> None:
     text = _dims(
         full,
         dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=2, max_position_embeddings=256, initializer_range=TINY_INIT),
+             num_key_value_heads=2, max_position_embeddings=512, initializer_range=TINY_INIT),
         dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
              num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096),
     )  # fmt: skip
-    size = 336 if full else 32
-    patch = 14 if full else 8
-    vision = {**_vision(full, size), "patch_size": patch}
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**vision),
+    size, patch = (336, 14) if full else (32, 8)
+    tiling = {"image_grid_pinpoints": pinpoints} if pinpoints else {}
+    config = getattr(transformers, f"{family}Config")(
+        vision_config=CLIPVisionConfig(**{**_vision(full, size), "patch_size": patch}),
         text_config=LlamaConfig(vocab_size=len(tokenizer), **text, **ids),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(size // patch) ** 2,
-    )
-    model = LlavaForConditionalGeneration(config)
+        image_seq_length=(size // patch) ** 2, **tiling,
+    )  # fmt: skip
+    model = getattr(transformers, f"{family}ForConditionalGeneration")(config)
     model.generation_config.update(**ids)
-    image_processor = _processor("CLIPImageProcessor")(size={"shortest_edge": size}, crop_size=size)
-    processor = LlavaProcessor(
+    image_processor = _processor("LlavaNextImageProcessor" if pinpoints else "CLIPImageProcessor")(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **tiling
+    )
+    processor = getattr(transformers, f"{family}Processor")(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )  # fmt: skip
     processor.save_pretrained(out)
     _save(out, model, None, None)
+
+
+def build_llava(out: Path, full: bool) -> None:
+    """LLaVA-1.5: each image becomes a fixed number of <image> tokens (one per patch)."""
+    _llava(out, full, "Llava", None)
 
 
 def build_llava_next(out: Path, full: bool) -> None:
     """LLaVA-NeXT ("anyres"): each image is tiled on the best-fitting grid of its aspect ratio,
     so images of different shapes become different numbers of <image> tokens."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextProcessor,
-    )  # fmt: skip
-
-    tokenizer = llama_tokenizer()
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    size, patch = (336, 14) if full else (32, 8)
-    pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
-    text = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=TINY_INIT,
-    )
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(**{**_vision(full, size), "patch_size": patch}),
-        text_config=LlamaConfig(vocab_size=len(tokenizer), **text, **ids),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=pinpoints, image_seq_length=(size // patch) ** 2,
-    )  # fmt: skip
-    model = LlavaNextForConditionalGeneration(config)
-    model.generation_config.update(**ids)
-    image_processor = _processor("LlavaNextImageProcessor")(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-        image_grid_pinpoints=pinpoints,
-    )  # fmt: skip
-    processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )  # fmt: skip
-    processor.save_pretrained(out)
-    _save(out, model, None, None)
+    size = 336 if full else 32
+    _llava(out, full, "LlavaNext", [[size, size], [size, 2 * size], [2 * size, size],
+                                    [2 * size, 2 * size]])  # fmt: skip
 
 
 def build_vit_backbone(out: Path, full: bool) -> None:

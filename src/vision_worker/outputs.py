@@ -20,15 +20,20 @@ from .config import Settings
 from .errors import ImageError, JobError
 
 
+def bucket_configured(settings: Settings) -> bool:
+    """All three of RunPod's bucket variables are set: output images are uploaded."""
+    return bool(
+        settings.BUCKET_ENDPOINT_URL
+        and settings.BUCKET_ACCESS_KEY_ID
+        and settings.BUCKET_SECRET_ACCESS_KEY
+    )
+
+
 class ImageOutputs:
     """Where a task's output images go: inline, or to the bucket when one is configured."""
 
     def __init__(self, settings: Settings) -> None:
-        self.uploads = bool(
-            settings.BUCKET_ENDPOINT_URL
-            and settings.BUCKET_ACCESS_KEY_ID
-            and settings.BUCKET_SECRET_ACCESS_KEY
-        )
+        self.uploads = bucket_configured(settings)
         self.bucket_name = settings.BUCKET_NAME or None
         self.prefix = "vision-worker"
 
@@ -55,13 +60,14 @@ class ImageOutputs:
             ) from None
 
 
-def check_output_size(output: dict[str, Any], max_mb: float, uploads: bool) -> None:
-    """JobError when the output is over `max_mb` of JSON, naming what makes it smaller."""
+def check_output_size(output: dict[str, Any], settings: Settings) -> None:
+    """JobError when the output is over MAX_OUTPUT_MB of JSON, naming what makes it smaller."""
     size = len(json.dumps(output, separators=(",", ":")))
+    max_mb = settings.MAX_OUTPUT_MB
     if size <= max_mb * 1_000_000:
         return
     fixes = 'send fewer images per job, or use "encoding": "base64" for embeddings'
-    if not uploads:
+    if not bucket_configured(settings):
         fixes += "; for heatmaps set BUCKET_ENDPOINT_URL (with BUCKET_ACCESS_KEY_ID and "
         fixes += "BUCKET_SECRET_ACCESS_KEY) so images come back as URLs"
     raise JobError(

@@ -20,7 +20,7 @@ from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
 from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
 from .metrics import Metrics
-from .outputs import ImageOutputs, check_output_size
+from .outputs import check_output_size
 from .schema import parse_job_input
 from .tasks import Task, load_task
 from .tasks.base import Prepared
@@ -40,7 +40,6 @@ class Worker:
     def __init__(self, settings: Settings, task: Task) -> None:
         self.settings = settings
         self.task = task
-        self.image_outputs = ImageOutputs(settings)
         self.loader = ImageLoader(
             ImageLimits(settings.MAX_IMAGE_BYTES, settings.MAX_IMAGE_PIXELS),
             UrlFetcher(
@@ -76,6 +75,11 @@ class Worker:
         self.image_thread_count = image_threads(settings.IMAGE_THREADS)
         self._image_threads = ThreadPoolExecutor(
             self.image_thread_count, thread_name_prefix="images"
+        )
+        # Results are encoded off the event loop (some render and upload heatmaps), on threads
+        # of their own: a finished image never queues behind other jobs' decodes.
+        self._encode_threads = ThreadPoolExecutor(
+            self.image_thread_count, thread_name_prefix="encode"
         )
         self.decode_budget = DecodeBudget(
             settings.DECODE_MEMORY_MB * 1024 * 1024 or default_budget_bytes()
@@ -226,9 +230,8 @@ class Worker:
                 output = error
             finally:
                 report.image_done()
-            # Encoding runs on an image thread: some results render and upload images.
             result = await asyncio.get_running_loop().run_in_executor(
-                self._image_threads, _result, index, item, output, self.task, options
+                self._encode_threads, _result, index, item, output, self.task, options
             )
             if on_result is not None:
                 on_result(index, result)
@@ -257,7 +260,10 @@ class Worker:
             "inference": _ms(finished - loaded),
             "total": _ms(finished - started),
         }
-        check_output_size(output, self.settings.MAX_OUTPUT_MB, self.image_outputs.uploads)
+        # Serialising a large output takes milliseconds: off the event loop too.
+        await asyncio.get_running_loop().run_in_executor(
+            self._encode_threads, check_output_size, output, self.settings
+        )
         return output
 
     def _text_result(self, index: int, output: Any, options: Any) -> dict:

@@ -101,16 +101,15 @@ class JobStream:
         """Every chunk not read yet; a finished job's output supplies what was not streamed."""
         results, self.pending = self.pending, []
         self.arrived.clear()
-        chunks: list[dict] = []
-        if record.status == COMPLETED and not self.summary_read:
+        ending = record.status == COMPLETED and not self.summary_read
+        if ending:
             seen = self.read | {r["index"] for r in results}
             results += [
                 {"index": i, **r} for i, r in enumerate(record.output["results"]) if i not in seen
             ]
-        if results:
-            self.read.update(r["index"] for r in results)
-            chunks.append({"results": results})
-        if record.status == COMPLETED and not self.summary_read:
+        self.read.update(r["index"] for r in results)
+        chunks = [{"results": results}] if results else []
+        if ending:
             self.summary_read = True
             chunks.append({k: v for k, v in record.output.items() if k != "results"})
         return chunks
@@ -420,10 +419,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
             return JSONResponse({"error": f"job {job_id} not found (or expired)"}, 404)
         return JSONResponse(record.to_json())
 
-    # RunPod answers status on GET and POST; two routes keep OpenAPI operation ids unique.
-    for method in ("GET", "POST"):
-        router.add_api_route("/status/{job_id}", status, methods=[method], tags=["jobs"],
-                             operation_id=f"status_{method.lower()}")  # fmt: skip
+    _get_and_post(router, "/status/{job_id}", status, "A job's state and, when done, its output")
 
     async def stream(job_id: str) -> JSONResponse:
         """A /run job's results as its batches finish; each call returns what is new."""
@@ -441,10 +437,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
             body["error"] = record.error
         return JSONResponse(body)
 
-    for method in ("GET", "POST"):
-        router.add_api_route("/stream/{job_id}", stream, methods=[method], tags=["jobs"],
-                             operation_id=f"stream_{method.lower()}",
-                             summary="A /run job's new results, as RunPod streams")  # fmt: skip
+    _get_and_post(router, "/stream/{job_id}", stream, "A /run job's new results, as RunPod streams")
 
     @router.post("/cancel/{job_id}", tags=["jobs"])
     async def cancel(job_id: str) -> JSONResponse:
@@ -503,6 +496,15 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         return pod.health()
 
     return router
+
+
+def _get_and_post(router: APIRouter, path: str, endpoint: Callable, summary: str) -> None:
+    """RunPod answers /status and /stream on GET and POST; two routes keep OpenAPI operation ids
+    unique."""
+    name = path.strip("/").split("/")[0]
+    for method in ("GET", "POST"):
+        router.add_api_route(path, endpoint, methods=[method], tags=["jobs"], summary=summary,
+                             operation_id=f"{name}_{method.lower()}")  # fmt: skip
 
 
 def _offline_docs(app: FastAPI) -> None:

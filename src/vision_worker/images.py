@@ -101,30 +101,38 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
                 "too_large",
                 f"{width}x{height} = {width * height} pixels, limit {limits.max_pixels}",
             )
+        # Recorded before a scaled (draft) decode can shrink image.size: boxes, masks and
+        # overlays are in this photo's pixels, whatever size the decoder produced.
+        image.info[_STORED_SIZE] = image.size
         return image
 
 
-# Pixels kept per pixel the model sees, per side, when JPEG decoding is scaled down. libjpeg's
-# DCT scaling averages each 8x8 block (a proper low-pass filter) and Pillow's resize that follows
-# is antialiased at any factor, so decoding to at least the target size is enough: 12 MP photos
-# keep top-1 labels and embeddings within cosine 0.99 of full decoding (tests/test_photos.py).
-DRAFT_MARGIN = 1.0
+# Pixels decoded per pixel the model sees, per side, by JPEG_DRAFT mode. A scaled decode is a box
+# filter (libjpeg averages in the DCT domain) followed by the processor's own resize, which is not
+# the pipeline's one resize from the full photo. Measured with real ImageNet weights
+# (EfficientNet-Lite0, bench/decode_accuracy.py), the largest top-5 probability difference from
+# the pipeline is about 0.06 / margin: 0.055 at 1.5x, 0.025 at 3x, 0.010 at 6x, <= 0.005 from 8x.
+# "true" keeps within the 0.01 budget with room; "fast" decodes as little as the model's input.
+DRAFT_MARGINS = {"true": 8.0, "fast": 1.0}
 
 
-def draft_size(width: int, height: int, target: dict | None) -> tuple[int, int] | None:
+def draft_size(
+    width: int, height: int, target: dict | None, margin: float = DRAFT_MARGINS["true"]
+) -> tuple[int, int] | None:
     """The smallest (width, height) worth decoding for a processor's target `size`, or None.
 
     `target` is an image processor's `size`: {"shortest_edge": S}, {"height": H, "width": W}
-    or {"longest_edge": L}. None when the image is not larger than needed.
+    or {"longest_edge": L}; `margin` is how many decoded pixels per model pixel to keep per
+    side. None when the image is not larger than that.
     """
     if not target:
         return None
     if "shortest_edge" in target:
-        scale = target["shortest_edge"] * DRAFT_MARGIN / min(width, height)
+        scale = target["shortest_edge"] * margin / min(width, height)
     elif "height" in target and "width" in target:
-        scale = max(target["height"] / height, target["width"] / width) * DRAFT_MARGIN
+        scale = max(target["height"] / height, target["width"] / width) * margin
     elif "longest_edge" in target:
-        scale = target["longest_edge"] * DRAFT_MARGIN / max(width, height)
+        scale = target["longest_edge"] * margin / max(width, height)
     else:
         return None
     if scale >= 1:
@@ -132,22 +140,46 @@ def draft_size(width: int, height: int, target: dict | None) -> tuple[int, int] 
     return math.ceil(width * scale), math.ceil(height * scale)
 
 
-def draft_for(image: Image.Image, target: dict | None) -> None:
+def draft_for(image: Image.Image, target: dict | None, mode: str = "true") -> None:
     """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (in the DCT domain, before any pixel
-    exists) when the model needs no more; other formats decode in full. Must precede load()."""
-    if image.format != "JPEG":
+    exists) when the model needs no more (JPEG_DRAFT `mode`: "true", "fast" or "false"); other
+    formats decode in full. Must precede load()."""
+    if image.format != "JPEG" or mode not in DRAFT_MARGINS:
         return
-    size = draft_size(*image.size, target)
+    size = draft_size(*image.size, target, DRAFT_MARGINS[mode])
     if size is not None:
         image.draft("RGB" if image.mode == "RGB" else image.mode, size)
 
 
 def finish_decode(image: Image.Image) -> Image.Image:
-    """Decode the pixels of an image from `open_image` into an upright RGB image."""
+    """Decode the pixels of an image from `open_image` into an upright RGB image; its
+    `photo_size` stays the photo's own, also when a draft decoded fewer pixels."""
+    stored = image.info.get(_STORED_SIZE, image.size)
     with _pillow_errors_as_image_errors(b""):
         image.seek(0)  # animations: the first frame only, without touching the others
         image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
+        decoded = image.size
+        upright = to_rgb(ImageOps.exif_transpose(image))
+    # A quarter turn swaps the sides (of a square it changes nothing that matters). Told from
+    # the pixels, not the header: some formats reveal their orientation only once loaded.
+    turned = upright.size != decoded
+    # Set on the result itself: some conversions (alpha compositing) start a fresh info dict.
+    upright.info[PHOTO_SIZE] = stored[::-1] if turned else stored
+    return upright
+
+
+# The key, in a decoded image's `info`, of the photo's (width, height) after EXIF rotation.
+PHOTO_SIZE = "vision_worker.photo_size"
+# The size the file declares, kept from the header before a draft can shrink image.size.
+_STORED_SIZE = "vision_worker.stored_size"
+
+
+def photo_size(image: Image.Image) -> tuple[int, int]:
+    """The (width, height) of the photo an image was decoded from, upright (after EXIF
+    rotation). A scaled JPEG decode is smaller than this; an image made in memory is its own
+    photo. Geometry in results (boxes, masks, overlays) is in these pixels."""
+    size = image.info.get(PHOTO_SIZE)
+    return size if size is not None else image.size
 
 
 @contextmanager

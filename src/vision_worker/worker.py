@@ -275,8 +275,7 @@ class Worker:
     def _model_input(self, data: bytes, options: Any) -> Prepared:
         """Decode and prepare one image on an image thread, within the decoded-memory budget."""
         opened = open_image(data, self.loader.limits)
-        if self.settings.JPEG_DRAFT:
-            draft_for(opened, self.task.decode_target(options))
+        draft_for(opened, self.task.decode_target(options), self.settings.JPEG_DRAFT)
         with self.decode_budget.reserve(decoded_cost(*opened.size, opened.mode)):
             image = finish_decode(opened)
             try:

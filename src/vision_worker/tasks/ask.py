@@ -121,6 +121,13 @@ class AskTask(Task):
         # Questions differ freely within a batch; the decoding loop's options may not.
         return (item.kind, options.max_new_tokens, options.num_beams)
 
+    def decode_target(self, options: AskOptions) -> dict | None:
+        # Decoded in full: these processors lay out tiles and image tokens from the image's own
+        # size (LLaVA-NeXT's `image_sizes` and grid, Qwen2-VL's dynamic resolution, Idefics3's
+        # splits), so a scaled decode could change the prompt itself; and generation costs far
+        # more than the full decode of a 12 MP JPEG (about 0.1 s a core).
+        return None
+
     def prepare(self, image: Image.Image, options: AskOptions) -> Prepared:
         content = [{"type": "image"}, {"type": "text", "text": options.question}]
         turn = [{"role": "user", "content": content}]

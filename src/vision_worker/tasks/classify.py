@@ -14,6 +14,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 
 from ..config import Settings
 from ..errors import JobError
+from ..images import photo_size
 from ..outputs import ImageOutputs
 from .base import (
     Checkpoint,
@@ -27,7 +28,7 @@ from .base import (
     prepare_model,
     stack_pixels,
 )
-from .explain import HEATMAP_MAX_SIDE, grad_cam, overlay
+from .explain import HEATMAP_MAX_SIDE, grad_cam, overlay, overlay_size
 
 # The class names a checkpoint is saved from when it carries a trained classification head.
 _CLASSIFIER_ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
@@ -97,8 +98,7 @@ class ClassifyTask(Task):
         if options.explain:
             # Kept until the result is encoded, outside the decode budget: as a JPEG, a 1024 px
             # copy costs ~0.15 MB instead of 3 MB, so 64-image jobs in flight stay small.
-            shown = image.copy()
-            shown.thumbnail((HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE))
+            shown = image.resize(overlay_size(photo_size(image)), Image.Resampling.LANCZOS)
             jpeg = io.BytesIO()
             shown.convert("RGB").save(jpeg, "JPEG", quality=90)
             prepared.meta["image_jpeg"] = jpeg.getvalue()

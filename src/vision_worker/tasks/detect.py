@@ -19,6 +19,7 @@ from transformers import AutoModelForObjectDetection
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
 from ..config import Settings
+from ..images import photo_size
 from .base import (
     Checkpoint,
     ModelSource,
@@ -84,8 +85,7 @@ class DetectTask(Task):
 
     def prepare(self, image: Image.Image, options: DetectOptions) -> Prepared:
         pixels = self.processor(images=[image], return_tensors="pt").pixel_values[0]
-        # (height, width) after EXIF rotation: boxes come back in these coordinates.
-        return Prepared({"pixel_values": pixels}, meta={"size": (image.height, image.width)})
+        return Prepared({"pixel_values": pixels}, meta={"size": box_frame(image)})
 
     def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[dict]:
         inputs = self._collate(items)
@@ -132,6 +132,14 @@ class DetectTask(Task):
             "pixel_values": stack_on_device(list(padded), self.source),
             "pixel_mask": mask.to(self.source.device),
         }
+
+
+def box_frame(image: Image.Image) -> tuple[int, int]:
+    """The (height, width) boxes are scaled to: the photo's own pixels after EXIF rotation, not
+    the decoded image's (a scaled JPEG decode is 1/2 to 1/8 of the photo). The model predicts
+    boxes relative to its input, so they scale to the photo exactly."""
+    width, height = photo_size(image)
+    return height, width
 
 
 def detection(label: str, score: Any, box: Any) -> dict:

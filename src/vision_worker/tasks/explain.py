@@ -70,10 +70,16 @@ def _cam(features: torch.Tensor, gradients: torch.Tensor, grid: tuple[int, int] 
     return (cam / peak if peak > 0 else cam).cpu()
 
 
+def overlay_size(photo: tuple[int, int]) -> tuple[int, int]:
+    """An overlay's (width, height): the photo's own (after EXIF rotation), shrunk to at most
+    HEATMAP_MAX_SIDE on its longest side; never the decoded image's, which a draft shrank."""
+    scale = min(1.0, HEATMAP_MAX_SIDE / max(photo))
+    return max(1, math.floor(photo[0] * scale)), max(1, math.floor(photo[1] * scale))
+
+
 def overlay(image: Image.Image, cam: torch.Tensor) -> Image.Image:
     """The heatmap over the image (at most HEATMAP_MAX_SIDE on its longest side), half and half."""
-    scale = min(1.0, HEATMAP_MAX_SIDE / max(image.size))
-    size = (max(1, math.floor(image.width * scale)), max(1, math.floor(image.height * scale)))
+    size = overlay_size(image.size)
     base = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     heat = Image.fromarray((cam.numpy() * 255).astype(np.uint8)).resize(
         size, Image.Resampling.BILINEAR

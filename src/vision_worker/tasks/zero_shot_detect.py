@@ -27,7 +27,7 @@ from .base import (
     prepare_model,
     stack_pixels,
 )
-from .detect import DetectOptions, detection
+from .detect import DetectOptions, box_frame, detection
 from .zero_shot import check_labels
 
 # Grounding DINO and OmDet also detect from text, but take one prompt of all labels and
@@ -99,7 +99,7 @@ class ZeroShotDetectTask(Task):
 
     def prepare(self, image: Image.Image, options: ZeroShotDetectOptions) -> Prepared:
         pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values[0]
-        return Prepared({"pixel_values": pixels}, meta={"size": (image.height, image.width)})
+        return Prepared({"pixel_values": pixels}, meta={"size": box_frame(image)})
 
     def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[list[dict]]:
         labels = options[0].labels  # equal for the whole batch (batch_key)

@@ -51,4 +51,4 @@ def test_the_summary_has_every_table(results):
     assert "| 32 concurrent zero-shot jobs / one 32-image job, CLIP |" in summary
     assert "| zero_shot_detect | owlvit |" in summary
     assert "| torchvision | `true` |" in summary  # the decode accuracy table
-    assert "| 12 MP JPEG, torchvision |" in summary
+    assert "| 12MP JPEG, torchvision |" in summary

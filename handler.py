@@ -39,9 +39,11 @@ except ConfigError as error:
 # force: the runpod SDK configures logging on import, and basicConfig alone would then do
 # nothing. One format, on stderr, so stdout carries only results in local runs.
 logging.basicConfig(
-    level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    stream=sys.stderr, force=True,
-)  # fmt: skip
+    level=settings.LOG_LEVEL,
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    stream=sys.stderr,
+    force=True,
+)
 
 
 def _pod_args() -> argparse.Namespace:

@@ -49,9 +49,15 @@ def stages(arch: str) -> dict:
         [task.encode(p, {}, options) for p in raw.float().softmax(-1)]
     postprocess = time.perf_counter() - started
 
-    per_image_ms = {name: 1000 * seconds / BATCH for name, seconds in
-                    {"decode": decode, "preprocess": preprocess, "model": model,
-                     "postprocess": postprocess}.items()}  # fmt: skip
+    per_image_ms = {
+        name: 1000 * seconds / BATCH
+        for name, seconds in {
+            "decode": decode,
+            "preprocess": preprocess,
+            "model": model,
+            "postprocess": postprocess,
+        }.items()
+    }
     total = sum(per_image_ms.values())
     print(f"{arch}, batch {BATCH}, per image:")
     for name, ms in per_image_ms.items():
@@ -79,10 +85,16 @@ def stages(arch: str) -> dict:
         lone_runs.append(timed(lambda: run(worker.run({"image": encoded[0]}))))
     latency_ratio = min(direct_runs) / min(lone_runs)
     report(f"{arch}: one-client latency, direct / worker", latency_ratio, ">= 0.98")
-    return {"batch_size": BATCH, "per_image_ms": per_image_ms, "raw_batch_s": raw_s,
-            "handler_batch_s": handler_s, "handler_vs_raw": overhead_ratio,
-            "one_client_direct_s": min(direct_runs), "one_client_worker_s": min(lone_runs),
-            "one_client_direct_vs_worker": latency_ratio}  # fmt: skip
+    return {
+        "batch_size": BATCH,
+        "per_image_ms": per_image_ms,
+        "raw_batch_s": raw_s,
+        "handler_batch_s": handler_s,
+        "handler_vs_raw": overhead_ratio,
+        "one_client_direct_s": min(direct_runs),
+        "one_client_worker_s": min(lone_runs),
+        "one_client_direct_vs_worker": latency_ratio,
+    }
 
 
 def main() -> dict:

@@ -30,8 +30,14 @@ print(json.dumps({"imports_s": t1 - t0, "load_weights_s": t2 - t1, "warm_up_s": 
 def measure(arch: str) -> dict:
     environment = {**os.environ, "MODEL_NAME": str(full_model(arch)), "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PROBE], env=environment, cwd=ROOT,
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=environment,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall = time.perf_counter() - started
     phases = json.loads(done.stdout.strip().splitlines()[-1])
     phases["process_start_to_ready_s"] = wall

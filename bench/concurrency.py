@@ -25,7 +25,7 @@ from common import (
     percentile,
     report,
     save,
-)  # fmt: skip
+)
 
 LEVELS = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,16,64").split(",")]
 ARCH = os.environ.get("BENCH_CONCURRENCY_MODEL", "resnet")
@@ -38,14 +38,21 @@ def _free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen:
-    settings = {"MODEL_NAME": str(full_model(ARCH)), "MAX_BATCH_SIZE": str(best_batch_size(ARCH)),
-                "BATCH_WAIT_MS": "10",
-                "MAX_CONCURRENCY": "64", "LOG_LEVEL": "WARNING"}  # fmt: skip
+    settings = {
+        "MODEL_NAME": str(full_model(ARCH)),
+        "MAX_BATCH_SIZE": str(best_batch_size(ARCH)),
+        "BATCH_WAIT_MS": "10",
+        "MAX_CONCURRENCY": "64",
+        "LOG_LEVEL": "WARNING",
+    }
     environment = {**os.environ, **settings}
     process = subprocess.Popen(
         [sys.executable, "handler.py", "--serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -82,8 +89,11 @@ async def sweep_level(url: str, concurrency: int, images: list[str]) -> dict:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
         after = (await http.get(f"{url}/health")).json()["batches_by_size"]
-    formed = {size: after[size] - before.get(size, 0) for size in after
-              if after[size] - before.get(size, 0)}  # fmt: skip
+    formed = {
+        size: after[size] - before.get(size, 0)
+        for size in after
+        if after[size] - before.get(size, 0)
+    }
     batches = sum(formed.values())
     return {
         "concurrency": concurrency,
@@ -130,9 +140,12 @@ def main() -> dict:
         server.wait(timeout=60)
     print(f"concurrency sweep, {ARCH} (full size) through the pod server:")
     for level in levels:
-        report(f"c={level['concurrency']:<3} requests/s (p50 {level['p50_ms']:.0f} ms, "
-               f"p99 {level['p99_ms']:.0f} ms, mean batch {level['mean_batch_size']:.1f})",
-               level["requests_per_s"], unit="")  # fmt: skip
+        report(
+            f"c={level['concurrency']:<3} requests/s (p50 {level['p50_ms']:.0f} ms, "
+            f"p99 {level['p99_ms']:.0f} ms, mean batch {level['mean_batch_size']:.1f})",
+            level["requests_per_s"],
+            unit="",
+        )
     report(
         "requests/s at c=64 / at c=1", levels[-1]["requests_per_s"] / levels[0]["requests_per_s"]
     )

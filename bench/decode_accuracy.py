@@ -61,8 +61,9 @@ def accuracy(model, processor, reference, jpegs: list[bytes], mode: str) -> tupl
             probabilities = model(pixel_values=model_input(data, processor, mode)).logits
         probabilities = probabilities.softmax(-1)[0]
         ids = model.config.label2id
-        worst = max(worst, *(abs(float(probabilities[ids[e["label"]]]) - e["score"])
-                             for e in expected))  # fmt: skip
+        worst = max(
+            worst, *(abs(float(probabilities[ids[e["label"]]]) - e["score"]) for e in expected)
+        )
         agree += model.config.id2label[int(probabilities.argmax())] == expected[0]["label"]
     return worst, agree
 
@@ -91,9 +92,11 @@ def main() -> dict:
             worst, agree = accuracy(model, processor, reference, jpegs, mode)
             speed = rate(jpegs, processor, mode)
             results.setdefault(backend, {})[mode] = {
-                "max_top5_difference": worst, "top1_agree": agree, "photos": len(jpegs),
+                "max_top5_difference": worst,
+                "top1_agree": agree,
+                "photos": len(jpegs),
                 "images_per_s_per_core": speed,
-            }  # fmt: skip
+            }
             report(f"{backend}, JPEG_DRAFT={mode}: max top-5 difference", worst, unit="")
             report(f"{backend}, JPEG_DRAFT={mode}: top-1 agree of {len(jpegs)}", agree, unit="")
             report(f"{backend}, JPEG_DRAFT={mode}: 12 MP images/s per core", speed, unit="")

@@ -29,11 +29,12 @@ INPUTS = {  # name: (size, format)
 PROCESSORS = {  # family: (class name, its arguments)
     "ViT": ("ViTImageProcessor", {"size": {"height": 224, "width": 224}}),
     "ConvNeXt/ResNet": (
-        "ConvNextImageProcessor", {"size": {"shortest_edge": 224}, "crop_pct": 224 / 256},
+        "ConvNextImageProcessor",
+        {"size": {"shortest_edge": 224}, "crop_pct": 224 / 256},
     ),
     "CLIP": ("CLIPImageProcessor", {"size": {"shortest_edge": 224}, "crop_size": 224}),
     "BLIP": ("BlipImageProcessor", {"size": {"height": 384, "width": 384}}),
-}  # fmt: skip
+}
 BACKENDS = {"pil": "Pil", "torchvision": ""}  # transformers 5: the plain name is torchvision's
 MODES = ("false", "true", "fast")
 LIMITS = ImageLimits(max_bytes=100_000_000, max_pixels=100_000_000)
@@ -85,8 +86,11 @@ def main() -> dict:
                 rates = {mode: rate(encoded, chosen, mode) for mode in MODES}
                 results.setdefault(input_name, {}).setdefault(family, {})[backend] = rates
                 for mode, value in rates.items():
-                    report(f"{input_name}, {family}, {backend}, JPEG_DRAFT={mode}: images/s "
-                           "per core", value, unit="")  # fmt: skip
+                    report(
+                        f"{input_name}, {family}, {backend}, JPEG_DRAFT={mode}: images/s per core",
+                        value,
+                        unit="",
+                    )
     save("input_pipeline", {"images_per_s_per_core": results})
     return results
 

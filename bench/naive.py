@@ -21,7 +21,7 @@ from common import (
     run,
     save,
     timed,
-)  # fmt: skip
+)
 from vision_worker.config import load_settings
 from vision_worker.tasks import load_task
 

@@ -37,10 +37,17 @@ def main() -> dict:
     for mode in ("false", "true", "fast"):
         worker = make_worker("resnet", MAX_BATCH_SIZE=best_batch_size("resnet"), JPEG_DRAFT=mode)
         modes[mode] = measure(worker, phone, small)
-        report(f"12 MP JPEGs / pre-resized 224 px, ResNet-50, JPEG_DRAFT={mode}",
-               modes[mode]["ratio"], ">= 0.80" if mode == "fast" else "")  # fmt: skip
-    result = {"images": IMAGES, "modes": modes, "ratio": modes["true"]["ratio"],
-              "image_threads": worker.image_thread_count}  # fmt: skip
+        report(
+            f"12 MP JPEGs / pre-resized 224 px, ResNet-50, JPEG_DRAFT={mode}",
+            modes[mode]["ratio"],
+            ">= 0.80" if mode == "fast" else "",
+        )
+    result = {
+        "images": IMAGES,
+        "modes": modes,
+        "ratio": modes["true"]["ratio"],
+        "image_threads": worker.image_thread_count,
+    }
     save("phone_photos", result)
     return result
 

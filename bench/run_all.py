@@ -13,9 +13,18 @@ import time
 from common import RESULTS, ROOT, machine
 
 SCRIPTS = [
-    "cold_start", "batch_curve", "breakdown", "naive", "cross_job", "zero_shot", "concurrency",
-    "input_pipeline", "decode_accuracy", "phone_photos", "tasks",
-]  # fmt: skip
+    "cold_start",
+    "batch_curve",
+    "breakdown",
+    "naive",
+    "cross_job",
+    "zero_shot",
+    "concurrency",
+    "input_pipeline",
+    "decode_accuracy",
+    "phone_photos",
+    "tasks",
+]
 
 
 def main() -> int:
@@ -93,12 +102,15 @@ def summary() -> str:
         "",
         "| batch size | ViT-GPT2 images/s | ResNet-50 images/s |",
         "| ---: | ---: | ---: |",
-    ]  # fmt: skip
+    ]
     caption, classify = curve["curves"].values()
     for a, b in zip(caption, classify, strict=True):
         lines.append(f"| {a['batch_size']} | {a['images_per_s']:.2f} | {b['images_per_s']:.2f} |")
-    lines += ["", "| clients | requests/s | p50 ms | p95 ms | p99 ms | mean batch |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines += [
+        "",
+        "| clients | requests/s | p50 ms | p95 ms | p99 ms | mean batch |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for level in sweep["levels"]:
         lines.append(
             f"| {level['concurrency']} | {level['requests_per_s']:.2f} | {level['p50_ms']:.0f} | "
@@ -106,9 +118,12 @@ def summary() -> str:
         )
     tasks = _load("tasks")
     count = tasks["images"]
-    lines += ["", f"| task ({count} images) | model | one {count}-image job, images/s | "
-              f"{count} concurrent / one job | {count} concurrent / {count} sequential |",
-              "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    lines += [
+        "",
+        f"| task ({count} images) | model | one {count}-image job, images/s | "
+        f"{count} concurrent / one job | {count} concurrent / {count} sequential |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for case, measured in tasks["tasks"].items():
         one = measured["images_per_s"][f"one_{count}_image_job"]
         lines.append(
@@ -117,8 +132,11 @@ def summary() -> str:
             f"{measured['concurrent_vs_sequential']:.2f}x |"
         )
     lines += _input_pipeline_tables()
-    lines += ["", "| cold start | imports s | weights s | warm-up s | start to ready s |",
-              "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines += [
+        "",
+        "| cold start | imports s | weights s | warm-up s | start to ready s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for arch in ("vit-gpt2", "resnet"):
         phases = cold[arch]
         seconds = [phases[k] for k in ("imports_s", "load_weights_s", "warm_up_s")]

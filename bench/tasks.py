@@ -88,8 +88,12 @@ def main() -> dict:
     report("classify time with explain / without", explain_cost, unit="x")
     streaming = first_results_vs_whole_job(workers[CASE_NAMES.index("classify")], images * 4)
     report("streamed job: first results at / whole job", streaming["first_vs_whole"], unit="x")
-    result = {"images": IMAGES, "tasks": results, "explain_cost": explain_cost,
-              "streaming": streaming}  # fmt: skip
+    result = {
+        "images": IMAGES,
+        "tasks": results,
+        "explain_cost": explain_cost,
+        "streaming": streaming,
+    }
     save("tasks", result)
     return result
 

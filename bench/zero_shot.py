@@ -11,10 +11,23 @@ from common import images_b64, make_worker, one_vs_concurrent_vs_sequential, rep
 
 JOBS = 32
 LABELS = [
-    "a cat", "a dog", "an astronaut", "a rocket", "a cup of coffee", "a camera", "a person",
-    "a landscape", "a city street", "food", "a car", "a bird", "a document", "a chart",
-    "a microscope slide", "a motorcycle",
-]  # fmt: skip
+    "a cat",
+    "a dog",
+    "an astronaut",
+    "a rocket",
+    "a cup of coffee",
+    "a camera",
+    "a person",
+    "a landscape",
+    "a city street",
+    "food",
+    "a car",
+    "a bird",
+    "a document",
+    "a chart",
+    "a microscope slide",
+    "a motorcycle",
+]
 
 
 def main() -> dict:
@@ -34,8 +47,11 @@ def main() -> dict:
         "concurrent_vs_one_big_job": concurrent / one_job,
         "concurrent_vs_sequential": concurrent / sequential,
     }
-    report(f"{JOBS} concurrent zero-shot jobs / one {JOBS}-image job",
-           ratios["concurrent_vs_one_big_job"], ">= 0.90")  # fmt: skip
+    report(
+        f"{JOBS} concurrent zero-shot jobs / one {JOBS}-image job",
+        ratios["concurrent_vs_one_big_job"],
+        ">= 0.90",
+    )
     report(
         f"{JOBS} concurrent zero-shot jobs / {JOBS} sequential", ratios["concurrent_vs_sequential"]
     )

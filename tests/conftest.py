@@ -88,9 +88,8 @@ def make_worker(model_dir, real_classifier) -> Callable[..., Worker]:
         if key not in cache:
             path = real_classifier if arch == "efficientnet-lite0" else model_dir(arch)
             settings = load_settings(
-                **{"MODEL_NAME": str(path), "WARMUP": False, "BATCH_WAIT_MS": 5,
-                   **overrides}
-            )  # fmt: skip
+                **{"MODEL_NAME": str(path), "WARMUP": False, "BATCH_WAIT_MS": 5, **overrides}
+            )
             cache[key] = Worker.start(settings)
         return cache[key]
 

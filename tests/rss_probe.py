@@ -46,8 +46,16 @@ def main() -> None:
 
     outputs = asyncio.run(all_jobs())
     failed = [r for o in outputs for r in o.get("results", [o]) if "error" in r]
-    print(json.dumps({"idle_mib": idle, "peak_mib": peak_mib(), "failed": failed,
-                      "waits": worker.decode_budget.waits}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "idle_mib": idle,
+                "peak_mib": peak_mib(),
+                "failed": failed,
+                "waits": worker.decode_budget.waits,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,16 @@ def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, mod
     assert worker.task.name == "ask"  # chosen from the checkpoint's architecture
     reference = pipeline("image-text-to-text", model=str(model_dir(arch)))
     images = [photo(name, size=None).convert("RGB") for name in PHOTOS[:3]]
-    output = run_job(worker, {"images": [b64(i) for i in images], "questions": QUESTIONS,
-                              "max_new_tokens": 8})  # fmt: skip
+    output = run_job(
+        worker, {"images": [b64(i) for i in images], "questions": QUESTIONS, "max_new_tokens": 8}
+    )
     for image, question, result in zip(images, QUESTIONS, output["results"], strict=True):
-        turn = [{"role": "user", "content": [{"type": "image", "image": image},
-                                             {"type": "text", "text": question}]}]  # fmt: skip
+        turn = [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": image}, {"type": "text", "text": question}],
+            }
+        ]
         expected = reference(text=turn, max_new_tokens=8, return_full_text=False)
         assert result == {"answer": expected[0]["generated_text"].strip()}
 
@@ -51,8 +56,10 @@ def test_images_of_different_token_counts_batched_equal_one_at_a_time(make_worke
     """LLaVA-NeXT tiles each image on the grid that fits its shape: a square, a wide and a tall
     photo become 97, 43 and 49 prompt tokens and 5, 3 and 3 tiles, in one batch."""
     worker = make_worker("llava-next", MAX_BATCH_SIZE=8, BATCH_WAIT_MS=100)
-    images = [b64(photo(name, size=size)) for name, size in
-              [("chelsea", (64, 64)), ("rocket", (120, 40)), ("coffee", (40, 120))]]  # fmt: skip
+    images = [
+        b64(photo(name, size=size))
+        for name, size in [("chelsea", (64, 64)), ("rocket", (120, 40)), ("coffee", (40, 120))]
+    ]
     job = {"question": QUESTIONS[0], "max_new_tokens": 6}
     together = run_job(worker, {"images": images, **job})
     assert worker.batcher.batch_sizes.get(3), "the three images must have shared one batch"
@@ -81,8 +88,10 @@ def test_bad_options_fail_the_job_with_one_sentence(make_worker, job, message):
 def test_a_prompt_past_the_models_positions_fails_that_image_not_the_batch(make_worker):
     worker = make_worker("llava-next", MAX_TEXT_CHARS=5000, BATCH_WAIT_MS=100)
     long_question = "what is in the photo " * 150  # ~600 tokens; the tiny decoder has 512
-    jobs = [{"image": b64(photo("chelsea", size=(64, 64))), "question": long_question},
-            {"image": b64(photo("rocket", size=(64, 64))), "question": QUESTIONS[0]}]  # fmt: skip
+    jobs = [
+        {"image": b64(photo("chelsea", size=(64, 64))), "question": long_question},
+        {"image": b64(photo("rocket", size=(64, 64))), "question": QUESTIONS[0]},
+    ]
     too_long, fine = run_jobs(worker, [{**job, "max_new_tokens": 4} for job in jobs])
     error = too_long["results"][0]["error"]
     assert error["code"] == "too_large"

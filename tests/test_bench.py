@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from run_all import SCRIPTS  # noqa: E402
 
-TINY = {"BENCH_MODEL_SIZE": "tiny", "BENCH_CONCURRENCY": "1,8", "BENCH_NAIVE_REQUESTS": "8",
-        "BENCH_INPUT_SECONDS": "0.1", "BENCH_PHOTOS": "4", "BENCH_TASK_IMAGES": "3"}  # fmt: skip
+TINY = {
+    "BENCH_MODEL_SIZE": "tiny",
+    "BENCH_CONCURRENCY": "1,8",
+    "BENCH_NAIVE_REQUESTS": "8",
+    "BENCH_INPUT_SECONDS": "0.1",
+    "BENCH_PHOTOS": "4",
+    "BENCH_TASK_IMAGES": "3",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +35,14 @@ def results(tmp_path_factory) -> Path:
 
 def _bench(results: Path, *arguments: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, **TINY, "BENCH_RESULTS": str(results)}
-    return subprocess.run([sys.executable, *arguments], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=280)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *arguments],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

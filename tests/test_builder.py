@@ -17,9 +17,19 @@ _spec = importlib.util.spec_from_file_location("download_model", ROOT / "builder
 download_model = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(download_model)
 
-SAFETENSORS_REPO = ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5",
-                    "flax_model.msgpack", "preprocessor_config.json", "tokenizer.json",
-                    "vocab.json", "merges.txt", "README.md", "images/example.jpg"]  # fmt: skip
+SAFETENSORS_REPO = [
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tf_model.h5",
+    "flax_model.msgpack",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "README.md",
+    "images/example.jpg",
+]
 BIN_ONLY_REPO = ["config.json", "pytorch_model.bin", "tf_model.h5", "vocab.json"]
 
 
@@ -31,8 +41,14 @@ def _fetched(repo_files: list[str], patterns: list[str]) -> set[str]:
 
 def test_only_inference_files_are_fetched_preferring_safetensors():
     fetched = _fetched(SAFETENSORS_REPO, download_model.inference_patterns(SAFETENSORS_REPO))
-    assert fetched == {"config.json", "model.safetensors", "preprocessor_config.json",
-                       "tokenizer.json", "vocab.json", "merges.txt"}  # fmt: skip
+    assert fetched == {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+    }
 
 
 def test_pytorch_bin_is_fetched_when_a_repo_has_no_safetensors():
@@ -73,11 +89,13 @@ def test_a_local_checkpoint_is_checked_not_downloaded(model_dir, tmp_path):
 
 def test_script_runs_from_the_command_line_and_empty_name_bakes_nothing(model_dir):
     script = str(ROOT / "builder/download_model.py")
-    local = subprocess.run([sys.executable, script, str(model_dir("vit"))], capture_output=True,
-                           text=True, check=True)  # fmt: skip
+    local = subprocess.run(
+        [sys.executable, script, str(model_dir("vit"))], capture_output=True, text=True, check=True
+    )
     assert "baked" in local.stdout
-    empty = subprocess.run([sys.executable, script, "", "--revision", ""], capture_output=True,
-                           text=True, check=True)  # fmt: skip
+    empty = subprocess.run(
+        [sys.executable, script, "", "--revision", ""], capture_output=True, text=True, check=True
+    )
     assert "nothing baked" in empty.stdout
 
 

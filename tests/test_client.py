@@ -16,8 +16,9 @@ KEY = "client-test-key"
 
 @pytest.fixture(scope="module")
 def pod(model_dir):
-    settings = load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False, POD_API_KEY=KEY,
-                             ALLOW_PRIVATE_URLS=True)  # fmt: skip
+    settings = load_settings(
+        MODEL_NAME=str(model_dir("vit")), WARMUP=False, POD_API_KEY=KEY, ALLOW_PRIVATE_URLS=True
+    )
     with running_server(Worker.start(settings)) as (url, _server):
         yield url
 
@@ -43,13 +44,29 @@ def test_cli_prints_one_json_line_per_image_in_order(
     url = httpserver.url_for("/remote.png")
     monkeypatch.setenv("RUNPOD_API_KEY", KEY)
 
-    status = main([str(folder), str(broken), url, "--endpoint", f"{pod}/v2/abc", "--top-k", "2",
-                   "--images-per-job", "2", "--no-progress", *mode])  # fmt: skip
+    status = main(
+        [
+            str(folder),
+            str(broken),
+            url,
+            "--endpoint",
+            f"{pod}/v2/abc",
+            "--top-k",
+            "2",
+            "--images-per-job",
+            "2",
+            "--no-progress",
+            *mode,
+        ]
+    )
 
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["source"] for r in records] == [
-        str(folder / "cat.jpg"), str(folder / "nested" / "rocket.png"), str(broken), url
-    ]  # fmt: skip
+        str(folder / "cat.jpg"),
+        str(folder / "nested" / "rocket.png"),
+        str(broken),
+        url,
+    ]
     assert [len(r.get("labels", [])) for r in records] == [2, 2, 0, 2]
     assert records[2]["error"]["code"] == "invalid_image"
     assert status == 1  # one image failed
@@ -92,8 +109,9 @@ def test_collect_sources_keeps_urls_and_encodes_files(images):
 def test_cli_passes_any_task_option_with_dash_o(pod, images, capsys, monkeypatch):
     folder, _ = images
     monkeypatch.setenv("RUNPOD_API_KEY", KEY)
-    status = main([str(folder / "cat.jpg"), "--endpoint", pod, "-o", "top_k=1", "--sync",
-                   "--no-progress"])  # fmt: skip
+    status = main(
+        [str(folder / "cat.jpg"), "--endpoint", pod, "-o", "top_k=1", "--sync", "--no-progress"]
+    )
     record = json.loads(capsys.readouterr().out)
     assert status == 0
     assert len(record["labels"]) == 1

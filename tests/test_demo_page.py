@@ -29,8 +29,13 @@ def browser():
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,1600"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1600",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -38,8 +43,9 @@ def browser():
 
 
 def _server(model_dir, arch: str):
-    worker = Worker.start(load_settings(MODEL_NAME=str(model_dir(arch)), WARMUP=False,
-                                        POD_API_KEY=KEY))  # fmt: skip
+    worker = Worker.start(
+        load_settings(MODEL_NAME=str(model_dir(arch)), WARMUP=False, POD_API_KEY=KEY)
+    )
     return running_server(worker)
 
 

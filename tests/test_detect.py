@@ -42,8 +42,11 @@ def _same_detections(ours: list[dict], expected: list[dict]) -> None:
     """Same labels, scores within 1e-4 and boxes within the pipeline's truncation to whole
     pixels, matched in score order."""
     assert len(ours) == len(expected)
-    pairs = zip(sorted(ours, key=lambda d: (d["label"], d["score"])),
-                sorted(expected, key=lambda d: (d["label"], d["score"])), strict=True)  # fmt: skip
+    pairs = zip(
+        sorted(ours, key=lambda d: (d["label"], d["score"])),
+        sorted(expected, key=lambda d: (d["label"], d["score"])),
+        strict=True,
+    )
     for mine, theirs in pairs:
         assert mine["label"] == theirs["label"]
         assert abs(mine["score"] - theirs["score"]) <= 1e-4
@@ -57,9 +60,15 @@ def test_images_of_different_sizes_batched_match_one_at_a_time(make_worker, arch
     does, and a CNN backbone still sees the padding at the image's edge: scores move by up to
     3.5e-3 here, where the padding is a third of a 64 px image (less at real sizes)."""
     worker = make_worker(arch, MAX_BATCH_SIZE=16, BATCH_WAIT_MS=200)
-    images = [b64(photo(name, size=size)) for name, size in
-              [("chelsea", (120, 80)), ("rocket", (80, 120)), ("coffee", (120, 80)),
-               ("astronaut", (100, 100))]]  # fmt: skip
+    images = [
+        b64(photo(name, size=size))
+        for name, size in [
+            ("chelsea", (120, 80)),
+            ("rocket", (80, 120)),
+            ("coffee", (120, 80)),
+            ("astronaut", (100, 100)),
+        ]
+    ]
     job = {"threshold": 0.1, "max_detections": 1000}
     together = run_job(worker, {"images": images, **job})["results"]
     alone = [run_job(worker, {"image": i, **job})["results"][0] for i in images]
@@ -67,14 +76,19 @@ def test_images_of_different_sizes_batched_match_one_at_a_time(make_worker, arch
         assert sorted(d["label"] for d in a["detections"]) == sorted(
             d["label"] for d in b["detections"]
         )
-        for x, y in zip(sorted(d["score"] for d in a["detections"]),
-                        sorted(d["score"] for d in b["detections"]), strict=True):  # fmt: skip
+        for x, y in zip(
+            sorted(d["score"] for d in a["detections"]),
+            sorted(d["score"] for d in b["detections"]),
+            strict=True,
+        ):
             assert abs(x - y) <= tolerance
 
 
 def test_boxes_are_in_the_original_images_pixels(make_worker):
-    wide = run_job(make_worker("yolos"), {"image": b64(photo("chelsea", size=(400, 100))),
-                                          "threshold": 0.0, "max_detections": 5})  # fmt: skip
+    wide = run_job(
+        make_worker("yolos"),
+        {"image": b64(photo("chelsea", size=(400, 100))), "threshold": 0.0, "max_detections": 5},
+    )
     detections = wide["results"][0]["detections"]
     assert len(detections) == 5  # max_detections bounds the list
     boxes = [d["box"] for d in detections]

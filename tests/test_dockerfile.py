@@ -109,14 +109,20 @@ def test_the_dockerfile_replayed_in_a_fresh_venv_serves_test_input_offline(model
             continue
         command = args.replace('--index-url "${TORCH_INDEX}" ', "")
         command = command.replace("pip install", f"{python} -m pip install --quiet")
-        done = subprocess.run(command, shell=True, cwd=ROOT, env=environment,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            command, shell=True, cwd=ROOT, env=environment, capture_output=True, text=True
+        )
         assert done.returncode == 0, f"RUN {args}\n{done.stderr[-3000:]}"
 
     hf_home = tmp_path / "huggingface"
     bake_into_hf_cache(model_dir("vit-gpt2"), hf_home, "tiny/vit-gpt2")
-    image_env = {**environment, "HF_HOME": str(hf_home), "MODEL_NAME": "tiny/vit-gpt2",
-                 "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    image_env = {
+        **environment,
+        "HF_HOME": str(hf_home),
+        "MODEL_NAME": "tiny/vit-gpt2",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     image_env.pop("VIRTUAL_ENV", None)
     workdir = tmp_path / "app"  # only what COPY puts in /app: handler.py and test_input.json
     workdir.mkdir()
@@ -124,8 +130,9 @@ def test_the_dockerfile_replayed_in_a_fresh_venv_serves_test_input_offline(model
         shutil.copy(ROOT / name, workdir / name)
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.MULTILINE).group(1))
     cmd[0] = python
-    done = subprocess.run(cmd, cwd=workdir, env=image_env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        cmd, cwd=workdir, env=image_env, capture_output=True, text=True, timeout=300
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "'caption':" in output or '"caption":' in output, output[-3000:]

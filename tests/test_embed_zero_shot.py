@@ -103,9 +103,13 @@ def test_hypothesis_template_and_top_k(make_worker, model_dir, photos_full_b64):
     template = "a blurry photo of {}"
     output = run_job(
         worker,
-        {"image": photos_full_b64[0], "labels": LABELS, "hypothesis_template": template,
-         "top_k": 2},
-    )  # fmt: skip
+        {
+            "image": photos_full_b64[0],
+            "labels": LABELS,
+            "hypothesis_template": template,
+            "top_k": 2,
+        },
+    )
     reference = pipeline("zero-shot-image-classification", model=str(model_dir("clip")))
     expected = reference(real_photos()[0], candidate_labels=LABELS, hypothesis_template=template)
     assert [e["label"] for e in output["results"][0]["labels"]] == [

@@ -102,8 +102,11 @@ def test_explained_batches_equal_one_at_a_time_and_plain_jobs_batch_apart(make_w
     for a, b in zip(together, alone, strict=True):
         assert_close(a["results"][0]["labels"], b["results"][0]["labels"])
         if "explanation" in b["results"][0]:
-            assert np.allclose(a["results"][0]["explanation"]["map"],
-                               b["results"][0]["explanation"]["map"], atol=2e-3)  # fmt: skip
+            assert np.allclose(
+                a["results"][0]["explanation"]["map"],
+                b["results"][0]["explanation"]["map"],
+                atol=2e-3,
+            )
     assert "explanation" not in together[3]["results"][0]
 
 
@@ -131,16 +134,30 @@ def s3_server():
 def test_heatmaps_upload_to_the_bucket_and_come_back_as_urls(s3_server, monkeypatch, model_dir):
     import boto3
 
-    credentials = {"BUCKET_ENDPOINT_URL": s3_server, "BUCKET_ACCESS_KEY_ID": "test-key",
-                   "BUCKET_SECRET_ACCESS_KEY": "test-secret"}  # fmt: skip
+    credentials = {
+        "BUCKET_ENDPOINT_URL": s3_server,
+        "BUCKET_ACCESS_KEY_ID": "test-key",
+        "BUCKET_SECRET_ACCESS_KEY": "test-secret",
+    }
     for key, value in credentials.items():
         monkeypatch.setenv(key, value)  # the SDK's upload reads these itself
-    s3 = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test-key",
-                      aws_secret_access_key="test-secret", region_name="us-east-1")  # fmt: skip
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id="test-key",
+        aws_secret_access_key="test-secret",
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket="heatmaps")
-    worker = Worker.start(load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False,
-                                        BUCKET_NAME="heatmaps", MAX_OUTPUT_MB=0.05,
-                                        **credentials))  # fmt: skip
+    worker = Worker.start(
+        load_settings(
+            MODEL_NAME=str(model_dir("vit")),
+            WARMUP=False,
+            BUCKET_NAME="heatmaps",
+            MAX_OUTPUT_MB=0.05,
+            **credentials,
+        )
+    )
     images = [b64(photo("chelsea", size=(800, 600)))] * 4
     output = run_job(worker, {"images": images, "explain": True})
     urls = [r["explanation"]["heatmap"] for r in output["results"]]
@@ -154,12 +171,16 @@ def test_heatmaps_upload_to_the_bucket_and_come_back_as_urls(s3_server, monkeypa
 
 
 def test_a_bucket_that_fails_fails_the_image_not_the_worker(monkeypatch, model_dir):
-    credentials = {"BUCKET_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-                   "BUCKET_ACCESS_KEY_ID": "k", "BUCKET_SECRET_ACCESS_KEY": "s"}  # fmt: skip
+    credentials = {
+        "BUCKET_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "BUCKET_ACCESS_KEY_ID": "k",
+        "BUCKET_SECRET_ACCESS_KEY": "s",
+    }
     for key, value in credentials.items():
         monkeypatch.setenv(key, value)
-    worker = Worker.start(load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False,
-                                        **credentials))  # fmt: skip
+    worker = Worker.start(
+        load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False, **credentials)
+    )
     output = run_job(worker, {"images": [b64(photo("chelsea"))], "explain": True})
     error = output["results"][0]["error"]
     assert error["code"] == "inference_failed"

@@ -127,10 +127,22 @@ def test_connection_refused_is_fetch_failed():
 
 @pytest.mark.parametrize(
     "address",
-    ["10.0.0.1", "172.16.5.4", "192.168.1.1", "127.0.0.1", "169.254.169.254", "100.100.100.200",
-     "0.0.0.0", "224.0.0.1", "::1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1",
-     "::ffff:10.0.0.1"],
-)  # fmt: skip
+    [
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "100.100.100.200",
+        "0.0.0.0",
+        "224.0.0.1",
+        "::1",
+        "fd00:ec2::254",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+    ],
+)
 def test_private_loopback_link_local_and_metadata_addresses_are_forbidden(address):
     assert is_private_address(ipaddress.ip_address(address))
 
@@ -173,8 +185,13 @@ def test_other_schemes_credentials_and_hostless_urls_are_forbidden(url):
 
 
 def test_names_resolving_to_private_addresses_are_forbidden(httpserver):
-    resolver = _names({"intranet.test": ["10.1.2.3"], "metadata.test": ["169.254.169.254"],
-                       "ula.test": ["fd12::1"]})  # fmt: skip
+    resolver = _names(
+        {
+            "intranet.test": ["10.1.2.3"],
+            "metadata.test": ["169.254.169.254"],
+            "ula.test": ["fd12::1"],
+        }
+    )
     fetcher = _fetcher(resolver)
     for host in ("intranet.test", "metadata.test", "ula.test"):
         error = _fetch_error(fetcher, f"http://{host}:{httpserver.port}/x.png")

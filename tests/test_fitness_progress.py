@@ -34,11 +34,22 @@ def test_each_problem_is_named(make_worker, monkeypatch):
 def test_on_runpod_an_unfit_worker_exits_1_before_taking_jobs(model_dir):
     """The real SDK path: RUNPOD_WEBHOOK_GET_JOB set, so runpod runs the registered fitness
     checks before polling; an impossible disk requirement fails ours."""
-    environment = {**os.environ, "MODEL_NAME": str(model_dir("resnet")), "WARMUP": "false",
-                   "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:9/job-take/$ID",
-                   "RUNPOD_POD_ID": "test", "FITNESS_MIN_FREE_DISK_MB": str(10**9)}  # fmt: skip
-    done = subprocess.run([sys.executable, "handler.py"], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    environment = {
+        **os.environ,
+        "MODEL_NAME": str(model_dir("resnet")),
+        "WARMUP": "false",
+        "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:9/job-take/$ID",
+        "RUNPOD_POD_ID": "test",
+        "FITNESS_MIN_FREE_DISK_MB": str(10**9),
+    }
+    done = subprocess.run(
+        [sys.executable, "handler.py"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-2000:]
     assert "vision-worker is not fit to serve: only " in output

@@ -19,9 +19,13 @@ def _handler(model: Path, *args: str, **env: str) -> subprocess.CompletedProcess
     environment = {**os.environ, "MODEL_NAME": str(model), "HF_HUB_OFFLINE": "1", **env}
     environment.pop("RUNPOD_WEBHOOK_GET_JOB", None)  # its absence selects local test mode
     return subprocess.run(
-        [sys.executable, "handler.py", *args], cwd=ROOT, env=environment,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "handler.py", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_python_handler_py_prints_test_input_json_output_as_json(model_dir):
@@ -47,16 +51,24 @@ def test_image_flag_runs_local_files_and_folders_with_options(model_dir, tmp_pat
     (tmp_path / "more").mkdir()
     (tmp_path / "cat.jpg").write_bytes(encode(photo("chelsea"), "JPEG"))
     (tmp_path / "more" / "rocket.png").write_bytes(encode(photo("rocket")))
-    done = _handler(model_dir("resnet"), "--image", str(tmp_path / "cat.jpg"),
-                    str(tmp_path / "more"), "--top-k", "2")  # fmt: skip
+    done = _handler(
+        model_dir("resnet"),
+        "--image",
+        str(tmp_path / "cat.jpg"),
+        str(tmp_path / "more"),
+        "--top-k",
+        "2",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     output = json.loads(done.stdout)
     assert [len(r["labels"]) for r in output["results"]] == [2, 2]
-    labels = _handler(model_dir("clip"), "--image", str(tmp_path / "cat.jpg"),
-                      "-o", 'labels=["a cat", "a dog"]')  # fmt: skip
+    labels = _handler(
+        model_dir("clip"), "--image", str(tmp_path / "cat.jpg"), "-o", 'labels=["a cat", "a dog"]'
+    )
     assert {e["label"] for e in json.loads(labels.stdout)["results"][0]["labels"]} == {
-        "a cat", "a dog"
-    }  # fmt: skip
+        "a cat",
+        "a dog",
+    }
 
 
 @pytest.mark.parametrize(
@@ -145,13 +157,22 @@ def test_serve_flag_starts_pod_mode_and_sigterm_drains_then_exits_0(model_dir, h
     httpserver.expect_request("/slow.png").respond_with_handler(slow_image)
     port, health_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    environment = {**os.environ, "MODEL_NAME": str(model_dir("resnet")), "SERVE_MODE": "pod",
-                   "ALLOW_PRIVATE_URLS": "true", "SHUTDOWN_GRACE_S": "2",
-                   "PORT_HEALTH": str(health_port)}  # fmt: skip
+    environment = {
+        **os.environ,
+        "MODEL_NAME": str(model_dir("resnet")),
+        "SERVE_MODE": "pod",
+        "ALLOW_PRIVATE_URLS": "true",
+        "SHUTDOWN_GRACE_S": "2",
+        "PORT_HEALTH": str(health_port),
+    }
     process = subprocess.Popen(
         [sys.executable, "handler.py", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -27,10 +27,16 @@ PNG = b64(noise_image(3))
 @pytest.fixture(scope="module")
 def small_server(model_dir):
     # Body limit: 1 image x (10,000 x 4/3 + 1 KiB) + 64 KiB, about 79 KB.
-    worker = Worker.start(load_settings(
-        MODEL_NAME=str(model_dir("resnet")), WARMUP=False, MAX_IMAGES_PER_JOB=1,
-        MAX_IMAGE_BYTES=10_000, MAX_STORED_RESULTS=1, ALLOW_PRIVATE_URLS=True,
-    ))  # fmt: skip
+    worker = Worker.start(
+        load_settings(
+            MODEL_NAME=str(model_dir("resnet")),
+            WARMUP=False,
+            MAX_IMAGES_PER_JOB=1,
+            MAX_IMAGE_BYTES=10_000,
+            MAX_STORED_RESULTS=1,
+            ALLOW_PRIVATE_URLS=True,
+        )
+    )
     with running_server(worker) as (url, server):
         yield url, server
 
@@ -50,10 +56,16 @@ def test_a_chunked_body_over_the_limit_gets_413(small_server, path):
     kind, head = "application/json", b""
     if path == "/predict":  # one upload whose file part never ends within the limit
         kind = "multipart/form-data; boundary=x"
-        head = (b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-                b"Content-Type: image/png\r\n\r\n")  # fmt: skip
-    response = requests.post(f"{url}{path}", data=_chunks(5_000_000, head=head), timeout=30,
-                             headers={"Content-Type": kind})  # fmt: skip
+        head = (
+            b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n"
+        )
+    response = requests.post(
+        f"{url}{path}",
+        data=_chunks(5_000_000, head=head),
+        timeout=30,
+        headers={"Content-Type": kind},
+    )
     assert response.status_code == 413
     assert "request body over" in response.json()["error"]
 
@@ -100,9 +112,11 @@ def test_one_admission_rule_for_every_route_and_health_sees_them(small_server, h
         return Response(encode(noise_image(4)), mimetype="image/png")
 
     httpserver.expect_request("/slow.png").respond_with_handler(slow_image)
-    slow = threading.Thread(target=requests.post, args=(f"{url}/runsync",),
-                            kwargs={"json": {"input": {"image": httpserver.url_for("/slow.png")}},
-                                    "timeout": 30})  # fmt: skip
+    slow = threading.Thread(
+        target=requests.post,
+        args=(f"{url}/runsync",),
+        kwargs={"json": {"input": {"image": httpserver.url_for("/slow.png")}}, "timeout": 30},
+    )
     slow.start()
     try:
         deadline = time.monotonic() + 10
@@ -160,8 +174,14 @@ def test_broken_weights_stop_cold_start_with_one_line_not_a_traceback(model_dir,
         config = json.loads((broken / "config.json").read_text())
         (broken / "config.json").write_text(json.dumps(config | {"hidden_sizes": [12, 20]}))
     env = {**os.environ, "MODEL_NAME": str(broken)}
-    done = subprocess.run([sys.executable, "handler.py"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "handler.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("vision-worker cannot start: ")
     assert "Traceback" not in done.stderr
@@ -181,8 +201,9 @@ def test_max_new_tokens_is_bounded_by_the_models_positions(make_worker, arch):
     at_limit = run_job(worker, {"image": image, "max_new_tokens": limit})
     assert "caption" in at_limit["results"][0], at_limit
     over = run_job(worker, {"image": image, "max_new_tokens": limit + 1})
-    assert over == {"error": f'"max_new_tokens" must be between 1 and {limit} for this model, '
-                             f"got {limit + 1}"}  # fmt: skip
+    assert over == {
+        "error": f'"max_new_tokens" must be between 1 and {limit} for this model, got {limit + 1}'
+    }
 
 
 def test_an_ico_hiding_a_huge_png_is_refused_without_decoding(make_worker):
@@ -204,9 +225,14 @@ def test_an_ico_hiding_a_huge_png_is_refused_without_decoding(make_worker):
 
 @pytest.fixture(scope="module")
 def impatient_server(model_dir):
-    worker = Worker.start(load_settings(
-        MODEL_NAME=str(model_dir("resnet")), WARMUP=False, HEADER_TIMEOUT_S=0.5, BODY_TIMEOUT_S=1,
-    ))  # fmt: skip
+    worker = Worker.start(
+        load_settings(
+            MODEL_NAME=str(model_dir("resnet")),
+            WARMUP=False,
+            HEADER_TIMEOUT_S=0.5,
+            BODY_TIMEOUT_S=1,
+        )
+    )
     with running_server(worker) as (url, server):
         yield url, server
 

@@ -15,8 +15,13 @@ from corpus import GOOD, IMAGES
 @pytest.fixture(scope="module")
 def worker(make_worker):
     # Limits small enough that the corpus's large entries cross them.
-    return make_worker("resnet", MAX_IMAGE_BYTES=1_000_000, MAX_IMAGE_PIXELS=20_000_000,
-                       MAX_IMAGES_PER_JOB=16, URL_RETRIES=0)  # fmt: skip
+    return make_worker(
+        "resnet",
+        MAX_IMAGE_BYTES=1_000_000,
+        MAX_IMAGE_PIXELS=20_000_000,
+        MAX_IMAGES_PER_JOB=16,
+        URL_RETRIES=0,
+    )
 
 
 @pytest.mark.parametrize(("name", "image", "expected"), IMAGES, ids=[i[0] for i in IMAGES])

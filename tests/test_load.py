@@ -54,13 +54,19 @@ async def fire(url: str, count: int) -> list[tuple[int, dict]]:
 @pytest.fixture(scope="module")
 def expected_labels(make_worker) -> dict[str, list]:
     worker = make_worker("resnet")
-    return {image: run_job(worker, {"image": image, "top_k": 3})["results"][0]["labels"]
-            for image in IMAGES}  # fmt: skip
+    return {
+        image: run_job(worker, {"image": image, "top_k": 3})["results"][0]["labels"]
+        for image in IMAGES
+    }
 
 
 def test_512_mixed_jobs_at_concurrency_64_each_get_their_own_answer(model_dir, expected_labels):
-    settings = load_settings(MODEL_NAME=str(model_dir("resnet")), WARMUP=False, MAX_BATCH_SIZE=32,
-                             MAX_CONCURRENCY=CONCURRENCY)  # fmt: skip
+    settings = load_settings(
+        MODEL_NAME=str(model_dir("resnet")),
+        WARMUP=False,
+        MAX_BATCH_SIZE=32,
+        MAX_CONCURRENCY=CONCURRENCY,
+    )
     with running_server(Worker.start(settings)) as (url, server):
         asyncio.run(fire(url, 128))  # warm: allocator, thread pools, connection setup
         gc.collect()

@@ -24,10 +24,19 @@ def test_many_large_16_bit_pngs_stay_within_the_decode_budget(model_dir):
     they peaked at ~6 GiB before the budget; with a 600 MiB budget the process stays near it."""
     budget_mib = 600
     done = subprocess.run(
-        [sys.executable, str(TESTS / "rss_probe.py"), str(model_dir("vit")), "2", "6", "6300",
-         f"DECODE_MEMORY_MB={budget_mib}"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(TESTS / "rss_probe.py"),
+            str(model_dir("vit")),
+            "2",
+            "6",
+            "6300",
+            f"DECODE_MEMORY_MB={budget_mib}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["failed"] == []  # under pressure jobs slow down; none fails

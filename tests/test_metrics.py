@@ -21,8 +21,9 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 def test_pod_metrics_count_jobs_images_and_batches(model_dir):
-    worker = Worker.start(load_settings(MODEL_NAME=str(model_dir("resnet")), WARMUP=False,
-                                        POD_API_KEY="k"))  # fmt: skip
+    worker = Worker.start(
+        load_settings(MODEL_NAME=str(model_dir("resnet")), WARMUP=False, POD_API_KEY="k")
+    )
     with running_server(worker) as (url, _):
         auth = {"Authorization": "Bearer k"}
         good = {"input": {"images": [b64(noise_image(1)), "bm90IGFuIGltYWdl", b64(noise_image(2))]}}

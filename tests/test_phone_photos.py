@@ -168,10 +168,12 @@ def _same_boxes(ours: list[dict], expected: list[dict], photo_side: int, score_t
     for mine in ours:
         corners = np.array(list(mine["box"].values()))
         twins = [
-            t for t in expected
-            if t["label"] == mine["label"] and abs(t["score"] - mine["score"]) <= score_tol
+            t
+            for t in expected
+            if t["label"] == mine["label"]
+            and abs(t["score"] - mine["score"]) <= score_tol
             and np.abs(corners - np.array(list(t["box"].values()))).max() <= 0.01 * photo_side
-        ]  # fmt: skip
+        ]
         assert twins, f"no pipeline detection matches {mine}"
 
 
@@ -196,9 +198,11 @@ def test_detections_on_phone_jpegs_are_in_the_photos_pixels(
         expected = reference(opened(phone[name]), threshold=0.1)
         assert ours, "the threshold is set to find something in a random model"
         _same_boxes(
-            _clear_of(ours, 0.1, score_tol), _clear_of(expected, 0.1, score_tol),
-            max(PHONE), score_tol,
-        )  # fmt: skip
+            _clear_of(ours, 0.1, score_tol),
+            _clear_of(expected, 0.1, score_tol),
+            max(PHONE),
+            score_tol,
+        )
 
 
 @pytest.mark.parametrize(("mode", "score_tol"), [("true", 5e-3), ("false", 1e-5)])
@@ -211,15 +215,21 @@ def test_zero_shot_detections_on_phone_jpegs_equal_the_pipeline(
     reference = pipeline("zero-shot-object-detection", model=str(model_dir("owlvit")))
     labels = ["a cat", "a red rocket"]
     for name in ("rocket", "rocket (EXIF 6)"):
-        job = {"image": b64(phone[name]), "labels": labels, "threshold": 0.6,
-               "max_detections": 1000}  # fmt: skip
+        job = {
+            "image": b64(phone[name]),
+            "labels": labels,
+            "threshold": 0.6,
+            "max_detections": 1000,
+        }
         ours = run_job(worker, job)["results"][0]["detections"]
         expected = reference(opened(phone[name]), candidate_labels=labels, threshold=0.6)
         assert ours
         _same_boxes(
-            _clear_of(ours, 0.6, score_tol), _clear_of(expected, 0.6, score_tol),
-            max(PHONE), score_tol,
-        )  # fmt: skip
+            _clear_of(ours, 0.6, score_tol),
+            _clear_of(expected, 0.6, score_tol),
+            max(PHONE),
+            score_tol,
+        )
 
 
 # --- the other tasks on phone photos --------------------------------------------------------
@@ -286,7 +296,14 @@ def test_answers_on_phone_jpegs_equal_the_pipeline(make_worker, model_dir, phone
     for name in ("rocket", "rocket (EXIF 6)"):
         job = {"image": b64(phone[name]), "question": question, "max_new_tokens": 6}
         ours = run_job(worker, job)["results"][0]
-        turn = [{"role": "user", "content": [{"type": "image", "image": opened(phone[name])},
-                                             {"type": "text", "text": question}]}]  # fmt: skip
+        turn = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": opened(phone[name])},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ]
         expected = reference(text=turn, max_new_tokens=6, return_full_text=False)
         assert ours == {"answer": expected[0]["generated_text"].strip()}

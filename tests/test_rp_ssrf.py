@@ -92,8 +92,10 @@ def test_names_resolving_to_private_addresses_are_refused(names, httpserver):
 
 def test_a_name_with_one_private_answer_among_public_ones_is_refused(names, monkeypatch):
     def mixed(host, port, *args, **kwargs):
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
-                for a in ("127.0.0.1", "192.168.0.7")]  # fmt: skip
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in ("127.0.0.1", "192.168.0.7")
+        ]
 
     monkeypatch.setattr(rp_ssrf.socket, "getaddrinfo", mixed)
     with pytest.raises(rp_ssrf.SSRFError, match=r"192\.168\.0\.7"):

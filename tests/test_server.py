@@ -101,9 +101,16 @@ def test_health_docs_and_demo_page_are_open_and_everything_else_needs_the_key(se
     assert health["task"] == "classify"
     assert "queue_depth" in health
     assert requests.get(f"{url}/v2/x/health", timeout=30).json()["jobs"]["inQueue"] >= 0
-    protected = [("post", "/runsync"), ("post", "/run"), ("get", "/status/x"),
-                 ("post", "/v2/x/runsync"), ("post", "/cancel/x"), ("post", "/predict"),
-                 ("get", "/status/../runsync"), ("get", "/docsx")]  # fmt: skip
+    protected = [
+        ("post", "/runsync"),
+        ("post", "/run"),
+        ("get", "/status/x"),
+        ("post", "/v2/x/runsync"),
+        ("post", "/cancel/x"),
+        ("post", "/predict"),
+        ("get", "/status/../runsync"),
+        ("get", "/docsx"),
+    ]
     for method, path in protected:
         assert requests.request(method, f"{url}{path}", json=_job(), timeout=30).status_code == 401
         wrong = {"Authorization": "Bearer wrong"}

@@ -55,8 +55,12 @@ def _slowed(worker: Worker, seconds: float) -> Worker:
 
 
 def test_a_streamed_job_merges_back_into_the_plain_output(make_worker, model_dir):
-    slow = _slowed(Worker.start(load_settings(MODEL_NAME=str(model_dir("resnet")),
-                                              WARMUP=False, MAX_BATCH_SIZE=2)), 0.2)  # fmt: skip
+    slow = _slowed(
+        Worker.start(
+            load_settings(MODEL_NAME=str(model_dir("resnet")), WARMUP=False, MAX_BATCH_SIZE=2)
+        ),
+        0.2,
+    )
     chunks = _collect(slow, _job())
     result_chunks = [c for c in chunks if "results" in c]
     # The bad image at once, then one chunk per batch as it finished, then the rest of the
@@ -178,16 +182,24 @@ def _serve_one_job(httpserver, model: Path, stream_results: bool) -> _FakeRunPod
     httpserver.expect_request(re.compile("/job-done")).respond_with_handler(runpod_api.finish)
     base = httpserver.url_for("")
     environment = {
-        **os.environ, "MODEL_NAME": str(model), "WARMUP": "false", "MAX_BATCH_SIZE": "2",
-        "STREAM_RESULTS": str(stream_results).lower(), "RUNPOD_POD_ID": "worker-1",
+        **os.environ,
+        "MODEL_NAME": str(model),
+        "WARMUP": "false",
+        "MAX_BATCH_SIZE": "2",
+        "STREAM_RESULTS": str(stream_results).lower(),
+        "RUNPOD_POD_ID": "worker-1",
         "RUNPOD_WEBHOOK_GET_JOB": f"{base}job-take/$ID?gpu=test",
         "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}job-done/$ID?gpu=test",
         "RUNPOD_WEBHOOK_POST_STREAM": f"{base}job-stream/$ID?gpu=test",
-    }  # fmt: skip
+    }
     worker = subprocess.Popen(
-        [sys.executable, "handler.py"], cwd=ROOT, env=environment,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [sys.executable, "handler.py"],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         finished = runpod_api.done.wait(timeout=120)
         deadline = time.monotonic() + 10  # progress posts may trail the result by a moment

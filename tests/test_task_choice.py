@@ -88,9 +88,13 @@ def test_cold_start_refusal_is_one_line_from_the_handler(model_dir, tmp_path):
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "MODEL_NAME": str(model_dir("clip")), "TASK": "classify"}
     done = subprocess.run(
-        [sys.executable, "handler.py"], cwd=root, env=env, capture_output=True, text=True,
+        [sys.executable, "handler.py"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("vision-worker cannot start: TASK=classify does not fit")
@@ -114,9 +118,8 @@ def test_fine_tuned_checkpoint_takes_its_processor_from_processor_name(
     with pytest.raises(ModelLoadError, match="set PROCESSOR_NAME to the base model"):
         load_task(load_settings(MODEL_NAME=str(checkpoint)))
     worker = Worker.start(
-        load_settings(MODEL_NAME=str(checkpoint), PROCESSOR_NAME=str(model_dir(arch)),
-                      WARMUP=False)
-    )  # fmt: skip
+        load_settings(MODEL_NAME=str(checkpoint), PROCESSOR_NAME=str(model_dir(arch)), WARMUP=False)
+    )
     job = {"image": photos_b64[0]} | ({"labels": ["cat", "dog"]} if arch == "clip" else {})
     output = run_job(worker, job)
     assert "error" not in output["results"][0], output

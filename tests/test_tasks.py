@@ -99,8 +99,15 @@ def test_task_override_that_does_not_fit_the_model_fails_at_cold_start(model_dir
 def test_model_of_no_supported_task_fails_at_cold_start_naming_it(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                         intermediate_size=8, vocab_size=20)).save_pretrained(tmp_path)  # fmt: skip
+    BertModel(
+        BertConfig(
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            intermediate_size=8,
+            vocab_size=20,
+        )
+    ).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match=r"\(BertModel\) fits no supported task"):
         load_task(load_settings(MODEL_NAME=str(tmp_path)))
 

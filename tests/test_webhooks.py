@@ -15,8 +15,11 @@ from vision_worker.worker import Worker
 
 
 def _worker(model_dir, **settings) -> Worker:
-    return Worker.start(load_settings(MODEL_NAME=str(model_dir("resnet")), WARMUP=False,
-                                      WEBHOOK_RETRY_S=0.1, **settings))  # fmt: skip
+    return Worker.start(
+        load_settings(
+            MODEL_NAME=str(model_dir("resnet")), WARMUP=False, WEBHOOK_RETRY_S=0.1, **settings
+        )
+    )
 
 
 def _wait_for(predicate, seconds: float = 20) -> None:
@@ -57,8 +60,10 @@ def test_a_webhook_to_a_private_address_is_never_called(model_dir, httpserver):
 
 def test_a_malformed_webhook_is_refused_with_the_job(model_dir):
     with running_server(_worker(model_dir)) as (url, _):
-        for webhook, message in ((42, '"webhook" must be a URL string'),
-                                 ("file:///etc/passwd", "only http and https")):  # fmt: skip
+        for webhook, message in (
+            (42, '"webhook" must be a URL string'),
+            ("file:///etc/passwd", "only http and https"),
+        ):
             body = {"input": {"image": b64(noise_image(1))}, "webhook": webhook}
             refused = requests.post(f"{url}/run", json=body, timeout=10)
             assert refused.status_code == 400

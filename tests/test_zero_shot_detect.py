@@ -16,8 +16,9 @@ def _same_detections(ours: list[dict], expected: list[dict]) -> None:
     to whole pixels), matched in score order."""
     assert len(ours) == len(expected)
     expected = sorted(expected, key=lambda d: (d["label"], d["score"]))
-    for mine, theirs in zip(sorted(ours, key=lambda d: (d["label"], d["score"])), expected,
-                            strict=True):  # fmt: skip
+    for mine, theirs in zip(
+        sorted(ours, key=lambda d: (d["label"], d["score"])), expected, strict=True
+    ):
         assert mine["label"] == theirs["label"]
         assert abs(mine["score"] - theirs["score"]) <= 1e-4
         for corner, truncated in zip(mine["box"].values(), theirs["box"].values(), strict=True):
@@ -30,8 +31,12 @@ def test_detections_equal_the_transformers_pipeline_on_real_photos(make_worker, 
     assert worker.task.name == "zero_shot_detect"  # chosen from the checkpoint's architecture
     reference = pipeline("zero-shot-object-detection", model=str(model_dir(arch)))
     images = [photo(name, size=None).convert("RGB") for name in PHOTOS[:3]]
-    job = {"images": [b64(i) for i in images], "labels": LABELS, "threshold": 0.6,
-           "max_detections": 1000}  # fmt: skip
+    job = {
+        "images": [b64(i) for i in images],
+        "labels": LABELS,
+        "threshold": 0.6,
+        "max_detections": 1000,
+    }
     output = run_job(worker, job)
     for image, result in zip(images, output["results"], strict=True):
         expected = reference(image, candidate_labels=LABELS, threshold=0.6)
@@ -43,8 +48,10 @@ def test_detections_equal_the_transformers_pipeline_on_real_photos(make_worker, 
 
 def test_a_batch_of_jobs_equals_each_job_alone(make_worker):
     worker = make_worker("owlvit", MAX_BATCH_SIZE=16, BATCH_WAIT_MS=100)
-    images = [b64(photo(name, size=size)) for name, size in
-              [("chelsea", (120, 80)), ("rocket", (80, 120)), ("coffee", (100, 100))]]  # fmt: skip
+    images = [
+        b64(photo(name, size=size))
+        for name, size in [("chelsea", (120, 80)), ("rocket", (80, 120)), ("coffee", (100, 100))]
+    ]
     thresholds = (0.5, 0.6, 0.7)
     jobs = [
         {"image": i, "labels": LABELS, "threshold": t}
@@ -69,8 +76,10 @@ def test_max_detections_bounds_the_list_best_first(make_worker):
 
 def test_long_labels_are_truncated_to_the_text_towers_positions(make_worker):
     long_label = "a cat sitting on a couch next to a remote " * 5  # ~50 tokens, 16 positions
-    output = run_job(make_worker("owlvit"), {"image": b64(photo("chelsea")),
-                                             "labels": [long_label], "threshold": 0.0})  # fmt: skip
+    output = run_job(
+        make_worker("owlvit"),
+        {"image": b64(photo("chelsea")), "labels": [long_label], "threshold": 0.0},
+    )
     assert output["results"][0]["detections"][0]["label"] == long_label
 
 

@@ -195,8 +195,9 @@ class DynamicBatcher:
             self._after_oom()
             half = len(items) // 2
             if half < self.working_batch_size:
-                log.warning("out of memory at batch size %d; working batch size now %d",
-                            len(items), half)  # fmt: skip
+                log.warning(
+                    "out of memory at batch size %d; working batch size now %d", len(items), half
+                )
                 self.working_batch_size = half
             return self._run_splitting_on_oom(
                 items[:half], options[:half]

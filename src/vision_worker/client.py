@@ -47,9 +47,12 @@ class EndpointClient:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
         # 429 and gateway errors are transient on RunPod; connection errors are retried too.
         retry = Retry(
-            total=5, backoff_factor=0.5, status_forcelist={429, 502, 503, 504},
-            allowed_methods={"GET", "POST"}, raise_on_status=False,
-        )  # fmt: skip
+            total=5,
+            backoff_factor=0.5,
+            status_forcelist={429, 502, 503, 504},
+            allowed_methods={"GET", "POST"},
+            raise_on_status=False,
+        )
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
         self.session.mount("https://", HTTPAdapter(max_retries=retry))
 
@@ -57,8 +60,9 @@ class EndpointClient:
         """One quick GET /health without retries: a wrong URL or a server that is down fails in
         seconds with one line, instead of after every job's retries."""
         try:
-            response = requests.get(f"{self.endpoint}/health", timeout=5,
-                                    headers=dict(self.session.headers))  # fmt: skip
+            response = requests.get(
+                f"{self.endpoint}/health", timeout=5, headers=dict(self.session.headers)
+            )
         except requests.RequestException as error:
             reason = type(error).__name__.replace("Error", " error").strip()
             raise EndpointError(f"cannot reach {self.endpoint} ({reason})") from None
@@ -143,9 +147,10 @@ def run_images(
             ]
         return [{"source": s.label, **r} for s, r in zip(group, output["results"], strict=True)]
 
-    with ThreadPoolExecutor(concurrency) as pool, tqdm(
-        total=len(sources), unit="img", disable=not progress, file=sys.stderr
-    ) as bar:  # fmt: skip
+    with (
+        ThreadPoolExecutor(concurrency) as pool,
+        tqdm(total=len(sources), unit="img", disable=not progress, file=sys.stderr) as bar,
+    ):
         for records in pool.map(one_job, _chunks(sources, images_per_job)):
             bar.update(len(records))
             yield from records
@@ -178,8 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    options = {k: v for k, v in {"top_k": args.top_k, "max_new_tokens": args.max_new_tokens,
-               "num_beams": args.num_beams}.items() if v is not None}  # fmt: skip
+    options = {
+        k: v
+        for k, v in {
+            "top_k": args.top_k,
+            "max_new_tokens": args.max_new_tokens,
+            "num_beams": args.num_beams,
+        }.items()
+        if v is not None
+    }
     try:
         options |= parse_options(args.option)
         sources = collect_sources(args.inputs)
@@ -194,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vision-worker-client: {error}", file=sys.stderr)
         return 2
     records = run_images(
-        client, sources, options, images_per_job=args.images_per_job,
-        concurrency=args.concurrency, sync=args.sync, progress=not args.no_progress,
-    )  # fmt: skip
+        client,
+        sources,
+        options,
+        images_per_job=args.images_per_job,
+        concurrency=args.concurrency,
+        sync=args.sync,
+        progress=not args.no_progress,
+    )
     for record in records:
         failures += "error" in record
         print(json.dumps(record), flush=True)

@@ -147,8 +147,14 @@ class Settings(BaseSettings):
         if isinstance(value, bool):
             return "true" if value else "false"
         text = str(value).strip().lower()
-        return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false",
-                "off": "false"}.get(text, text)  # fmt: skip
+        return {
+            "1": "true",
+            "yes": "true",
+            "on": "true",
+            "0": "false",
+            "no": "false",
+            "off": "false",
+        }.get(text, text)
 
     @field_validator("DEVICE")
     @classmethod
@@ -158,9 +164,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "MODEL_REVISION", "PROCESSOR_NAME", "POD_API_KEY", "BUCKET_ENDPOINT_URL",
-        "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY",
-    )  # fmt: skip
+        "MODEL_REVISION",
+        "PROCESSOR_NAME",
+        "POD_API_KEY",
+        "BUCKET_ENDPOINT_URL",
+        "BUCKET_ACCESS_KEY_ID",
+        "BUCKET_SECRET_ACCESS_KEY",
+    )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None

@@ -41,10 +41,17 @@ def release_cached_memory(device: torch.device) -> None:
 # CUDA errors after which the context is unusable: every later kernel fails the same way, so the
 # worker must be replaced, not retried (an out-of-memory error is not one of them).
 _DEVICE_FAULTS = (
-    "illegal memory access", "device-side assert", "uncorrectable ecc",
-    "unspecified launch failure", "misaligned address", "illegal instruction",
-    "cudaerrorlaunchfailure", "cublas_status_execution_failed", "gpu is lost", "fell off the bus",
-)  # fmt: skip
+    "illegal memory access",
+    "device-side assert",
+    "uncorrectable ecc",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "cudaerrorlaunchfailure",
+    "cublas_status_execution_failed",
+    "gpu is lost",
+    "fell off the bus",
+)
 
 
 def is_device_fault(error: BaseException) -> bool:

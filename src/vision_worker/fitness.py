@@ -49,9 +49,10 @@ def check_fitness(worker: Worker) -> None:
     """Raise UnfitError naming every problem; the SDK then exits the worker with status 1."""
     settings = worker.settings
     problems = fitness_problems(
-        worker, min_free_disk_mb=settings.FITNESS_MIN_FREE_DISK_MB,
+        worker,
+        min_free_disk_mb=settings.FITNESS_MIN_FREE_DISK_MB,
         min_free_memory_mb=settings.FITNESS_MIN_FREE_MEMORY_MB,
-    )  # fmt: skip
+    )
     if problems:
         raise UnfitError("vision-worker is not fit to serve: " + "; ".join(problems))
 

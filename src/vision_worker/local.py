@@ -25,9 +25,13 @@ def local_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python handler.py", description=__doc__.split("\n")[0])
     parser.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders or URLs")
     parser.add_argument(
-        "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a task option, VALUE read as JSON when it parses (repeatable)",
-    )  # fmt: skip
+    )
     parser.add_argument("--top-k", type=int, help="classify / zero_shot: labels per image")
     parser.add_argument("--test_input", help='a whole job as JSON: {"input": {...}}')
     parser.add_argument("--test_input_file", default="test_input.json", help=argparse.SUPPRESS)

@@ -19,9 +19,23 @@ from pathlib import Path
 _MIB = 1024 * 1024
 # Bytes per pixel of the decoded image in Pillow's mode, before conversion to RGB.
 _MODE_BYTES = {
-    "1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2,
-    "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "CMYK": 4, "I": 4, "F": 4,
-}  # fmt: skip
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "PA": 2,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "RGBA": 4,
+    "CMYK": 4,
+    "I": 4,
+    "F": 4,
+}
 # Working copies per pixel on the way to model inputs: the RGB conversion (3), an EXIF rotation
 # (3), and the image processor's full-size arrays before it resizes (PIL processors convert to
 # float32 first: 12, plus a uint8 copy: 3). Measured: one 6300x6300 16-bit PNG peaks at

@@ -27,21 +27,45 @@ class Metrics:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.model = Info("vision_worker_model", "The served model", registry=registry)
-        self.jobs = Counter("vision_worker_jobs", "Jobs by outcome (completed, failed)",
-                            ["outcome"], registry=registry)  # fmt: skip
-        self.images = Counter("vision_worker_images", "Images by outcome: ok or an error code",
-                              ["outcome"], registry=registry)  # fmt: skip
-        self.batch_size = Histogram("vision_worker_batch_size", "Items per forward pass",
-                                    buckets=_BATCH_SIZES, registry=registry)  # fmt: skip
-        self.queue_seconds = Histogram("vision_worker_queue_seconds",
-                                       "Time an item waited in the batcher",
-                                       buckets=_SECONDS, registry=registry)  # fmt: skip
-        self.model_seconds = Histogram("vision_worker_model_seconds", "Time of one forward pass",
-                                       buckets=_SECONDS, registry=registry)  # fmt: skip
-        self.job_seconds = Histogram("vision_worker_job_seconds", "End-to-end time of one job",
-                                     buckets=_SECONDS, registry=registry)  # fmt: skip
-        depth = Gauge("vision_worker_queue_depth", "Items waiting in the batcher",
-                      registry=registry)  # fmt: skip
+        self.jobs = Counter(
+            "vision_worker_jobs",
+            "Jobs by outcome (completed, failed)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.images = Counter(
+            "vision_worker_images",
+            "Images by outcome: ok or an error code",
+            ["outcome"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "vision_worker_batch_size",
+            "Items per forward pass",
+            buckets=_BATCH_SIZES,
+            registry=registry,
+        )
+        self.queue_seconds = Histogram(
+            "vision_worker_queue_seconds",
+            "Time an item waited in the batcher",
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.model_seconds = Histogram(
+            "vision_worker_model_seconds",
+            "Time of one forward pass",
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "vision_worker_job_seconds",
+            "End-to-end time of one job",
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        depth = Gauge(
+            "vision_worker_queue_depth", "Items waiting in the batcher", registry=registry
+        )
         depth.set_function(queue_depth)
 
     def describe_model(self, **labels: str) -> None:

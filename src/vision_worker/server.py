@@ -42,8 +42,12 @@ from .worker import Worker
 log = logging.getLogger(__name__)
 
 IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
-    "IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED",
-)  # fmt: skip
+    "IN_QUEUE",
+    "IN_PROGRESS",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+)
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
 
 
@@ -393,19 +397,28 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     router = APIRouter()
 
-    job_body = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": JobRequest.model_json_schema()}}}}  # fmt: skip
+    job_body = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobRequest.model_json_schema()}},
+        }
+    }
 
-    @router.post("/runsync", tags=["jobs"], summary="Run a job and wait for its output",
-                 openapi_extra=job_body)  # fmt: skip
+    @router.post(
+        "/runsync",
+        tags=["jobs"],
+        summary="Run a job and wait for its output",
+        openapi_extra=job_body,
+    )
     async def runsync(request: Request) -> JSONResponse:
         job = await pod.admit(request)
         if isinstance(job, JSONResponse):
             return job
         return JSONResponse((await pod.execute(pod.new_job(job.input))).to_json())
 
-    @router.post("/run", tags=["jobs"], summary="Queue a job; poll /status/{id}",
-                 openapi_extra=job_body)  # fmt: skip
+    @router.post(
+        "/run", tags=["jobs"], summary="Queue a job; poll /status/{id}", openapi_extra=job_body
+    )
     async def run(request: Request) -> JSONResponse:
         job = await pod.admit(request)
         if isinstance(job, JSONResponse):
@@ -431,8 +444,11 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         if record.status not in FINISHED and not record.stream.pending:
             with suppress(TimeoutError):
                 await asyncio.wait_for(record.stream.arrived.wait(), STREAM_WAIT_S)
-        body = {"id": record.id, "status": record.status,
-                "stream": [{"output": chunk} for chunk in record.stream.take(record)]}  # fmt: skip
+        body = {
+            "id": record.id,
+            "status": record.status,
+            "stream": [{"output": chunk} for chunk in record.stream.take(record)],
+        }
         if record.error is not None:
             body["error"] = record.error
         return JSONResponse(body)
@@ -450,9 +466,11 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         return JSONResponse({"id": record.id, "status": record.status})
 
     @router.post(
-        "/predict", tags=["jobs"], summary="Multipart upload: curl -F image=@cat.jpg",
+        "/predict",
+        tags=["jobs"],
+        summary="Multipart upload: curl -F image=@cat.jpg",
         openapi_extra=predict_form_schema(pod.worker.task.Options),
-    )  # fmt: skip
+    )
     async def predict(request: Request) -> JSONResponse:
         if refused := pod.refusal():
             return refused
@@ -503,8 +521,14 @@ def _get_and_post(router: APIRouter, path: str, endpoint: Callable, summary: str
     unique."""
     name = path.strip("/").split("/")[0]
     for method in ("GET", "POST"):
-        router.add_api_route(path, endpoint, methods=[method], tags=["jobs"], summary=summary,
-                             operation_id=f"{name}_{method.lower()}")  # fmt: skip
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            tags=["jobs"],
+            summary=summary,
+            operation_id=f"{name}_{method.lower()}",
+        )
 
 
 def _offline_docs(app: FastAPI) -> None:
@@ -526,11 +550,12 @@ def _offline_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url="/openapi-swagger.json", title="vision-worker API",
+            openapi_url="/openapi-swagger.json",
+            title="vision-worker API",
             swagger_js_url="/static/swagger/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon-32x32.png",
-        )  # fmt: skip
+        )
 
 
 def _errors_as_one_sentence(app: FastAPI) -> None:
@@ -592,9 +617,12 @@ def _form_value(text: str, is_list: bool) -> Any:
 def predict_form_schema(options_model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI for /predict: the image files plus the served task's options as form fields."""
     properties: dict[str, Any] = {
-        "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "One or more image files."},
-    }  # fmt: skip
+        "image": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One or more image files.",
+        },
+    }
     for name, schema in options_model.model_json_schema()["properties"].items():
         properties[name] = schema
     return {
@@ -681,8 +709,11 @@ class LimitBodySize:
 
 async def _send_error(send: Any, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -729,8 +760,12 @@ class DrainingServer(uvicorn.Server):
         if pod is None or pod.draining:
             super().handle_exit(sig, frame)
             return
-        log.info("signal %d: no new jobs; results stay readable until %.0fs after the last "
-                 "job in flight", sig, self.grace_s)  # fmt: skip
+        log.info(
+            "signal %d: no new jobs; results stay readable until %.0fs after the last "
+            "job in flight",
+            sig,
+            self.grace_s,
+        )
         pod.draining = True
 
     async def on_tick(self, counter: int) -> bool:
@@ -791,15 +826,21 @@ class _DeadlineH11Protocol(H11Protocol):
 def server_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvicorn.Config:
     """The uvicorn settings pod mode runs with (tests start servers with the same ones)."""
     protocol = type(
-        "DeadlineH11Protocol", (_DeadlineH11Protocol,),
+        "DeadlineH11Protocol",
+        (_DeadlineH11Protocol,),
         {"header_timeout_s": settings.HEADER_TIMEOUT_S, "body_timeout_s": settings.BODY_TIMEOUT_S},
-    )  # fmt: skip
+    )
     return uvicorn.Config(
-        app, host=host, port=port, http=protocol, log_level=settings.LOG_LEVEL.lower(),
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        log_level=settings.LOG_LEVEL.lower(),
         # Connections and requests at once: beyond it uvicorn answers 503 instead of running
         # out of file descriptors.
-        limit_concurrency=settings.MAX_CONNECTIONS, timeout_graceful_shutdown=120,
-    )  # fmt: skip
+        limit_concurrency=settings.MAX_CONNECTIONS,
+        timeout_graceful_shutdown=120,
+    )
 
 
 def serve(settings: Settings, host: str, port: int, start: Callable[[], Worker]) -> None:
@@ -813,8 +854,12 @@ def serve(settings: Settings, host: str, port: int, start: Callable[[], Worker])
     health_port = settings.PORT_HEALTH or port
     if health_port != port:
         sockets.append(_listening_socket(host, health_port))
-    log.info("pod mode: listening on http://%s:%d (health probes on %d); loading the model",
-             host, port, health_port)  # fmt: skip
+    log.info(
+        "pod mode: listening on http://%s:%d (health probes on %d); loading the model",
+        host,
+        port,
+        health_port,
+    )
     app.load_in_background(start)
     DrainingServer(config, lambda: app.pod, settings.SHUTDOWN_GRACE_S).run(sockets=sockets)
 

@@ -67,9 +67,11 @@ class Worker:
         self.broken: str | None = None
         self.metrics = Metrics(queue_depth=lambda: self.batcher.queue_depth)
         self.metrics.describe_model(
-            model=settings.MODEL_NAME, task=task.name, device=str(task.source.device),
+            model=settings.MODEL_NAME,
+            task=task.name,
+            device=str(task.source.device),
             dtype=str(task.source.dtype).removeprefix("torch."),
-        )  # fmt: skip
+        )
         self._images_incoming = 0
         limit_malloc_arenas()  # before the image threads allocate arenas of their own
         self.image_thread_count = image_threads(settings.IMAGE_THREADS)
@@ -97,10 +99,15 @@ class Worker:
         log.info(
             "serving %s (task %s) on %s as %s, image processor %s, %d image threads: "
             "load %.2fs, warm-up %.2fs",
-            settings.MODEL_NAME, task.name, task.source.device, task.source.dtype,
-            type(task.image_processor).__name__, worker.image_thread_count,
-            loaded - started, time.perf_counter() - loaded,
-        )  # fmt: skip
+            settings.MODEL_NAME,
+            task.name,
+            task.source.device,
+            task.source.dtype,
+            type(task.image_processor).__name__,
+            worker.image_thread_count,
+            loaded - started,
+            time.perf_counter() - loaded,
+        )
         return worker
 
     def warm_up(self) -> None:

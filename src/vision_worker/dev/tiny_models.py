@@ -45,9 +45,17 @@ _CORPUS = [
     "a man riding a bike down a city road at night",
 ]
 LABELS = [
-    "tabby cat", "astronaut", "coffee mug", "space shuttle", "motor scooter",
-    "golden retriever", "bicycle", "pizza", "sailboat", "teddy bear",
-]  # fmt: skip
+    "tabby cat",
+    "astronaut",
+    "coffee mug",
+    "space shuttle",
+    "motor scooter",
+    "golden retriever",
+    "bicycle",
+    "pizza",
+    "sailboat",
+    "teddy bear",
+]
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
 GPT2_SPECIAL = "<|endoftext|>"
 # Far wider than the usual 0.02: with near-zero weights every image gets the same caption, and
@@ -84,21 +92,29 @@ def bert_tokenizer() -> PreTrainedTokenizerFast:
     trained = _train_tokenizer(BERT_SPECIALS, 200)
     # "[CLS] text [SEP]", as bert-base-uncased (GIT, BLIP) tokenizes.
     trained.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[(t, trained.token_to_id(t)) for t in ("[CLS]", "[SEP]")],
-    )  # fmt: skip
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=trained,
-        pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", bos_token="[DEC]",
-    )  # fmt: skip
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="[DEC]",
+    )
 
 
 def gpt2_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=_train_tokenizer([GPT2_SPECIAL, "<unk>"], 200),
-        bos_token=GPT2_SPECIAL, eos_token=GPT2_SPECIAL, pad_token=GPT2_SPECIAL, unk_token="<unk>",
-    )  # fmt: skip
+        bos_token=GPT2_SPECIAL,
+        eos_token=GPT2_SPECIAL,
+        pad_token=GPT2_SPECIAL,
+        unk_token="<unk>",
+    )
 
 
 CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
@@ -112,10 +128,12 @@ def clip_tokenizer() -> Any:
     trainer_model = Tokenizer(tok_models.BPE(end_of_word_suffix="</w>"))
     trainer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=CLIP_SPECIALS, end_of_word_suffix="</w>",
+        vocab_size=400,
+        special_tokens=CLIP_SPECIALS,
+        end_of_word_suffix="</w>",
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )  # fmt: skip
+    )
     trainer_model.train_from_iterator([s.lower() for s in _CORPUS + LABELS], trainer=trainer)
     state = json.loads(trainer_model.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
@@ -133,11 +151,24 @@ def _dims(full: bool, tiny: dict, real: dict) -> dict:
 def _vision(full: bool, image_size: int = 224) -> dict:
     return _dims(
         full,
-        dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-             num_attention_heads=2, intermediate_size=64, initializer_range=TINY_INIT),
-        dict(image_size=image_size, patch_size=16, hidden_size=768, num_hidden_layers=12,
-             num_attention_heads=12, intermediate_size=3072),
-    )  # fmt: skip
+        dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            image_size=image_size,
+            patch_size=16,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+        ),
+    )
 
 
 def build_vit_gpt2(out: Path, full: bool) -> None:
@@ -145,11 +176,15 @@ def build_vit_gpt2(out: Path, full: bool) -> None:
     eos = tokenizer.convert_tokens_to_ids(GPT2_SPECIAL)
     decoder = GPT2Config(
         vocab_size=50257 if full else len(tokenizer),
-        bos_token_id=eos, eos_token_id=eos, add_cross_attention=True,
-        **_dims(full, dict(n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                         initializer_range=TINY_INIT),
-                dict(n_positions=1024, n_embd=768, n_layer=12, n_head=12)),
-    )  # fmt: skip
+        bos_token_id=eos,
+        eos_token_id=eos,
+        add_cross_attention=True,
+        **_dims(
+            full,
+            dict(n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=TINY_INIT),
+            dict(n_positions=1024, n_embd=768, n_layer=12, n_head=12),
+        ),
+    )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
         ViTConfig(**_vision(full)), decoder
     )
@@ -171,11 +206,22 @@ def build_git(out: Path, full: bool) -> None:
     )
     text = _dims(
         full,
-        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-             max_position_embeddings=64, initializer_range=TINY_INIT),
-        dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072,
-             max_position_embeddings=1024),
-    )  # fmt: skip
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            hidden_size=768,
+            num_hidden_layers=6,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=1024,
+        ),
+    )
     config = GitConfig(
         vision_config=_vision(full), vocab_size=30522 if full else len(tokenizer), **text, **ids
     )
@@ -196,21 +242,33 @@ def build_blip(out: Path, full: bool) -> None:
         pad_token_id=tokenizer.pad_token_id,
         **_dims(
             full,
-            dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=64, initializer_range=TINY_INIT),
-            dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, max_position_embeddings=512),
+            dict(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                initializer_range=TINY_INIT,
+            ),
+            dict(
+                hidden_size=768,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                intermediate_size=3072,
+                max_position_embeddings=512,
+            ),
         ),
-    )  # fmt: skip
+    )
     size = 384 if full else 32
     config = BlipConfig(
         text_config=text, vision_config=_vision(full, size), projection_dim=32 if not full else 512
     )
     model = BlipForConditionalGeneration(config)
     model.generation_config.update(
-        bos_token_id=text["bos_token_id"], eos_token_id=text["eos_token_id"],
+        bos_token_id=text["bos_token_id"],
+        eos_token_id=text["eos_token_id"],
         pad_token_id=text["pad_token_id"],
-    )  # fmt: skip
+    )
     processor = _processor("BlipImageProcessor")(size={"height": size, "width": size})
     _save(out, model, tokenizer, processor)
 
@@ -223,9 +281,13 @@ def build_resnet(out: Path, full: bool) -> None:
     dims = _dims(
         full,
         dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
-        dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-             layer_type="bottleneck"),
-    )  # fmt: skip
+        dict(
+            embedding_size=64,
+            hidden_sizes=[256, 512, 1024, 2048],
+            depths=[3, 4, 6, 3],
+            layer_type="bottleneck",
+        ),
+    )
     model = ResNetForImageClassification(ResNetConfig(num_labels=len(LABELS), **dims, **_labels()))
     size = 224 if full else 32
     processor = _processor("ConvNextImageProcessor")(
@@ -242,13 +304,23 @@ def build_vit(out: Path, full: bool) -> None:
 
 def _text_tower(full: bool, vocab_size: int, positions: int, **ids: int) -> dict:
     return dict(
-        vocab_size=vocab_size, max_position_embeddings=positions, **ids,
-        **_dims(full,
-                dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, initializer_range=TINY_INIT),
-                dict(hidden_size=512, num_hidden_layers=12, num_attention_heads=8,
-                     intermediate_size=2048)),
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        max_position_embeddings=positions,
+        **ids,
+        **_dims(
+            full,
+            dict(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                initializer_range=TINY_INIT,
+            ),
+            dict(
+                hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048
+            ),
+        ),
+    )
 
 
 def build_clip(out: Path, full: bool) -> None:
@@ -256,9 +328,13 @@ def build_clip(out: Path, full: bool) -> None:
 
     tokenizer = clip_tokenizer()
     text = _text_tower(
-        full, len(tokenizer), 77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        full,
+        len(tokenizer),
+        77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     vision = {**_vision(full), "patch_size": 8 if not full else 32}
     model = CLIPModel(
         CLIPConfig(text_config=text, vision_config=vision, projection_dim=512 if full else 16)
@@ -273,9 +349,13 @@ def build_clip(out: Path, full: bool) -> None:
 def _siglip_text_tower(full: bool, tokenizer: Any) -> dict:
     # SigLIP's pipeline pads every text to 64 tokens, so 64 positions.
     return _text_tower(
-        full, len(tokenizer), 64, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-    )  # fmt: skip
+        full,
+        len(tokenizer),
+        64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
 
 
 def build_siglip(out: Path, full: bool) -> None:
@@ -314,9 +394,11 @@ def build_dinov2(out: Path, full: bool) -> None:
     model = Dinov2Model(Dinov2Config(**dims))
     size = 224 if full else 32
     processor = _processor("BitImageProcessor")(
-        size={"shortest_edge": 256 if full else 40}, crop_size={"height": size, "width": size},
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-    )  # fmt: skip
+        size={"shortest_edge": 256 if full else 40},
+        crop_size={"height": size, "width": size},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
     _save(out, model, None, processor)
 
 
@@ -347,26 +429,51 @@ def build_detr(out: Path, full: bool) -> None:
         **_dims(
             full,
             dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
-            dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                 layer_type="bottleneck"),
+            dict(
+                embedding_size=64,
+                hidden_sizes=[256, 512, 1024, 2048],
+                depths=[3, 4, 6, 3],
+                layer_type="bottleneck",
+            ),
         ),
         out_features=["stage2"] if not full else ["stage4"],
-    )  # fmt: skip
+    )
     transformer = _dims(
         full,
-        dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10,
-             init_std=TINY_INIT / 10),
-        dict(d_model=256, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-             decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
-             num_queries=100),
-    )  # fmt: skip
+        dict(
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_queries=10,
+            init_std=TINY_INIT / 10,
+        ),
+        dict(
+            d_model=256,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_attention_heads=8,
+            decoder_attention_heads=8,
+            encoder_ffn_dim=2048,
+            decoder_ffn_dim=2048,
+            num_queries=100,
+        ),
+    )
     config = DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
-        **transformer, **_labels(),
-    )  # fmt: skip
-    size = {"shortest_edge": 800, "longest_edge": 1333} if full else {
-        "shortest_edge": 64, "longest_edge": 96}  # fmt: skip
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=backbone,
+        **transformer,
+        **_labels(),
+    )
+    size = (
+        {"shortest_edge": 800, "longest_edge": 1333}
+        if full
+        else {"shortest_edge": 64, "longest_edge": 96}
+    )
     model = DetrForObjectDetection(config)
     if not full:
         with torch.no_grad():  # queries initialised apart, so they find different boxes
@@ -381,9 +488,13 @@ def _owl(out: Path, full: bool, version: str) -> None:
 
     tokenizer = clip_tokenizer()
     text = _text_tower(
-        full, len(tokenizer), 16, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        full,
+        len(tokenizer),
+        16,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     size = (768 if version == "OwlViT" else 960) if full else 32
     patch = (32 if version == "OwlViT" else 16) if full else 8
     vision = {**_vision(full, size), "patch_size": patch}
@@ -433,10 +544,14 @@ def llama_tokenizer() -> PreTrainedTokenizerFast:
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", trained.token_to_id("<s>"))]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=trained, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+        tokenizer_object=trained,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
         padding_side="left",
-    )  # fmt: skip
+    )
 
 
 def _llava(out: Path, full: bool, family: str, pinpoints: list[list[int]] | None) -> None:
@@ -447,33 +562,53 @@ def _llava(out: Path, full: bool, family: str, pinpoints: list[list[int]] | None
     from transformers import CLIPVisionConfig, LlamaConfig
 
     tokenizer = llama_tokenizer()
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     text = _dims(
         full,
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=2, max_position_embeddings=512, initializer_range=TINY_INIT),
-        dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096),
-    )  # fmt: skip
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+        ),
+    )
     size, patch = (336, 14) if full else (32, 8)
     tiling = {"image_grid_pinpoints": pinpoints} if pinpoints else {}
     config = getattr(transformers, f"{family}Config")(
         vision_config=CLIPVisionConfig(**{**_vision(full, size), "patch_size": patch}),
         text_config=LlamaConfig(vocab_size=len(tokenizer), **text, **ids),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(size // patch) ** 2, **tiling,
-    )  # fmt: skip
+        image_seq_length=(size // patch) ** 2,
+        **tiling,
+    )
     model = getattr(transformers, f"{family}ForConditionalGeneration")(config)
     model.generation_config.update(**ids)
     image_processor = _processor("LlavaNextImageProcessor" if pinpoints else "CLIPImageProcessor")(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **tiling
     )
     processor = getattr(transformers, f"{family}Processor")(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
-    )  # fmt: skip
+    )
     processor.save_pretrained(out)
     _save(out, model, None, None)
 
@@ -487,8 +622,12 @@ def build_llava_next(out: Path, full: bool) -> None:
     """LLaVA-NeXT ("anyres"): each image is tiled on the best-fitting grid of its aspect ratio,
     so images of different shapes become different numbers of <image> tokens."""
     size = 336 if full else 32
-    _llava(out, full, "LlavaNext", [[size, size], [size, 2 * size], [2 * size, size],
-                                    [2 * size, 2 * size]])  # fmt: skip
+    _llava(
+        out,
+        full,
+        "LlavaNext",
+        [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]],
+    )
 
 
 def build_vit_backbone(out: Path, full: bool) -> None:

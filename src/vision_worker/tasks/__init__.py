@@ -25,14 +25,26 @@ from .zero_shot_detect import ZeroShotDetectTask
 
 # In priority order (see the module docstring).
 _REGISTERED = (
-    CaptionTask, AskTask, ClassifyTask, DetectTask, ZeroShotDetectTask, ZeroShotTask, EmbedTask,
-)  # fmt: skip
+    CaptionTask,
+    AskTask,
+    ClassifyTask,
+    DetectTask,
+    ZeroShotDetectTask,
+    ZeroShotTask,
+    EmbedTask,
+)
 TASKS: dict[str, type[Task]] = {task.name: task for task in _REGISTERED}
 
 __all__ = [
-    "TASKS", "Checkpoint", "ModelLoadError", "ModelSource", "Task", "TaskOptions", "load_task",
+    "TASKS",
+    "Checkpoint",
+    "ModelLoadError",
+    "ModelSource",
+    "Task",
+    "TaskOptions",
+    "load_task",
     "tasks_serving",
-]  # fmt: skip
+]
 
 
 def load_task(settings: Settings) -> Task:
@@ -50,16 +62,20 @@ def load_task(settings: Settings) -> Task:
         # Vision inputs have fixed shapes after preprocessing, so cuDNN's one-time autotuning
         # per shape pays for itself from the second batch on.
         torch.backends.cudnn.benchmark = True
-    model = resolve_model(settings.MODEL_NAME, settings.MODEL_REVISION,
-                          settings.RUNPOD_MODEL_CACHE_DIR)  # fmt: skip
+    model = resolve_model(
+        settings.MODEL_NAME, settings.MODEL_REVISION, settings.RUNPOD_MODEL_CACHE_DIR
+    )
     processor = (
         settings.PROCESSOR_NAME
         and resolve_model(settings.PROCESSOR_NAME, None, settings.RUNPOD_MODEL_CACHE_DIR).location
     )
     source = ModelSource(
-        model.location, None if model.on_disk else settings.MODEL_REVISION, device,
-        resolve_dtype(settings.DTYPE, device), processor or None,
-    )  # fmt: skip
+        model.location,
+        None if model.on_disk else settings.MODEL_REVISION,
+        device,
+        resolve_dtype(settings.DTYPE, device),
+        processor or None,
+    )
     checkpoint = Checkpoint.from_config(
         settings.MODEL_NAME, source.load(AutoConfig.from_pretrained)
     )

@@ -40,9 +40,11 @@ _TEXT_KEYS = ("input_ids", "attention_mask")
 
 class AskOptions(GenerationOptions):
     question: str | None = Field(
-        None, min_length=1, max_length=1_000_000,
+        None,
+        min_length=1,
+        max_length=1_000_000,
         description="One question for every image of the job (at most MAX_TEXT_CHARS characters).",
-    )  # fmt: skip
+    )
     questions: list[str] | None = Field(
         None, min_length=1, description="One question per image, in the images' order."
     )
@@ -57,8 +59,9 @@ class AskTask(Task):
         "`SmolVLMForConditionalGeneration`, `Qwen2VLForConditionalGeneration`, ..."
     )
     example_input: ClassVar[dict] = {
-        "images": ["<image>", "<image>"], "question": "What is the animal doing?",
-    }  # fmt: skip
+        "images": ["<image>", "<image>"],
+        "question": "What is the animal doing?",
+    }
     example_output: ClassVar[list] = [
         {"answer": "The cat is lying on a couch."},
         {"answer": "There is no animal; an astronaut is holding a flag."},
@@ -150,9 +153,11 @@ class AskTask(Task):
         prompt_length = batch["input_ids"].shape[1]
         with torch.inference_mode():
             generated = self.model.generate(
-                **batch, max_new_tokens=first.max_new_tokens, num_beams=first.num_beams,
+                **batch,
+                max_new_tokens=first.max_new_tokens,
+                num_beams=first.num_beams,
                 do_sample=False,
-            )  # fmt: skip
+            )
         return [
             _answer(full, prompt)
             for full, prompt in zip(

@@ -36,10 +36,12 @@ class GenerationOptions(TaskOptions):
     """What bounds a generation loop; captions and answers share them."""
 
     max_new_tokens: int | None = Field(
-        None, ge=1, le=1_000_000,
+        None,
+        ge=1,
+        le=1_000_000,
         description="Tokens generated at most (default DEFAULT_MAX_NEW_TOKENS, "
         "at most MAX_NEW_TOKENS_LIMIT).",
-    )  # fmt: skip
+    )
     num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width (at most MAX_NUM_BEAMS).")
 
 
@@ -60,10 +62,12 @@ def checked_generation(options: GenerationOptions, limit: int, settings: Setting
 
 class CaptionOptions(GenerationOptions):
     prompt: str | None = Field(
-        None, min_length=1, max_length=1_000_000,
-        description='Conditional captioning (BLIP, GIT): the caption starts with this text, e.g. '
+        None,
+        min_length=1,
+        max_length=1_000_000,
+        description="Conditional captioning (BLIP, GIT): the caption starts with this text, e.g. "
         '"a photograph of" (at most MAX_TEXT_CHARS characters).',
-    )  # fmt: skip
+    )
 
 
 class CaptionTask(Task):

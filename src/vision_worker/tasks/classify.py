@@ -39,9 +39,10 @@ class ClassifyOptions(TaskOptions):
         None, ge=1, le=1_000_000, description="Labels returned, best first (default DEFAULT_TOP_K)."
     )
     explain: bool = Field(
-        False, description="Also a Grad-CAM heatmap of the regions behind the top label "
-        "(a PNG overlay, inline or a bucket URL, and the raw map)."
-    )  # fmt: skip
+        False,
+        description="Also a Grad-CAM heatmap of the regions behind the top label "
+        "(a PNG overlay, inline or a bucket URL, and the raw map).",
+    )
 
 
 class ClassifyTask(Task):

@@ -52,9 +52,16 @@ class DetectTask(Task):
     )
     example_input: ClassVar[dict] = {"image": "<image>", "threshold": 0.7}
     example_output: ClassVar[list] = [
-        {"detections": [{"label": "cat", "score": 0.97,
-                         "box": {"xmin": 12.5, "ymin": 40.1, "xmax": 310.0, "ymax": 296.8}}]}
-    ]  # fmt: skip
+        {
+            "detections": [
+                {
+                    "label": "cat",
+                    "score": 0.97,
+                    "box": {"xmin": 12.5, "ymin": 40.1, "xmax": 310.0, "ymax": 296.8},
+                }
+            ]
+        }
+    ]
 
     def __init__(self, source: ModelSource, model: Any, processor: Any, settings: Settings) -> None:
         self.source = source

@@ -60,9 +60,15 @@ class EmbedTask(Task):
     example_output: ClassVar[list] = [{"embedding": [0.0123, -0.0456, "..."], "dim": 512}]
 
     def __init__(
-        self, source: ModelSource, settings: Settings, *, towers: DualEncoder | None = None,
-        backbone: Any = None, processor: Any = None, use_pooler: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        source: ModelSource,
+        settings: Settings,
+        *,
+        towers: DualEncoder | None = None,
+        backbone: Any = None,
+        processor: Any = None,
+        use_pooler: bool = True,
+    ) -> None:
         self.source = source
         self.settings = settings
         self.towers = towers
@@ -82,14 +88,20 @@ class EmbedTask(Task):
         # A classifier's checkpoint has no pooler (its head reads the hidden states), so the
         # pooler AutoModel adds would be random: those weights are tolerated and left unused.
         model, missing = load_weights(
-            source, AutoModel, cls.name, "trained backbone",
+            source,
+            AutoModel,
+            cls.name,
+            "trained backbone",
             tolerate=lambda key: key.startswith("pooler."),
-        )  # fmt: skip
+        )
         processor = source.load_image_processor()
         return cls(
-            source, settings, backbone=prepare_model(model, source, settings),
-            processor=processor, use_pooler=not missing,
-        )  # fmt: skip
+            source,
+            settings,
+            backbone=prepare_model(model, source, settings),
+            processor=processor,
+            use_pooler=not missing,
+        )
 
     def check(self, options: EmbedOptions) -> EmbedOptions:
         if options.texts is None:

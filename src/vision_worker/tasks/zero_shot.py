@@ -26,9 +26,11 @@ class ZeroShotOptions(TaskOptions):
         ..., min_length=1, description='Candidate labels (1 to MAX_LABELS), e.g. ["cat", "dog"].'
     )
     hypothesis_template: str = Field(
-        DEFAULT_TEMPLATE, min_length=2, max_length=1000,
+        DEFAULT_TEMPLATE,
+        min_length=2,
+        max_length=1000,
         description='Sentence each label is put into; must contain "{}" once.',
-    )  # fmt: skip
+    )
     top_k: int | None = Field(
         None, ge=1, le=1_000_000, description="Labels returned (default all)."
     )
@@ -61,9 +63,14 @@ class ZeroShotTask(Task):
     architectures_doc: ClassVar[str] = "`CLIPModel`, `SiglipModel`, `Siglip2Model`"
     example_input: ClassVar[dict] = {"image": "<image>", "labels": ["cat", "dog", "rocket"]}
     example_output: ClassVar[list] = [
-        {"labels": [{"label": "cat", "score": 0.97}, {"label": "dog", "score": 0.02},
-                    {"label": "rocket", "score": 0.01}]}
-    ]  # fmt: skip
+        {
+            "labels": [
+                {"label": "cat", "score": 0.97},
+                {"label": "dog", "score": 0.02},
+                {"label": "rocket", "score": 0.01},
+            ]
+        }
+    ]
 
     def __init__(self, towers: DualEncoder, settings: Settings) -> None:
         self.towers = towers

@@ -38,9 +38,10 @@ _MODEL_TYPES = frozenset({"owlvit", "owlv2"})
 
 class ZeroShotDetectOptions(DetectOptions):
     labels: list[str] = Field(
-        ..., min_length=1,
+        ...,
+        min_length=1,
         description='What to find (1 to MAX_LABELS text queries), e.g. ["a cat", "a remote"].',
-    )  # fmt: skip
+    )
     # The zero-shot-object-detection pipeline's default: OWL scores sit far below a classifier's.
     threshold: float = Field(
         0.1, ge=0.0, le=1.0, description="Detections scoring at or below this are dropped."
@@ -54,11 +55,21 @@ class ZeroShotDetectTask(Task):
     architectures_doc: ClassVar[str] = "`OwlViTForObjectDetection`, `Owlv2ForObjectDetection`"
     example_input: ClassVar[dict] = {"image": "<image>", "labels": ["a cat", "a remote control"]}
     example_output: ClassVar[list] = [
-        {"detections": [{"label": "a cat", "score": 0.71,
-                         "box": {"xmin": 8.3, "ymin": 52.6, "xmax": 318.1, "ymax": 470.4}},
-                        {"label": "a remote control", "score": 0.33,
-                         "box": {"xmin": 40.2, "ymin": 72.9, "xmax": 176.0, "ymax": 117.5}}]}
-    ]  # fmt: skip
+        {
+            "detections": [
+                {
+                    "label": "a cat",
+                    "score": 0.71,
+                    "box": {"xmin": 8.3, "ymin": 52.6, "xmax": 318.1, "ymax": 470.4},
+                },
+                {
+                    "label": "a remote control",
+                    "score": 0.33,
+                    "box": {"xmin": 40.2, "ymin": 72.9, "xmax": 176.0, "ymax": 117.5},
+                },
+            ]
+        }
+    ]
 
     def __init__(
         self, source: ModelSource, model: Any, processor: Any, tokenizer: Any, settings: Settings
@@ -104,9 +115,12 @@ class ZeroShotDetectTask(Task):
     def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[list[dict]]:
         labels = options[0].labels  # equal for the whole batch (batch_key)
         text = self.tokenizer(
-            labels, padding=True, truncation=True, max_length=self.max_label_tokens,
+            labels,
+            padding=True,
+            truncation=True,
+            max_length=self.max_label_tokens,
             return_tensors="pt",
-        ).to(self.source.device)  # fmt: skip
+        ).to(self.source.device)
         with torch.inference_mode():
             outputs = self.model(
                 input_ids=text.input_ids.repeat(len(items), 1),

@@ -119,5 +119,6 @@ def test_each_job_keeps_its_own_threshold_in_a_shared_batch(make_worker):
 )
 def test_detect_option_errors(make_worker, job, message):
     output = run_job(make_worker("yolos"), {"image": b64(photo("chelsea")), **job})
-    assert set(output) == {"error"}
+    assert set(output) == {"error", "error_code"}
+    assert output["error_code"] == "invalid_input"
     assert message in output["error"]

@@ -51,6 +51,7 @@ def test_a_device_fault_fails_the_batch_then_every_later_job_at_once(model_dir):
     assert worker.broken.startswith("RuntimeError: CUDA error: an illegal memory access")
     later = run_job(worker, {"image": b64(noise_image(3))})
     assert later["error"].startswith("this worker's GPU failed (RuntimeError: CUDA error")
+    assert later["error_code"] == "unavailable"  # send it again: it goes to another worker
 
 
 def test_pod_mode_reports_broken_and_refuses_jobs(model_dir):
@@ -64,6 +65,7 @@ def test_pod_mode_reports_broken_and_refuses_jobs(model_dir):
         refused = requests.post(f"{url}/runsync", json=job, timeout=30)
         assert refused.status_code == 503
         assert refused.json()["error"].startswith("worker is broken: RuntimeError: CUDA error")
+        assert refused.json()["error_code"] == "unavailable"
 
 
 def _handler_module(model_dir, monkeypatch):

@@ -134,7 +134,8 @@ def test_hypothesis_template_and_top_k(make_worker, model_dir, photos_full_b64):
 )
 def test_zero_shot_option_errors_are_one_sentence(make_worker, photos_b64, job, message):
     output = run_job(make_worker("clip"), {"image": photos_b64[0], **job})
-    assert set(output) == {"error"}
+    assert set(output) == {"error", "error_code"}
+    assert output["error_code"] == ("too_large" if "too many" in message else "invalid_input")
     assert message in output["error"]
 
 
@@ -239,7 +240,8 @@ def test_base64_encoding_is_little_endian_float32(make_worker, photos_b64):
 )
 def test_embed_option_errors(arch, job, message, make_worker, photos_b64):
     output = run_job(make_worker(arch, TASK="embed"), {"image": photos_b64[0], **job})
-    assert set(output) == {"error"}
+    assert set(output) == {"error", "error_code"}
+    assert output["error_code"] == ("too_large" if "too many" in message else "invalid_input")
     assert message in output["error"]
 
 

@@ -93,14 +93,18 @@ def test_base64_far_over_the_limit_is_refused_before_decoding(worker):
 )
 def test_an_invalid_job_fails_whole_with_one_sentence(worker, job_input, sentence):
     output = run_job(worker, job_input)
-    assert set(output) == {"error"}
+    assert set(output) == {"error", "error_code"}
+    assert output["error_code"] == ("too_large" if "too many" in sentence else "invalid_input")
     assert sentence in output["error"]
     assert "\n" not in output["error"]
 
 
 def test_classify_top_k_is_bounded_by_the_label_count(make_worker):
     output = run_job(make_worker("vit"), {"image": PNG, "top_k": 11})
-    assert output == {"error": '"top_k" must be between 1 and 10, got 11'}
+    assert output == {
+        "error": '"top_k" must be between 1 and 10, got 11',
+        "error_code": "invalid_input",
+    }
 
 
 def test_the_worker_keeps_serving_after_bad_jobs(worker):
@@ -123,3 +127,14 @@ def test_a_model_error_fails_the_images_of_its_batch_not_the_worker(make_worker,
     assert worker.broken is None
     monkeypatch.undo()
     assert "labels" in run_job(worker, {"image": PNG})["results"][0]
+
+
+def test_a_bug_fails_the_job_as_internal_and_the_worker_keeps_serving(worker, monkeypatch):
+    def broken_check(options):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(worker.task, "check", broken_check)
+    output = run_job(worker, {"image": PNG})
+    assert output == {"error": "internal error: KeyError: 'a bug'", "error_code": "internal"}
+    monkeypatch.undo()
+    assert "caption" in run_job(worker, {"image": PNG})["results"][0]

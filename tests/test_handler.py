@@ -98,7 +98,10 @@ def test_test_input_argument_overrides_the_file(model_dir):
 def test_an_invalid_job_is_reported_as_failed(model_dir):
     done = _handler(model_dir("resnet"), "--test_input", json.dumps({"input": {"images": []}}))
     assert done.returncode == 1
-    assert json.loads(done.stdout) == {"error": '"images" is empty; send at least one image'}
+    assert json.loads(done.stdout) == {
+        "error": '"images" is empty; send at least one image',
+        "error_code": "invalid_input",
+    }
 
 
 def test_test_input_json_is_a_valid_job():

@@ -84,7 +84,8 @@ def test_any_job_input_gets_results_or_one_clear_error_never_an_exception(worker
     output = run_job(worker, job_input)
     json.dumps(output)  # always serialisable: RunPod must be able to send it back
     if "error" in output:
-        assert set(output) == {"error"}
+        assert set(output) == {"error", "error_code"}
+        assert output["error_code"] in {"invalid_input", "too_large"}
         assert isinstance(output["error"], str)
         assert output["error"]
         assert "Traceback" not in output["error"]
@@ -110,7 +111,8 @@ def test_any_job_input_gets_results_or_one_clear_error_never_an_exception(worker
 )
 def test_deep_huge_and_mistyped_inputs_get_one_sentence(worker, job_input, phrase):
     output = run_job(worker, job_input)
-    assert set(output) == {"error"}
+    assert set(output) == {"error", "error_code"}
+    assert output["error_code"] in {"invalid_input", "too_large"}
     assert phrase in output["error"]
     assert len(output["error"]) < 500
 
@@ -124,4 +126,5 @@ def _nested(depth: int):
 
 def test_pathologically_deep_nesting_is_an_error_not_a_recursion_crash(worker):
     output = run_job(worker, {"images": _nested(5000)})
-    assert set(output) == {"error"}
+    assert set(output) == {"error", "error_code"}
+    assert output["error_code"] in {"invalid_input", "too_large"}

@@ -215,8 +215,11 @@ def test_oversized_bodies_and_too_many_uploads_are_refused_early(model_dir):
         assert "request body over" in response.json()["error"]
         files = [("image", (f"{i}.png", PNG_BYTES, "image/png")) for i in range(3)]
         response = requests.post(f"{url}/predict", files=files, timeout=30)
-        assert response.status_code == 400
-        assert response.json()["error"] == "too many images: 3, at most 2"
+        assert response.status_code == 413
+        assert response.json() == {
+            "error": "too many images: 3, at most 2",
+            "error_code": "too_large",
+        }
         small = requests.post(f"{url}/runsync", json=_job(), timeout=30).json()
         assert small["status"] == "COMPLETED"
 
@@ -228,7 +231,10 @@ def test_predict_takes_options_from_the_query_string_too(server, http):
     assert len(response.json()["results"][0]["labels"]) == 2
     twice = http.post(f"{url}/predict?top_k=2", files=files, data={"top_k": "3"}, timeout=30)
     assert twice.status_code == 400
-    assert twice.json() == {"error": 'option "top_k" is given twice (query string and form)'}
+    assert twice.json() == {
+        "error": 'option "top_k" is given twice (query string and form)',
+        "error_code": "invalid_input",
+    }
     unknown = http.post(f"{url}/predict?colour=red", files=files, timeout=30)
     assert unknown.status_code == 400
     assert 'unknown input key "colour"' in unknown.json()["error"]
@@ -257,7 +263,7 @@ def test_predict_form_and_openapi_follow_the_served_tasks_options(zero_shot_serv
     assert [e["label"] for e in one["results"][0]["labels"]] == ["cat"]
     missing = requests.post(f"{url}/predict", files=files, timeout=30)
     assert missing.status_code == 400
-    assert missing.json() == {"error": '"labels" is required'}
+    assert missing.json() == {"error": '"labels" is required', "error_code": "invalid_input"}
 
     schema = requests.get(f"{url}/openapi.json", timeout=30).json()
     form = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]

@@ -111,7 +111,7 @@ def merge_stream(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     by_index: dict[int, dict[str, Any]] = {}
     for chunk in chunks:
         if "error" in chunk:
-            return {"error": chunk["error"]}
+            return {key: chunk[key] for key in ("error", "error_code") if key in chunk}
         for result in chunk.get("results", []):
             index, rest = result["index"], {k: v for k, v in result.items() if k != "index"}
             by_index[index] = rest

@@ -21,8 +21,31 @@ class ImageError(Exception):
         return {"error": {"code": self.code, "message": f"image {index}: {self.message}"}}
 
 
+# Whole-job failures, for machines: a client retries "unavailable" elsewhere, fixes
+# "invalid_input" or "too_large", and reports "internal".
+JobErrorCode = Literal["invalid_input", "too_large", "unavailable", "internal"]
+# The HTTP status pod mode's /predict answers each code with (/runsync keeps 200 and FAILED, as
+# RunPod's does).
+JOB_ERROR_STATUS: dict[str, int] = {
+    "invalid_input": 400,
+    "too_large": 413,
+    "unavailable": 503,
+    "internal": 500,
+}
+
+
 class JobError(Exception):
-    """The job as a whole is invalid; RunPod marks it FAILED with this one sentence."""
+    """The job as a whole failed; RunPod marks it FAILED with this one sentence and its code."""
+
+    def __init__(self, message: str, code: JobErrorCode = "invalid_input") -> None:
+        super().__init__(message)
+        self.code: JobErrorCode = code
+
+
+def job_failure(message: str, code: JobErrorCode) -> dict:
+    """A failed job's output: the sentence RunPod shows as "error", and its code beside it (the
+    runpod SDK sends every other key of a failed output as the job's "output")."""
+    return {"error": sendable(message), "error_code": code}
 
 
 def sendable(text: str) -> str:

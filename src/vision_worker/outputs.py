@@ -72,5 +72,6 @@ def check_output_size(output: dict[str, Any], settings: Settings) -> None:
         fixes += "BUCKET_SECRET_ACCESS_KEY) so images come back as URLs"
     raise JobError(
         f"the output is {size / 1_000_000:.1f} MB, over the {max_mb:g} MB a job may return "
-        f"(MAX_OUTPUT_MB, RunPod's payload limit): {fixes}"
+        f"(MAX_OUTPUT_MB, RunPod's payload limit): {fixes}",
+        "too_large",
     )

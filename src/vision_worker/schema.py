@@ -51,7 +51,9 @@ def parse_job_input(raw: Any, max_images: int, task: Task) -> JobRequest:
     images = raw.get("images")
     # Checked before pydantic walks the list, so a million-entry list is refused cheaply.
     if isinstance(images, list) and len(images) > max_images:
-        raise JobError(f"too many images: {len(images)} given, at most {max_images} per job")
+        raise JobError(
+            f"too many images: {len(images)} given, at most {max_images} per job", "too_large"
+        )
     job_fields = {key: value for key, value in raw.items() if key in JOB_FIELDS}
     given_options = {key: value for key, value in raw.items() if key not in JOB_FIELDS}
     head = _validated(ImagesInput, job_fields)
@@ -80,9 +82,12 @@ def _refuse_foreign_options(given: dict[str, Any], task: Task) -> None:
 
 def _validated(model: type[M], values: dict[str, Any]) -> M:
     try:
-        return model.model_validate(values)
-    except ValidationError as error:
-        raise JobError(_describe(error)) from None
+        try:
+            return model.model_validate(values)
+        except ValidationError as error:
+            raise JobError(_describe(error)) from None
+    except RecursionError:  # describing (or validating) a value nested thousands deep
+        raise JobError("the input is nested too deeply") from None
 
 
 def _describe(error: ValidationError) -> str:

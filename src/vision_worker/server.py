@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
-from .errors import ImageError
+from .errors import JOB_ERROR_STATUS, ImageError
 from .fetch import check_url_shape
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .worker import Worker
@@ -61,6 +61,11 @@ _PARALLEL_PARSES = 2
 # none (long polling, as RunPod's own /stream does): clients poll without spinning. Under the
 # runpod SDK's 10 s request timeout, so its Job.stream() works against a pod unchanged.
 STREAM_WAIT_S = 5.0
+
+
+def _refused(message: str, status: int) -> JSONResponse:
+    """A job not admitted now: "unavailable" (send it again, here later or elsewhere)."""
+    return JSONResponse({"error": message, "error_code": "unavailable"}, status)
 
 
 class BodyError(Exception):
@@ -126,6 +131,7 @@ class JobRecord:
     status: str = IN_QUEUE
     output: Any = None
     error: str | None = None
+    error_code: str | None = None  # a failed job's JobErrorCode (errors.py)
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
@@ -143,6 +149,8 @@ class JobRecord:
             body["output"] = self.output
         elif self.error is not None:
             body["error"] = self.error
+            if self.error_code is not None:  # where RunPod puts it: the rest of the output
+                body["output"] = {"error_code": self.error_code}
         return body
 
 
@@ -221,11 +229,11 @@ class PodServer:
     def refusal(self) -> JSONResponse | None:
         """One admission rule for /run, /runsync and /predict, or None when a job may start."""
         if self.draining:
-            return JSONResponse({"error": "worker is shutting down; send the job elsewhere"}, 503)
+            return _refused("worker is shutting down; send the job elsewhere", 503)
         if self.worker.broken:
-            return JSONResponse({"error": f"worker is broken: {self.worker.broken}"}, 503)
+            return _refused(f"worker is broken: {self.worker.broken}", 503)
         if len(self.store.active()) >= self.settings.MAX_STORED_RESULTS:
-            return JSONResponse({"error": "too many jobs in flight; retry later"}, 429)
+            return _refused("too many jobs in flight; retry later", 429)
         return None
 
     async def admit(self, request: Request) -> JobBody | JSONResponse:
@@ -278,6 +286,7 @@ class PodServer:
             raise
         if isinstance(output, dict) and "error" in output:
             record.error = str(output["error"])
+            record.error_code = output.get("error_code")
             self.store.finish(record, FAILED)
         else:
             record.output = output
@@ -478,13 +487,15 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         form = await request.form(max_files=limit + 1, max_fields=1000)
         uploads = [value for value in form.getlist("image") if not isinstance(value, str)]
         if not uploads:
-            return JSONResponse({"error": 'no image: send files in the form field "image"'}, 400)
+            message = 'no image: send files in the form field "image"'
+            return JSONResponse({"error": message, "error_code": "invalid_input"}, 400)
         if len(uploads) > limit:
-            return JSONResponse({"error": f"too many images: {len(uploads)}, at most {limit}"}, 400)
+            message = f"too many images: {len(uploads)}, at most {limit}"
+            return JSONResponse({"error": message, "error_code": "too_large"}, 413)
         try:
             options = form_options(pod.worker.task.Options, form, request.query_params)
         except ValueError as error:
-            return JSONResponse({"error": str(error)}, 400)
+            return JSONResponse({"error": str(error), "error_code": "invalid_input"}, 400)
         job_input = {
             "images": [await _upload_as_base64(f, settings.MAX_IMAGE_BYTES) for f in uploads],
             **options,
@@ -492,7 +503,9 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         record = await pod.execute(pod.new_job(job_input))  # counted in /health like any job
         if record.status == COMPLETED:
             return JSONResponse(record.output)
-        return JSONResponse({"error": record.error}, status_code=400)
+        code = record.error_code or "internal"
+        body = {"error": record.error, "error_code": code}
+        return JSONResponse(body, status_code=JOB_ERROR_STATUS[code])
 
     @router.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def metrics() -> Response:

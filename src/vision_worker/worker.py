@@ -15,7 +15,7 @@ from PIL import Image
 from .batcher import DynamicBatcher
 from .config import Settings
 from .device import is_device_fault, is_out_of_memory, release_cached_memory
-from .errors import ImageError, JobError, sendable
+from .errors import ImageError, JobError, job_failure
 from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
 from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
@@ -199,10 +199,11 @@ class Worker:
         try:
             return await self._run(job_input, progress, on_result)
         except JobError as error:
-            return {"error": sendable(str(error))}
+            return job_failure(str(error), error.code)
         except Exception as error:  # never a traceback to the caller; the worker keeps serving
             log.exception("job failed unexpectedly")
-            return {"error": sendable(f"internal error: {type(error).__name__}: {error}"[:500])}
+            message = f"internal error: {type(error).__name__}: {error}"[:500]
+            return job_failure(message, "internal")
 
     async def _run(
         self,
@@ -212,7 +213,9 @@ class Worker:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         if self.broken:
-            raise JobError(f"this worker's GPU failed ({self.broken}); send the job again")
+            raise JobError(
+                f"this worker's GPU failed ({self.broken}); send the job again", "unavailable"
+            )
         request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task)
         options = request.options
         texts = self.task.job_texts(options)

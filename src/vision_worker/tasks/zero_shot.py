@@ -46,7 +46,7 @@ class ZeroShotOptions(TaskOptions):
 def check_labels(labels: list[str], limits: Settings) -> None:
     """A job's labels: at most MAX_LABELS, each 1 to MAX_TEXT_CHARS characters, no repeats."""
     if len(labels) > limits.MAX_LABELS:
-        raise JobError(f"too many labels: {len(labels)}, at most {limits.MAX_LABELS}")
+        raise JobError(f"too many labels: {len(labels)}, at most {limits.MAX_LABELS}", "too_large")
     for label in labels:
         if not label.strip() or len(label) > limits.MAX_TEXT_CHARS:
             raise JobError(

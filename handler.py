@@ -59,7 +59,7 @@ def _pod_args() -> argparse.Namespace:
 if __name__ == "__main__" and ((pod := _pod_args()).serve or settings.SERVE_MODE == "pod"):
     # Pod mode (and RunPod load-balancing endpoints): listen first, load the model on a thread,
     # so /ping says "initializing" instead of the port refusing connections for a minute.
-    from vision_worker.server import serve
+    from vision_worker.starting import serve
 
     serve(settings, pod.host, pod.port, start=lambda: Worker.start(settings))
     sys.exit(0)

@@ -31,6 +31,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 from urllib3.util import Retry, connection
 
+from .config import Settings
 from .errors import ImageError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -125,6 +126,17 @@ def _guarded_adapter(resolver: Resolver, policy: AddressPolicy, retries: int) ->
 
 class UrlFetcher:
     """Downloads one image URL within a total deadline and a byte cap; failures are ImageErrors."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UrlFetcher:
+        """The fetcher the settings ask for: image downloads and webhooks share its guard."""
+        return cls(
+            timeout_s=settings.URL_TIMEOUT_S,
+            max_bytes=settings.MAX_IMAGE_BYTES,
+            retries=settings.URL_RETRIES,
+            max_redirects=settings.MAX_REDIRECTS,
+            allow_private=settings.ALLOW_PRIVATE_URLS,
+        )
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ def fitness_problems(
         worker.self_test()
     except Exception as error:
         problems.append(f"the model failed on a test image: {type(error).__name__}: {error}"[:300])
-    device = worker.task.source.device
+    device = worker.device
     if device.type == "cuda":
         try:
             probe = torch.ones(256, device=device) * 2

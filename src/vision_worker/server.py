@@ -14,7 +14,6 @@ import hmac
 import json
 import logging
 import re
-import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -35,7 +34,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
 from .errors import JOB_ERROR_STATUS, ImageError
-from .fetch import check_url_shape
+from .fetch import UrlFetcher, check_url_shape
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .worker import Worker
 
@@ -221,6 +220,8 @@ class PodServer:
         self.worker = worker
         self.settings = settings
         self.store = JobStore(settings.RESULT_TTL_S, settings.RESULT_STORE_MB * 1024 * 1024)
+        # Webhook receivers pass the image downloads' address guard: no private or metadata IPs.
+        self.webhooks = UrlFetcher.from_settings(settings)
         self._slots: asyncio.Semaphore | None = None
         self._parsing: asyncio.Semaphore | None = None
         # Set on SIGTERM: job routes answer 503, /status keeps answering (DrainingServer).
@@ -316,13 +317,12 @@ class PodServer:
     async def deliver_webhook(self, record: JobRecord) -> bool:
         """POST the final job JSON as RunPod does: up to three tries, WEBHOOK_RETRY_S apart.
         The URL passes the image-URL address guard: no private or metadata addresses."""
-        fetcher = self.worker.loader.fetcher
         for attempt in range(3):
             if attempt:
                 await asyncio.sleep(self.settings.WEBHOOK_RETRY_S)
             try:
                 status = await asyncio.to_thread(
-                    fetcher.post_json, record.webhook, record.to_json()
+                    self.webhooks.post_json, record.webhook, record.to_json()
                 )
             except ImageError as error:
                 log.warning("webhook for %s: %s", record.id, error.message)
@@ -340,7 +340,7 @@ class PodServer:
         if tasks:
             log.info("shutdown: finishing %d job(s) in flight", len(tasks))
             await asyncio.wait(tasks, timeout=timeout_s)
-        await self.worker.batcher.drain()
+        await self.worker.drain()
 
     def health(self) -> dict[str, Any]:
         active = self.store.active()
@@ -854,33 +854,3 @@ def server_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvi
         limit_concurrency=settings.MAX_CONNECTIONS,
         timeout_graceful_shutdown=120,
     )
-
-
-def serve(settings: Settings, host: str, port: int, start: Callable[[], Worker]) -> None:
-    """Listen at once (on PORT, and PORT_HEALTH when it differs), load the model on a thread,
-    serve until SIGTERM/SIGINT, then drain (see DrainingServer) and exit 0."""
-    from .starting import StartingApp
-
-    app = StartingApp(settings)
-    config = server_config(app, settings, host, port)  # type: ignore[arg-type]
-    sockets = [config.bind_socket()]
-    health_port = settings.PORT_HEALTH or port
-    if health_port != port:
-        sockets.append(_listening_socket(host, health_port))
-    log.info(
-        "pod mode: listening on http://%s:%d (health probes on %d); loading the model",
-        host,
-        port,
-        health_port,
-    )
-    app.load_in_background(start)
-    DrainingServer(config, lambda: app.pod, settings.SHUTDOWN_GRACE_S).run(sockets=sockets)
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock

@@ -1,4 +1,5 @@
-"""Pod mode listens before the model has loaded, as RunPod's load balancer expects.
+"""The pod process: it listens before the model has loaded, as RunPod's load balancer expects,
+serves, and drains on SIGTERM (`serve`).
 
 `StartingApp` answers at once: `GET /ping` 204 while the model loads (200 once ready, 503 if it
 failed), `GET /health` {"status": "initializing" | "broken"}, everything else 503 with one
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from .config import Settings
+from .server import DrainingServer, create_app, server_config
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,6 @@ class StartingApp:
 
     def load_in_background(self, start: Callable[[], Worker]) -> threading.Thread:
         """Cold start on a thread, so the HTTP server answers probes meanwhile."""
-        from .server import create_app
 
         def load() -> None:
             try:
@@ -91,3 +93,31 @@ async def _respond(send: Any, status: int, body: dict | None) -> None:
         headers.append((b"content-type", b"application/json"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def serve(settings: Settings, host: str, port: int, start: Callable[[], Worker]) -> None:
+    """Listen at once (on PORT, and PORT_HEALTH when it differs), load the model on a thread,
+    serve until SIGTERM/SIGINT, then drain (see DrainingServer) and exit 0."""
+    app = StartingApp(settings)
+    config = server_config(app, settings, host, port)  # type: ignore[arg-type]
+    sockets = [config.bind_socket()]
+    health_port = settings.PORT_HEALTH or port
+    if health_port != port:
+        sockets.append(_listening_socket(host, health_port))
+    log.info(
+        "pod mode: listening on http://%s:%d (health probes on %d); loading the model",
+        host,
+        port,
+        health_port,
+    )
+    app.load_in_background(start)
+    DrainingServer(config, lambda: app.pod, settings.SHUTDOWN_GRACE_S).run(sockets=sockets)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock

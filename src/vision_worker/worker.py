@@ -42,13 +42,7 @@ class Worker:
         self.task = task
         self.loader = ImageLoader(
             ImageLimits(settings.MAX_IMAGE_BYTES, settings.MAX_IMAGE_PIXELS),
-            UrlFetcher(
-                timeout_s=settings.URL_TIMEOUT_S,
-                max_bytes=settings.MAX_IMAGE_BYTES,
-                retries=settings.URL_RETRIES,
-                max_redirects=settings.MAX_REDIRECTS,
-                allow_private=settings.ALLOW_PRIVATE_URLS,
-            ),
+            UrlFetcher.from_settings(settings),
         )
         self.batcher = DynamicBatcher(
             task.predict,
@@ -127,6 +121,15 @@ class Worker:
         if self.broken is None:
             log.critical("device fault, this worker must be replaced: %s", error)
         self.broken = f"{type(error).__name__}: {error}"[:300]
+
+    @property
+    def device(self) -> Any:
+        """The torch device the model runs on."""
+        return self.task.source.device
+
+    async def drain(self) -> None:
+        """Finish every batch queued or running (shutdown)."""
+        await self.batcher.drain()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,97 @@
+"""The package's shape, checked: no import cycles (function-level imports included), and the
+edges (serverless handler, pod server and process, local run, fitness check) use the Worker's
+face, never its parts."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "vision_worker"
+EDGES = ("server.py", "starting.py", "fitness.py", "local.py")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The package modules `path` imports anywhere in its body."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - node.level + 1]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            candidates = [target] + [f"{target}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            continue
+        found |= {c for c in candidates if c in modules and c != name}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = list(PACKAGE.rglob("*.py"))
+    modules = {_module_name(p) for p in paths}
+    return {_module_name(p): _imports(p, modules) for p in paths}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node], _ = "open", stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return [*stack[stack.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        state[node], _ = "done", stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_import_graph_is_found():
+    graph = import_graph()
+    assert "vision_worker.server" in graph["vision_worker.starting"]
+    assert "vision_worker.worker" in graph["vision_worker.server"]
+
+
+def test_no_module_imports_itself_back():
+    graph = import_graph()
+    # A module importing its own package (__init__) is how submodules share a registry, not a
+    # cycle between stages.
+    cycle = _cycle(
+        {
+            module: {t for t in targets if not _is_parent_package(t, module)}
+            for module, targets in graph.items()
+        }
+    )
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def _is_parent_package(target: str, module: str) -> bool:
+    return module.startswith(target + ".")
+
+
+def test_the_edges_use_the_workers_face_not_its_parts():
+    reaching_in = re.compile(r"worker\.(loader|batcher|task\.source)\b")
+    for name in EDGES:
+        text = (PACKAGE / name).read_text()
+        assert not reaching_in.search(text), f"{name} reaches into the worker"
+    assert not reaching_in.search((ROOT / "handler.py").read_text())

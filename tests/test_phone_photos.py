@@ -105,11 +105,37 @@ def test_default_decoding_keeps_the_pipelines_answers_on_phone_photos(
     make_worker, classifier_pipeline, phone
 ):
     worker = make_worker("efficientnet-lite0")
+    # The torchvision ("fast") processor, as in the Docker image and the pipeline here.
+    assert type(worker.task.image_processor).__name__ == "BitImageProcessor"
+    assert type(classifier_pipeline.image_processor).__name__ == "BitImageProcessor"
     results = run_job(worker, {"images": [b64(d) for d in phone.values()]})["results"]
     expected = [classifier_pipeline(opened(d), top_k=5) for d in phone.values()]
     assert _worst_top5_difference(results, expected) <= 0.01
     for ours, theirs in zip(results, expected, strict=True):
         assert ours["labels"][0]["label"] == theirs[0]["label"]
+
+
+def test_the_pil_backend_keeps_the_budget_against_the_pil_pipeline(
+    real_classifier, phone, monkeypatch
+):
+    """Without torchvision the worker takes the PIL processors: compared with the pipeline on
+    the same backend, the same budget holds."""
+    from vision_worker.config import load_settings
+    from vision_worker.tasks import base
+    from vision_worker.worker import Worker
+
+    monkeypatch.setattr(base, "image_processor_backend", lambda: "pil")
+    worker = Worker.start(load_settings(MODEL_NAME=str(real_classifier), WARMUP=False))
+    assert type(worker.task.image_processor).__name__ == "BitImageProcessorPil"
+    processor = AutoImageProcessor.from_pretrained(real_classifier, backend="pil")
+    reference = pipeline(
+        "image-classification", model=str(real_classifier), image_processor=processor
+    )
+    images = [phone[name] for name in ("chelsea", "rocket (EXIF 6)", "motorcycle")]
+    results = run_job(worker, {"images": [b64(d) for d in images]})["results"]
+    expected = [reference(opened(d), top_k=5) for d in images]
+    assert _worst_top5_difference(results, expected) <= 0.01
+    assert [r["labels"][0]["label"] for r in results] == [e[0]["label"] for e in expected]
 
 
 def test_fast_decoding_trades_a_bounded_deviation_for_speed(

@@ -22,7 +22,7 @@ from transformers import (
     pipeline,
 )
 
-from conftest import PHONE, b64, phone_jpeg, rotated_twin, run_job
+from conftest import PHONE, b64, encode, phone_jpeg, rotated_twin, run_job
 from vision_worker.images import ImageLimits, draft_for, finish_decode, open_image, photo_size
 
 NAMES = ("chelsea", "astronaut", "coffee", "rocket", "camera", "motorcycle")
@@ -50,6 +50,20 @@ def test_a_drafted_decode_keeps_the_photos_size_after_exif_rotation(phone):
     decoded = finish_decode(image)
     assert decoded.size == (504, 378)  # 1/8 scale, turned upright
     assert photo_size(decoded) == PHONE  # the photo itself, upright
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 5, 6, 7, 8])
+def test_a_nearly_square_photo_keeps_its_sides_when_its_draft_comes_out_square(orientation):
+    """4000x3993 at 1/8 decodes to 500x500: the quarter turn is read from the EXIF tag, not
+    guessed from the decoded sides."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.new("RGB", (4000, 3993), (90, 120, 150)), "JPEG", quality=80, exif=exif)
+    image = open_image(data, LIMITS)
+    draft_for(image, {"shortest_edge": 224}, "fast")
+    decoded = finish_decode(image)
+    assert decoded.size == (500, 500)
+    assert photo_size(decoded) == ((3993, 4000) if orientation >= 5 else (4000, 3993))
 
 
 @pytest.mark.parametrize(
@@ -333,3 +347,21 @@ def test_answers_on_phone_jpegs_equal_the_pipeline(make_worker, model_dir, phone
         ]
         expected = reference(text=turn, max_new_tokens=6, return_full_text=False)
         assert ours == {"answer": expected[0]["generated_text"].strip()}
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [
+        ("1", "true"),
+        ("y", "true"),
+        ("TRUE", "true"),
+        ("fast", "fast"),
+        ("off", "false"),
+        ("f", "false"),
+        (False, "false"),
+    ],
+)
+def test_jpeg_draft_takes_every_boolean_spelling_and_fast(value, mode):
+    from vision_worker.config import load_settings
+
+    assert mode == load_settings(JPEG_DRAFT=value).JPEG_DRAFT

@@ -11,6 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL_NAME = "nlpconnect/vit-gpt2-image-captioning"
 
 
+# pydantic's boolean spellings.
+_TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE_WORDS = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
 class ConfigError(ValueError):
     """A setting is missing or out of range; raised at cold start, never per job."""
 
@@ -143,18 +148,13 @@ class Settings(BaseSettings):
     @field_validator("JPEG_DRAFT", mode="before")
     @classmethod
     def _draft_mode(cls, value: object) -> object:
-        # Booleans as pydantic reads them from the environment (1/0, yes/no, on/off, True).
+        # Every boolean spelling pydantic accepts (so JPEG_DRAFT=1, yes, on, t, y keep working).
         if isinstance(value, bool):
             return "true" if value else "false"
         text = str(value).strip().lower()
-        return {
-            "1": "true",
-            "yes": "true",
-            "on": "true",
-            "0": "false",
-            "no": "false",
-            "off": "false",
-        }.get(text, text)
+        if text in _TRUE_WORDS:
+            return "true"
+        return "false" if text in _FALSE_WORDS else text
 
     @field_validator("DEVICE")
     @classmethod

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .errors import ImageError
 from .fetch import UrlFetcher
@@ -144,7 +144,8 @@ def draft_for(image: Image.Image, target: dict | None, mode: str = "true") -> No
     """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (in the DCT domain, before any pixel
     exists) when the model needs no more (JPEG_DRAFT `mode`: "true", "fast" or "false"); other
     formats decode in full. Must precede load()."""
-    if image.format != "JPEG" or mode not in DRAFT_MARGINS:
+    # Pillow opens a JPEG that carries a second image (MPF: some phones' gain maps) as MPO.
+    if image.format not in {"JPEG", "MPO"} or mode not in DRAFT_MARGINS:
         return
     size = draft_size(*image.size, target, DRAFT_MARGINS[mode])
     if size is not None:
@@ -154,15 +155,15 @@ def draft_for(image: Image.Image, target: dict | None, mode: str = "true") -> No
 def finish_decode(image: Image.Image) -> Image.Image:
     """Decode the pixels of an image from `open_image` into an upright RGB image; its
     `photo_size` stays the photo's own, also when a draft decoded fewer pixels."""
-    stored = image.info.get(_STORED_SIZE, image.size)
+    stored = image.info.get(_STORED_SIZE, image.size)  # read before load() can change info
     with _pillow_errors_as_image_errors(b""):
         image.seek(0)  # animations: the first frame only, without touching the others
         image.load()
-        decoded = image.size
+        # The orientation exif_transpose reads, read after load(): some formats (PNG's eXIf
+        # after the pixels) reveal it only then. Not told from the sizes: a draft of a nearly
+        # square photo can come out square.
+        turned = image.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
         upright = to_rgb(ImageOps.exif_transpose(image))
-    # A quarter turn swaps the sides (of a square it changes nothing that matters). Told from
-    # the pixels, not the header: some formats reveal their orientation only once loaded.
-    turned = upright.size != decoded
     # Set on the result itself: some conversions (alpha compositing) start a fresh info dict.
     upright.info[PHOTO_SIZE] = stored[::-1] if turned else stored
     return upright
@@ -172,6 +173,8 @@ def finish_decode(image: Image.Image) -> Image.Image:
 PHOTO_SIZE = "vision_worker.photo_size"
 # The size the file declares, kept from the header before a draft can shrink image.size.
 _STORED_SIZE = "vision_worker.stored_size"
+# EXIF orientations 5-8 turn the picture a quarter: the upright width is the stored height.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
 def photo_size(image: Image.Image) -> tuple[int, int]:

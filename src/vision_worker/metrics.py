@@ -78,7 +78,7 @@ class Metrics:
             self.queue_seconds.observe(seconds)
 
     def job_done(self, output: dict, seconds: float) -> None:
-        failed = set(output) == {"error"}
+        failed = "error" in output  # a failed job; per-image errors sit in "results"
         self.jobs.labels("failed" if failed else "completed").inc()
         self.job_seconds.observe(seconds)
         for result in output.get("results", []):

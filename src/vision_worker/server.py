@@ -460,6 +460,8 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         }
         if record.error is not None:
             body["error"] = record.error
+            if record.error_code is not None:
+                body["error_code"] = record.error_code
         return JSONResponse(body)
 
     _get_and_post(router, "/stream/{job_id}", stream, "A /run job's new results, as RunPod streams")

@@ -77,7 +77,14 @@ def imagenet_labels() -> list[str]:
         line.split("\t", 1)
         for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
     )
-    return [lemmas[synset].split(",")[0].strip() for synset in synsets]
+    names = [lemmas[synset].split(",")[0].strip() for synset in synsets]
+    # Two names repeat ("crane" the bird and the machine, "maillot" twice): labels must be
+    # unique (label2id), so a repeat carries its synset.
+    repeated = {name for name in names if names.count(name) > 1}
+    return [
+        f"{name} ({synset})" if name in repeated else name
+        for name, synset in zip(names, synsets, strict=True)
+    ]
 
 
 def _timm_info_dir() -> Path:

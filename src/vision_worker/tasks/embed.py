@@ -113,7 +113,8 @@ class EmbedTask(Task):
                 f"{self.source.name} embeds images only"
             )
         if not options.texts or len(options.texts) > limits.MAX_TEXTS_PER_JOB:
-            raise JobError(f'"texts" must hold 1 to {limits.MAX_TEXTS_PER_JOB} texts')
+            code = "too_large" if options.texts else "invalid_input"
+            raise JobError(f'"texts" must hold 1 to {limits.MAX_TEXTS_PER_JOB} texts', code)
         if any(len(text) > limits.MAX_TEXT_CHARS for text in options.texts):
             raise JobError(f"each text must be at most {limits.MAX_TEXT_CHARS} characters")
         return options

@@ -192,6 +192,12 @@ def test_the_explained_cat_is_where_the_cat_is(make_worker, classifier_pipeline,
     assert cam[:, -1].mean() < 0.8 * cam[:, :-1].mean()
     heatmap = Image.open(io.BytesIO(_data_uri_bytes(explanation["heatmap"])))
     assert heatmap.size == (1024, 768)  # the photo's own shape, at most 1024 px
+    # Shortest edge to 256, centre crop 224: the model saw the middle 65.6% x 87.5% of the
+    # photo, and the map is drawn there, not stretched over the whole photo.
+    assert explanation["map_box"] == {"xmin": 693.0, "ymin": 189.0, "xmax": 3339.0, "ymax": 2835.0}
+    outside = np.asarray(heatmap)[:, :150].astype(int)  # left of the crop: the photo as it is
+    shown = np.asarray(Image.open(io.BytesIO(phone["chelsea"])).resize((1024, 768)))[:, :150]
+    assert np.abs(outside - shown).mean() < 8  # JPEG noise, no heat blended in
 
 
 def _data_uri_bytes(uri: str) -> bytes:

@@ -28,7 +28,14 @@ from .base import (
     prepare_model,
     stack_pixels,
 )
-from .explain import HEATMAP_MAX_SIDE, grad_cam, overlay, overlay_size
+from .explain import (
+    HEATMAP_MAX_SIDE,
+    grad_cam,
+    overlay,
+    overlay_size,
+    region_box,
+    seen_region,
+)
 
 # The class names a checkpoint is saved from when it carries a trained classification head.
 _CLASSIFIER_ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
@@ -99,10 +106,13 @@ class ClassifyTask(Task):
         if options.explain:
             # Kept until the result is encoded, outside the decode budget: as a JPEG, a 1024 px
             # copy costs ~0.15 MB instead of 3 MB, so 64-image jobs in flight stay small.
-            shown = image.resize(overlay_size(photo_size(image)), Image.Resampling.LANCZOS)
+            photo = photo_size(image)
+            shown = image.resize(overlay_size(photo), Image.Resampling.LANCZOS)
             jpeg = io.BytesIO()
             shown.convert("RGB").save(jpeg, "JPEG", quality=90)
             prepared.meta["image_jpeg"] = jpeg.getvalue()
+            prepared.meta["photo"] = photo
+            prepared.meta["seen"] = seen_region(self.processor, photo)
         return prepared
 
     def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
@@ -118,12 +128,13 @@ class ClassifyTask(Task):
         result = ranked_labels(probabilities, self.labels, options.top_k or len(self.labels))
         if cam is None:
             return result
+        shown = overlay(Image.open(io.BytesIO(meta["image_jpeg"])), cam, meta["seen"])
         result["explanation"] = {
             "label": self.labels[int(probabilities.argmax())],
-            "heatmap": self.image_outputs.deliver(
-                overlay(Image.open(io.BytesIO(meta["image_jpeg"])), cam), "heatmap"
-            ),
+            "heatmap": self.image_outputs.deliver(shown, "heatmap"),
             "map": [[round(v, 3) for v in row] for row in cam.tolist()],
+            # The part of the photo `map` covers (a centre crop sees less than the photo).
+            "map_box": region_box(meta["seen"], meta["photo"]),
         }
         return result
 

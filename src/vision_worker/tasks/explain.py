@@ -77,14 +77,54 @@ def overlay_size(photo: tuple[int, int]) -> tuple[int, int]:
     return max(1, math.floor(photo[0] * scale)), max(1, math.floor(photo[1] * scale))
 
 
-def overlay(image: Image.Image, cam: torch.Tensor) -> Image.Image:
-    """The heatmap over the image (at most HEATMAP_MAX_SIDE on its longest side), half and half."""
+# Where the model's view lies in the photo: (left, top, right, bottom) as fractions of its sides.
+Region = tuple[float, float, float, float]
+WHOLE_PHOTO: Region = (0.0, 0.0, 1.0, 1.0)
+
+
+def seen_region(processor: Any, photo: tuple[int, int]) -> Region:
+    """The part of the photo the model saw, so the map is drawn where it belongs: a centre crop
+    after a shortest-edge resize (CLIP, BiT, ResNet/ConvNeXt's crop_pct) sees the middle only;
+    a resize to a fixed height and width sees the whole photo."""
+    size = dict(getattr(processor, "size", None) or {})
+    if "shortest_edge" not in size:
+        return WHOLE_PHOTO
+    shortest = size["shortest_edge"]
+    crop_pct = getattr(processor, "crop_pct", None)
+    if crop_pct and shortest < 384:  # ConvNeXt: resize to shortest / crop_pct, crop shortest
+        resized_short, crop = shortest / crop_pct, (shortest, shortest)
+    elif getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None):
+        crop_size = dict(processor.crop_size)
+        resized_short, crop = shortest, (crop_size["width"], crop_size["height"])
+    else:
+        return WHOLE_PHOTO
+    scale = resized_short / min(photo)
+    kept = [min(1.0, side / (length * scale)) for side, length in zip(crop, photo, strict=True)]
+    return ((1 - kept[0]) / 2, (1 - kept[1]) / 2, (1 + kept[0]) / 2, (1 + kept[1]) / 2)
+
+
+def region_box(region: Region, photo: tuple[int, int]) -> dict[str, float]:
+    """A region in the photo's pixels, as detection boxes are given."""
+    left, top, right, bottom = region
+    width, height = photo
+    corners = (left * width, top * height, right * width, bottom * height)
+    return dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(c, 2) for c in corners), strict=True))
+
+
+def overlay(image: Image.Image, cam: torch.Tensor, region: Region = WHOLE_PHOTO) -> Image.Image:
+    """The heatmap over the image (at most HEATMAP_MAX_SIDE on its longest side), half and half,
+    on the region the model saw; the rest of the photo is shown as it is."""
     size = overlay_size(image.size)
     base = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    left, top = round(region[0] * size[0]), round(region[1] * size[1])
+    right, bottom = round(region[2] * size[0]), round(region[3] * size[1])
+    box = (left, top, max(left + 1, right), max(top + 1, bottom))
     heat = Image.fromarray((cam.numpy() * 255).astype(np.uint8)).resize(
-        size, Image.Resampling.BILINEAR
+        (box[2] - box[0], box[3] - box[1]), Image.Resampling.BILINEAR
     )
-    return Image.blend(base, Image.fromarray(_jet(np.asarray(heat) / 255.0)), alpha=0.5)
+    seen = Image.blend(base.crop(box), Image.fromarray(_jet(np.asarray(heat) / 255.0)), 0.5)
+    base.paste(seen, box[:2])
+    return base
 
 
 def _jet(values: np.ndarray) -> np.ndarray:

@@ -75,7 +75,10 @@ def test_json_amplification_is_refused_before_parsing(small_server):
     body = b'{"input": [' + b"{}," * 20_000 + b"{}]}"
     response = requests.post(f"{url}/runsync", data=body, timeout=30)
     assert response.status_code == 400
-    assert response.json() == {"error": "request body has over 10000 objects and arrays"}
+    assert response.json() == {
+        "error": "request body has over 10000 objects and arrays",
+        "error_code": "invalid_input",
+    }
 
 
 def test_a_malformed_body_is_never_echoed(small_server):
@@ -88,7 +91,10 @@ def test_a_malformed_body_is_never_echoed(small_server):
     assert len(response.text) < 300
     missing = requests.post(f"{url}/runsync", json={"inputs": {}}, timeout=30)
     assert missing.status_code == 400
-    assert missing.json() == {"error": 'request body must be a JSON object with an "input" key'}
+    assert missing.json() == {
+        "error": 'request body must be a JSON object with an "input" key',
+        "error_code": "invalid_input",
+    }
 
 
 def test_finished_jobs_keep_only_their_output(small_server):
@@ -202,7 +208,8 @@ def test_max_new_tokens_is_bounded_by_the_models_positions(make_worker, arch):
     assert "caption" in at_limit["results"][0], at_limit
     over = run_job(worker, {"image": image, "max_new_tokens": limit + 1})
     assert over == {
-        "error": f'"max_new_tokens" must be between 1 and {limit} for this model, got {limit + 1}'
+        "error": f'"max_new_tokens" must be between 1 and {limit} for this model, got {limit + 1}',
+        "error_code": "invalid_input",
     }
 
 

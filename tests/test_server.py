@@ -213,6 +213,7 @@ def test_oversized_bodies_and_too_many_uploads_are_refused_early(model_dir):
         response = requests.post(f"{url}/runsync", json=huge, timeout=30)
         assert response.status_code == 413
         assert "request body over" in response.json()["error"]
+        assert response.json()["error_code"] == "too_large"
         files = [("image", (f"{i}.png", PNG_BYTES, "image/png")) for i in range(3)]
         response = requests.post(f"{url}/predict", files=files, timeout=30)
         assert response.status_code == 413
@@ -278,4 +279,5 @@ def test_framework_errors_have_the_one_error_shape(server, http):
     assert (wrong_method.status_code, wrong_method.json()) == (405, {"error": "Method Not Allowed"})
     malformed = http.post(f"{url}/runsync", data="{not json", timeout=10)
     assert malformed.status_code == 400
-    assert set(malformed.json()) == {"error"}
+    assert set(malformed.json()) == {"error", "error_code"}
+    assert malformed.json()["error_code"] == "invalid_input"

@@ -57,7 +57,10 @@ def test_probes_answer_while_the_model_loads_then_jobs_run(model_dir):
         job = {"input": {"image": b64(noise_image(1))}}
         early = requests.post(f"{url}/runsync", json=job, timeout=5)
         assert early.status_code == 503
-        assert early.json() == {"error": "the model is still loading; retry in a few seconds"}
+        assert early.json() == {
+            "error": "the model is still loading; retry in a few seconds",
+            "error_code": "unavailable",
+        }
         release.set()
         _wait_for(lambda: requests.get(f"{url}/ping", timeout=5).status_code == 200)
         assert requests.get(f"{url}/health", timeout=5).json()["status"] == "ready"

@@ -244,7 +244,7 @@ class PodServer:
         try:
             return await self.read_job_body(request)
         except BodyError as error:
-            return JSONResponse({"error": str(error)}, error.status)
+            return JSONResponse({"error": str(error), "error_code": "invalid_input"}, error.status)
 
     async def read_job_body(self, request: Request) -> JobBody:
         """ "input" and "webhook" of a JSON body, parsed off the event loop; raises BodyError."""
@@ -723,7 +723,10 @@ class LimitBodySize:
 
 
 async def _send_error(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
+    payload = {"error": message}
+    if status == 413:  # a body over the limit: the job is too large, as a whole-job error says
+        payload["error_code"] = "too_large"
+    body = json.dumps(payload).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

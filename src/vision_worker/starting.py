@@ -72,7 +72,7 @@ class StartingApp:
                 if self.error
                 else "the model is still loading; retry in a few seconds"
             )
-            await _respond(send, 503, {"error": message})
+            await _respond(send, 503, {"error": message, "error_code": "unavailable"})
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

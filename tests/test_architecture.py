@@ -1,12 +1,17 @@
-"""The package's shape, checked: no import cycles (function-level imports included), and the
-edges (serverless handler, pod server and process, local run, fitness check) use the Worker's
-face, never its parts."""
+"""The package's shape, checked: no import cycles (function-level imports included), the edges
+(serverless handler, pod server and process, local run, fitness check) use the Worker's face,
+never its parts, and the model thread runs forward passes only."""
 
 from __future__ import annotations
 
 import ast
 import re
+import threading
 from pathlib import Path
+
+import pytest
+
+from conftest import b64, photo, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "vision_worker"
@@ -95,3 +100,31 @@ def test_the_edges_use_the_workers_face_not_its_parts():
         text = (PACKAGE / name).read_text()
         assert not reaching_in.search(text), f"{name} reaches into the worker"
     assert not reaching_in.search((ROOT / "handler.py").read_text())
+
+
+@pytest.mark.parametrize(
+    ("arch", "owner", "post_processing", "job"),
+    [
+        ("detr", "image_processor", "post_process_object_detection", {}),
+        ("owlvit", "image_processor", "post_process_object_detection", {"labels": ["a cat"]}),
+        ("vit-gpt2", "tokenizer", "batch_decode", {}),
+        ("llava", "processor", "post_process_image_text_to_text", {"question": "what?"}),
+    ],
+)
+def test_only_forward_passes_run_on_the_model_thread(
+    make_worker, monkeypatch, arch, owner, post_processing, job
+):
+    worker = make_worker(arch)
+    target = getattr(worker.task, owner)
+    original = getattr(target, post_processing)
+    threads: list[str] = []
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, post_processing, recording)
+    output = run_job(worker, {"image": b64(photo("chelsea")), **job})
+    assert "error" not in output["results"][0], output
+    assert threads, f"{post_processing} did not run"
+    assert all(name.startswith("split") for name in threads), threads

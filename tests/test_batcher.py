@@ -228,3 +228,54 @@ def test_a_lone_job_does_not_pay_the_batch_wait_and_a_many_image_job_still_batch
     run_job(worker, {"images": [image] * 12})
     new = {size: n - before.get(size, 0) for size, n in worker.batcher.batch_sizes.items()}
     assert {size: n for size, n in new.items() if n} == {12: 1}  # one batch, all 12 together
+
+
+def test_post_processing_runs_off_the_model_thread_while_the_next_batch_runs():
+    """split (decoding, box scaling, host copies) runs on its own thread, so a slow one does not
+    hold the model: the second batch's forward pass starts before the first batch's split ends."""
+    events: list[str] = []
+    first_split_may_end = threading.Event()
+
+    def forward(items, options):
+        events.append(f"forward {items[0]} on {threading.current_thread().name.split('_')[0]}")
+        if items[0] == "second":
+            first_split_may_end.set()
+        return list(items)
+
+    def split(raw, items, options):
+        events.append(f"split {raw[0]} on {threading.current_thread().name.split('_')[0]}")
+        if raw[0] == "first":
+            assert first_split_may_end.wait(timeout=30), "the model waited for post-processing"
+        return [f"{item}!" for item in raw]
+
+    batcher = DynamicBatcher(forward, split=split, max_batch_size=1, max_wait_s=0.0)
+
+    async def main():
+        return await asyncio.gather(batcher.submit("first", None), batcher.submit("second", None))
+
+    assert asyncio.run(main()) == ["first!", "second!"]
+    # The first split waited for the second forward pass, so they overlapped; each stage ran
+    # on its own thread.
+    assert sorted(events) == [
+        "forward first on model",
+        "forward second on model",
+        "split first on split",
+        "split second on split",
+    ]
+
+
+def test_an_out_of_memory_batch_is_split_per_half_after_its_halves_ran():
+    model = RecordingModel(oom_above=2)
+    seen: list[int] = []
+
+    def split(raw, items, options):
+        seen.append(len(items))
+        return raw
+
+    batcher = _batcher(model, split=split)
+
+    async def main():
+        return await _job(batcher, list(range(8)), "a")
+
+    assert asyncio.run(main()) == [(i * 2, "a") for i in range(8)]
+    assert seen == [2, 2, 2, 2]  # each half's raw output post-processed as its own

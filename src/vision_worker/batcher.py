@@ -8,7 +8,9 @@ that bound is rarely reached. One batch runs at a time, on a dedicated thread, s
 keeps taking jobs and downloading images while the model works. Only items with equal batch
 keys (e.g. equal generation options) share a batch; the model sees each item's own options. A
 CUDA out-of-memory error splits the batch in halves and lowers the working batch size for the rest
-of the process.
+of the process. Only the forward pass runs on the model thread: each batch's post-processing
+(`split`: decoding, box scaling, copies to the host) runs on a thread of its own while the next
+batch's forward pass runs.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from .errors import ImageError
 log = logging.getLogger(__name__)
 
 # run_batch(items, options): one options value per item; items in a batch share a batch key.
-RunBatch = Callable[[Sequence[Any], Sequence[Any]], list[Any]]
+# Returns one output per item, or, with a `split`, the raw output split turns into them.
+RunBatch = Callable[[Sequence[Any], Sequence[Any]], Any]
+# split(raw, items, options) -> one output per item, off the model thread.
+Split = Callable[[Any, Sequence[Any], Sequence[Any]], list[Any]]
 # Batch keys are caller-defined and may be None, so "no batch is ready" needs its own marker.
 _NOTHING_READY = object()
 
@@ -48,6 +53,7 @@ class DynamicBatcher:
         self,
         run_batch: RunBatch,
         *,
+        split: Split = lambda raw, items, options: raw,
         max_batch_size: int,
         max_wait_s: float,
         batch_key: Callable[[Any, Any], Hashable] = lambda item, options: options,
@@ -59,6 +65,7 @@ class DynamicBatcher:
         on_device_fault: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         self._run_batch = run_batch
+        self._split = split
         self._batch_key = batch_key
         self._is_oom = is_out_of_memory
         self._after_oom = after_out_of_memory
@@ -72,6 +79,8 @@ class DynamicBatcher:
         self.working_batch_size = max_batch_size
         self.batch_sizes: Counter[int] = Counter()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # One thread: batches are post-processed in the order they ran, never two at once.
+        self._split_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="split")
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- public -----------------------------------------------------------------------------
@@ -95,7 +104,7 @@ class DynamicBatcher:
 
     async def drain(self) -> None:
         """Wait until every queued item has been processed (graceful shutdown)."""
-        while self._loop is not None and (self.queue_depth or self._busy):
+        while self._loop is not None and (self.queue_depth or self._busy or self._splitting):
             await asyncio.sleep(0.01)
 
     # --- scheduling ---------------------------------------------------------------------------
@@ -108,6 +117,7 @@ class DynamicBatcher:
         self._queues: dict[Hashable, deque[_Pending]] = {}
         self._wakeup = asyncio.Event()
         self._busy = False
+        self._splitting: set[asyncio.Task] = set()
         self._scheduler = loop.create_task(self._schedule_forever(), name="batcher")
 
     async def _schedule_forever(self) -> None:
@@ -154,41 +164,75 @@ class DynamicBatcher:
         return [p for p in batch if not p.future.done()]
 
     async def _run(self, batch: list[_Pending]) -> None:
+        """The forward pass, awaited (one batch on the model at a time); its post-processing
+        goes on in the background, so the next batch can start at once."""
         self.batch_sizes[len(batch)] += 1
         started = time.monotonic()
+        items, options = [p.item for p in batch], [p.options for p in batch]
         try:
-            outputs = await self._loop.run_in_executor(  # type: ignore[union-attr]
-                self._model_thread,
-                self._run_splitting_on_oom,
-                [p.item for p in batch],
-                [p.options for p in batch],
+            chunks = await self._loop.run_in_executor(  # type: ignore[union-attr]
+                self._model_thread, self._forward_halving_on_oom, items, options
             )
         except Exception as error:  # a failing batch fails its own images, never the batcher
-            log.exception("batch of %d failed", len(batch))
-            failure = ImageError(
-                "inference_failed", f"model error: {type(error).__name__}: {error}"[:300]
-            )
-            if self._is_device_fault(error):
-                self._on_device_fault(error)
-                failure = ImageError(
-                    "inference_failed",
-                    f"the GPU failed ({str(error)[:150]}); this worker is being replaced, "
-                    "send the job again",
-                )
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(failure)
+            self._fail(batch, error)
             return
         waited = [started - pending.queued_at for pending in batch]
         self._on_batch(len(batch), waited, time.monotonic() - started)
+        splitting = self._loop.create_task(self._finish(batch, chunks))  # type: ignore[union-attr]
+        self._splitting.add(splitting)
+        splitting.add_done_callback(self._splitting.discard)
+
+    async def _finish(self, batch: list[_Pending], chunks: list[tuple[Any, int]]) -> None:
+        items, options = [p.item for p in batch], [p.options for p in batch]
+        try:
+            outputs = await self._loop.run_in_executor(  # type: ignore[union-attr]
+                self._split_thread, self._split_chunks, chunks, items, options
+            )
+        except Exception as error:
+            self._fail(batch, error)
+            return
         for pending, output in zip(batch, outputs, strict=True):
             if not pending.future.done():
                 pending.future.set_result(output)
 
+    def _fail(self, batch: list[_Pending], error: Exception) -> None:
+        log.error("batch of %d failed", len(batch), exc_info=error)
+        failure = ImageError(
+            "inference_failed", f"model error: {type(error).__name__}: {error}"[:300]
+        )
+        if self._is_device_fault(error):
+            self._on_device_fault(error)
+            failure = ImageError(
+                "inference_failed",
+                f"the GPU failed ({str(error)[:150]}); this worker is being replaced, "
+                "send the job again",
+            )
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(failure)
+
+    # --- split thread -------------------------------------------------------------------------
+    def _split_chunks(
+        self, chunks: list[tuple[Any, int]], items: list[Any], options: list[Any]
+    ) -> list[Any]:
+        """Each forward pass's raw output (one, or several after OOM halving) into outputs."""
+        outputs: list[Any] = []
+        for raw, count in chunks:
+            start = len(outputs)
+            part = self._split(raw, items[start : start + count], options[start : start + count])
+            if len(part) != count:
+                raise RuntimeError(f"model returned {len(part)} outputs for {count} inputs")
+            outputs += part
+        return outputs
+
     # --- model thread -------------------------------------------------------------------------
-    def _run_splitting_on_oom(self, items: list[Any], options: list[Any]) -> list[Any]:
+    def _forward_halving_on_oom(
+        self, items: list[Any], options: list[Any]
+    ) -> list[tuple[Any, int]]:
+        """The batch's raw output with its item count; after an out-of-memory error, each
+        half's, in order."""
         try:
-            outputs = self._run_batch(items, options)
+            raw = self._run_batch(items, options)
         except Exception as error:
             if not self._is_oom(error) or len(items) == 1:
                 raise
@@ -199,12 +243,10 @@ class DynamicBatcher:
                     "out of memory at batch size %d; working batch size now %d", len(items), half
                 )
                 self.working_batch_size = half
-            return self._run_splitting_on_oom(
+            return self._forward_halving_on_oom(
                 items[:half], options[:half]
-            ) + self._run_splitting_on_oom(items[half:], options[half:])
-        if len(outputs) != len(items):
-            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
-        return outputs
+            ) + self._forward_halving_on_oom(items[half:], options[half:])
+        return [(raw, len(items))]
 
 
 def _drop_cancelled(queue: deque[_Pending]) -> None:

@@ -45,7 +45,8 @@ class Worker:
             UrlFetcher.from_settings(settings),
         )
         self.batcher = DynamicBatcher(
-            task.predict,
+            task.forward,
+            split=task.split,
             max_batch_size=settings.MAX_BATCH_SIZE,
             max_wait_s=settings.BATCH_WAIT_MS / 1000,
             batch_key=task.batch_key,

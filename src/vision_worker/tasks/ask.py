@@ -147,7 +147,7 @@ class AskTask(Task):
             )
         return Prepared({key: value for key, value in inputs.items()})
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> tuple:
         first = options[0]  # decoding options are equal for the whole batch (batch_key)
         batch = self._collate(items)
         prompt_length = batch["input_ids"].shape[1]
@@ -158,6 +158,10 @@ class AskTask(Task):
                 num_beams=first.num_beams,
                 do_sample=False,
             )
+        return generated, prompt_length
+
+    def split(self, raw: tuple, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:
+        generated, prompt_length = raw[0].cpu(), raw[1]
         return [
             _answer(full, prompt)
             for full, prompt in zip(

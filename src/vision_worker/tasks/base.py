@@ -8,7 +8,10 @@ A task owns everything about its task and nothing about RunPod or HTTP:
 - `load(source, settings)`: once, at cold start; refuses checkpoints whose task weights are missing.
 - `check(options)`: bounds that depend on settings or on the model (e.g. top_k <= labels).
 - `prepare(image, options) -> Prepared`: per image, on an image thread.
-- `predict(items, options)`: one forward pass over a batch; `items` share `batch_key`.
+- `forward(items, options)`: on the model thread, and nothing else runs there: the batch onto
+  the device and through the model; `items` share `batch_key`. Returns what `split` needs.
+- `split(raw, items, options) -> list`: off the model thread, so the next batch's forward pass
+  does not wait for it: post-processing, decoding, `.cpu()`; one output per item.
 - `encode(output, meta, options) -> dict`: one image's JSON result.
 Jobs may also carry texts for the same model (`job_texts`, `prepare_text`, `encode_text`).
 """
@@ -236,8 +239,16 @@ class Task:
     def prepare(self, image: Image.Image, options: Any) -> Prepared:
         raise NotImplementedError
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
         raise NotImplementedError
+
+    def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
+        """One output per item from the batch's raw output; nothing to do unless overridden."""
+        return raw
+
+    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
+        """Both stages on the calling thread (warm-up, fitness check, benchmarks)."""
+        return self.split(self.forward(items, options), items, options)
 
     def encode(self, output: Any, meta: dict[str, Any], options: Any) -> dict:
         raise NotImplementedError

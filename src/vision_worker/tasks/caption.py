@@ -147,7 +147,7 @@ class CaptionTask(Task):
     def prepare(self, image: Image.Image, options: CaptionOptions) -> Prepared:
         return Prepared(pixel_inputs(self.processor, image))
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> torch.Tensor:
         first = options[0]  # equal for the whole batch (batch_key)
         prompt: dict[str, torch.Tensor] = {}
         if first.prompt is not None:
@@ -162,7 +162,10 @@ class CaptionTask(Task):
                 num_beams=first.num_beams,
                 do_sample=False,
             )
-        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return generated
+
+    def split(self, raw: torch.Tensor, items: Sequence[Prepared], options: Sequence[Any]) -> list:
+        texts = self.tokenizer.batch_decode(raw.cpu(), skip_special_tokens=True)
         return [" ".join(text.split()) for text in texts]
 
     def encode(self, output: str, meta: dict, options: CaptionOptions) -> dict:

@@ -115,13 +115,18 @@ class ClassifyTask(Task):
             prepared.meta["seen"] = seen_region(self.processor, photo)
         return prepared
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
         pixels = stack_pixels(items, self.source)
         if options[0].explain:  # equal for the whole batch (batch_key)
-            logits, maps = grad_cam(self.model, pixels)
-            return list(zip(_probabilities(logits), maps, strict=True))
+            return grad_cam(self.model, pixels)  # the backward pass is model work too
         with torch.inference_mode():
-            return _probabilities(self.model(pixel_values=pixels).logits)
+            return self.model(pixel_values=pixels).logits, None
+
+    def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
+        logits, maps = raw
+        if maps is None:
+            return _probabilities(logits)
+        return list(zip(_probabilities(logits), maps, strict=True))
 
     def encode(self, output: Any, meta: dict, options: ClassifyOptions) -> dict:
         probabilities, cam = output if options.explain else (output, None)

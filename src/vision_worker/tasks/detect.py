@@ -94,10 +94,13 @@ class DetectTask(Task):
         pixels = self.processor(images=[image], return_tensors="pt").pixel_values[0]
         return Prepared({"pixel_values": pixels}, meta={"size": box_frame(image)})
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[dict]:
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
         inputs = self._collate(items)
         with torch.inference_mode():
-            outputs = self.model(**inputs)
+            return self.model(**inputs)
+
+    def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list[dict]:
+        outputs = raw
         # One post-processing pass at the lowest threshold in the batch; each image then keeps
         # what clears its own, which is what a pass at its own threshold would give.
         lowest = min(o.threshold for o in options)

@@ -130,7 +130,7 @@ class EmbedTask(Task):
         batch = self.processor(images=[image], return_tensors="pt")
         return Prepared({"pixel_values": batch.pixel_values[0]})
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[torch.Tensor]:
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[torch.Tensor]:
         if items[0].kind == "text":
             return list(self.towers.text_features(items).cpu())  # type: ignore[union-attr]
         if self.towers is not None:

@@ -101,7 +101,7 @@ class ZeroShotTask(Task):
     def prepare(self, image: Image.Image, options: ZeroShotOptions) -> Prepared:
         return self.towers.image_item(image)
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[torch.Tensor]:
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[torch.Tensor]:
         # One image-tower pass for the whole batch, whatever labels each job asked about; only
         # the cheap similarity step is per label set.
         images = normalize(self.towers.image_features(items))

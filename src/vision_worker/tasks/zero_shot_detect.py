@@ -112,7 +112,7 @@ class ZeroShotDetectTask(Task):
         pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values[0]
         return Prepared({"pixel_values": pixels}, meta={"size": box_frame(image)})
 
-    def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[list[dict]]:
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
         labels = options[0].labels  # equal for the whole batch (batch_key)
         text = self.tokenizer(
             labels,
@@ -127,6 +127,10 @@ class ZeroShotDetectTask(Task):
                 attention_mask=text.attention_mask.repeat(len(items), 1),
                 pixel_values=stack_pixels(items, self.source),
             )
+        return outputs
+
+    def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list:
+        outputs, labels = raw, options[0].labels
         sizes = [item.meta["size"] for item in items]
         found: list[list[dict]] = [[] for _ in items]
         lowest = min(o.threshold for o in options)

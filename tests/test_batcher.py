@@ -279,3 +279,28 @@ def test_an_out_of_memory_batch_is_split_per_half_after_its_halves_ran():
 
     assert asyncio.run(main()) == [(i * 2, "a") for i in range(8)]
     assert seen == [2, 2, 2, 2]  # each half's raw output post-processed as its own
+
+
+def test_forward_passes_run_at_most_two_batches_ahead_of_post_processing():
+    """Each batch waiting for its split holds its raw output (GPU memory): a slow split must
+    slow the model down, not pile outputs up."""
+    ahead: list[int] = []
+    finished_splits = []
+
+    def forward(items, options):
+        ahead.append(forwards_done() - len(finished_splits))
+        return list(items)
+
+    def split(raw, items, options):
+        threading.Event().wait(0.05)
+        finished_splits.append(raw[0])
+        return raw
+
+    batcher = DynamicBatcher(forward, split=split, max_batch_size=1, max_wait_s=0.0)
+    forwards_done = lambda: len(ahead)  # noqa: E731
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(i, None) for i in range(8)))
+
+    assert asyncio.run(main()) == list(range(8))
+    assert max(ahead) <= 2

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 RunBatch = Callable[[Sequence[Any], Sequence[Any]], Any]
 # split(raw, items, options) -> one output per item, off the model thread.
 Split = Callable[[Any, Sequence[Any], Sequence[Any]], list[Any]]
+# Batches run ahead of their post-processing by at most this many (one being split, one queued).
+_MAX_SPLITS_PENDING = 2
 # Batch keys are caller-defined and may be None, so "no batch is ready" needs its own marker.
 _NOTHING_READY = object()
 
@@ -128,6 +130,7 @@ class DynamicBatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
                 continue
+            await self._wait_for_room_to_split()
             batch = self._take(key)
             if batch:
                 self._busy = True
@@ -155,6 +158,13 @@ class DynamicBatcher:
             return oldest_key, None  # nothing else is coming: waiting would only add latency
         remaining = oldest_at + self.max_wait_s - now
         return (oldest_key, None) if remaining <= 0 else (_NOTHING_READY, remaining)
+
+    async def _wait_for_room_to_split(self) -> None:
+        """At most _MAX_SPLITS_PENDING batches wait for post-processing, each holding its raw
+        output (device memory on a GPU): a slow split slows the model down instead of piling
+        up outputs."""
+        while len(self._splitting) >= _MAX_SPLITS_PENDING:
+            await asyncio.wait(self._splitting, return_when=asyncio.FIRST_COMPLETED)
 
     def _take(self, key: Hashable) -> list[_Pending]:
         queue = self._queues[key]

@@ -15,7 +15,7 @@ from conftest import b64, photo, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "vision_worker"
-EDGES = ("server.py", "starting.py", "fitness.py", "local.py")
+EDGES = ("server.py", "starting.py", "serverless.py", "fitness.py", "local.py")
 
 
 def _module_name(path: Path) -> str:

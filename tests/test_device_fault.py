@@ -102,7 +102,7 @@ def test_a_streaming_handler_asks_runpod_to_replace_the_worker(model_dir, monkey
     """A generator's chunks cannot carry refresh_worker: the SDK reads it from its config."""
     monkeypatch.setenv("STREAM_RESULTS", "true")
     handler = _handler_module(model_dir, monkeypatch)
-    assert handler.runpod_config["handler"] is handler.streaming_handler
+    assert handler.runpod_config["handler"] == handler.streaming_handler  # the same bound method
     job = {"id": "j1", "input": {"image": b64(noise_image(1))}}
 
     async def stream() -> list[dict]:

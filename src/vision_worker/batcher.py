@@ -187,7 +187,10 @@ class DynamicBatcher:
             self._fail(batch, error)
             return
         waited = [started - pending.queued_at for pending in batch]
-        self._on_batch(len(batch), waited, time.monotonic() - started)
+        try:
+            self._on_batch(len(batch), waited, time.monotonic() - started)
+        except Exception:  # metrics are a courtesy: they never stop the batcher
+            log.exception("recording a batch failed")
         splitting = self._loop.create_task(self._finish(batch, chunks))  # type: ignore[union-attr]
         self._splitting.add(splitting)
         splitting.add_done_callback(self._splitting.discard)
@@ -198,12 +201,15 @@ class DynamicBatcher:
             outputs = await self._loop.run_in_executor(  # type: ignore[union-attr]
                 self._split_thread, self._split_chunks, chunks, items, options
             )
+            for pending, output in zip(batch, outputs, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(output)
         except Exception as error:
             self._fail(batch, error)
-            return
-        for pending, output in zip(batch, outputs, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(output)
+        finally:  # even if failing the batch failed, no caller waits forever
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(ImageError("inference_failed", "batch lost"))
 
     def _fail(self, batch: list[_Pending], error: Exception) -> None:
         log.error("batch of %d failed", len(batch), exc_info=error)

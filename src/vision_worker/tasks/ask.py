@@ -158,10 +158,10 @@ class AskTask(Task):
                 num_beams=first.num_beams,
                 do_sample=False,
             )
-        return generated, prompt_length
+        return generated.cpu(), prompt_length
 
     def split(self, raw: tuple, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:
-        generated, prompt_length = raw[0].cpu(), raw[1]
+        generated, prompt_length = raw
         return [
             _answer(full, prompt)
             for full, prompt in zip(

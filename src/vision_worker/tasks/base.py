@@ -9,9 +9,11 @@ A task owns everything about its task and nothing about RunPod or HTTP:
 - `check(options)`: bounds that depend on settings or on the model (e.g. top_k <= labels).
 - `prepare(image, options) -> Prepared`: per image, on an image thread.
 - `forward(items, options)`: on the model thread, and nothing else runs there: the batch onto
-  the device and through the model; `items` share `batch_key`. Returns what `split` needs.
-- `split(raw, items, options) -> list`: off the model thread, so the next batch's forward pass
-  does not wait for it: post-processing, decoding, `.cpu()`; one output per item.
+  the device, through the model, and what `split` needs back in host memory (only that: the
+  copy waits for the device, so the batch's time is its true time and no device memory
+  outlives the pass); `items` share `batch_key`.
+- `split(raw, items, options) -> list`: CPU work off the model thread, while the next batch's
+  forward pass runs: post-processing, decoding; one output per item.
 - `encode(output, meta, options) -> dict`: one image's JSON result.
 Jobs may also carry texts for the same model (`job_texts`, `prepare_text`, `encode_text`).
 """

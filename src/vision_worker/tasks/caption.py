@@ -162,10 +162,10 @@ class CaptionTask(Task):
                 num_beams=first.num_beams,
                 do_sample=False,
             )
-        return generated
+        return generated.cpu()
 
     def split(self, raw: torch.Tensor, items: Sequence[Prepared], options: Sequence[Any]) -> list:
-        texts = self.tokenizer.batch_decode(raw.cpu(), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(raw, skip_special_tokens=True)
         return [" ".join(text.split()) for text in texts]
 
     def encode(self, output: str, meta: dict, options: CaptionOptions) -> dict:

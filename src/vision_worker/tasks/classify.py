@@ -118,9 +118,10 @@ class ClassifyTask(Task):
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
         pixels = stack_pixels(items, self.source)
         if options[0].explain:  # equal for the whole batch (batch_key)
-            return grad_cam(self.model, pixels)  # the backward pass is model work too
+            logits, maps = grad_cam(self.model, pixels)  # the backward pass is model work too
+            return logits.float().cpu(), maps
         with torch.inference_mode():
-            return self.model(pixel_values=pixels).logits, None
+            return self.model(pixel_values=pixels).logits.float().cpu(), None
 
     def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
         logits, maps = raw

@@ -127,7 +127,11 @@ class ZeroShotDetectTask(Task):
                 attention_mask=text.attention_mask.repeat(len(items), 1),
                 pixel_values=stack_pixels(items, self.source),
             )
-        return outputs
+        # Only what post-processing reads, in host memory (OWLv2's image and class embeddings
+        # are ~15 MB an image in float16 and would otherwise outlive the pass).
+        return SimpleNamespace(
+            logits=outputs.logits.float().cpu(), pred_boxes=outputs.pred_boxes.float().cpu()
+        )
 
     def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list:
         outputs, labels = raw, options[0].labels
@@ -137,15 +141,14 @@ class ZeroShotDetectTask(Task):
         for query, label in enumerate(labels):
             # The pipeline's post-processing of one label: the processor's own box scaling.
             one_label = SimpleNamespace(
-                logits=outputs.logits[..., query : query + 1].float(),
-                pred_boxes=outputs.pred_boxes.float(),
+                logits=outputs.logits[..., query : query + 1], pred_boxes=outputs.pred_boxes
             )
             per_image = self.image_processor.post_process_object_detection(
                 one_label, threshold=lowest, target_sizes=sizes
             )
             for row, (boxes, job) in enumerate(zip(per_image, options, strict=True)):
                 keep = boxes["scores"] > job.threshold
-                scores, corners = boxes["scores"][keep].cpu(), boxes["boxes"][keep].cpu()
+                scores, corners = boxes["scores"][keep], boxes["boxes"][keep]
                 found[row] += [
                     {"label": label, "score": score, "box": box}
                     for score, box in zip(scores, corners, strict=True)

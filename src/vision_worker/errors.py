@@ -34,6 +34,20 @@ JOB_ERROR_STATUS: dict[str, int] = {
 }
 
 
+# A refusal's HTTP status, read back as its code: the pod answers these before a job runs
+# (a body that is not a job, a body over the limit, a busy or broken worker).
+_CODE_OF_STATUS: dict[int, JobErrorCode] = {
+    **{status: code for code, status in JOB_ERROR_STATUS.items()},
+    429: "unavailable",
+}
+
+
+def refusal(message: str, status: int) -> dict:
+    """The body of an HTTP error that stands for a whole-job failure: the sentence and the code
+    of its status."""
+    return {"error": message, "error_code": _CODE_OF_STATUS[status]}
+
+
 class JobError(Exception):
     """The job as a whole failed; RunPod marks it FAILED with this one sentence and its code."""
 

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
-from .errors import JOB_ERROR_STATUS, ImageError
+from .errors import JOB_ERROR_STATUS, ImageError, refusal
 from .fetch import UrlFetcher, check_url_shape
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .worker import Worker
@@ -63,8 +63,8 @@ STREAM_WAIT_S = 5.0
 
 
 def _refused(message: str, status: int) -> JSONResponse:
-    """A job not admitted now: "unavailable" (send it again, here later or elsewhere)."""
-    return JSONResponse({"error": message, "error_code": "unavailable"}, status)
+    """A job refused before it runs, with the code of its status (errors.refusal)."""
+    return JSONResponse(refusal(message, status), status)
 
 
 class BodyError(Exception):
@@ -244,7 +244,7 @@ class PodServer:
         try:
             return await self.read_job_body(request)
         except BodyError as error:
-            return JSONResponse({"error": str(error), "error_code": "invalid_input"}, error.status)
+            return _refused(str(error), error.status)
 
     async def read_job_body(self, request: Request) -> JobBody:
         """ "input" and "webhook" of a JSON body, parsed off the event loop; raises BodyError."""
@@ -489,15 +489,13 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         form = await request.form(max_files=limit + 1, max_fields=1000)
         uploads = [value for value in form.getlist("image") if not isinstance(value, str)]
         if not uploads:
-            message = 'no image: send files in the form field "image"'
-            return JSONResponse({"error": message, "error_code": "invalid_input"}, 400)
+            return _refused('no image: send files in the form field "image"', 400)
         if len(uploads) > limit:
-            message = f"too many images: {len(uploads)}, at most {limit}"
-            return JSONResponse({"error": message, "error_code": "too_large"}, 413)
+            return _refused(f"too many images: {len(uploads)}, at most {limit}", 413)
         try:
             options = form_options(pod.worker.task.Options, form, request.query_params)
         except ValueError as error:
-            return JSONResponse({"error": str(error), "error_code": "invalid_input"}, 400)
+            return _refused(str(error), 400)
         job_input = {
             "images": [await _upload_as_base64(f, settings.MAX_IMAGE_BYTES) for f in uploads],
             **options,
@@ -723,10 +721,7 @@ class LimitBodySize:
 
 
 async def _send_error(send: Any, status: int, message: str) -> None:
-    payload = {"error": message}
-    if status == 413:  # a body over the limit: the job is too large, as a whole-job error says
-        payload["error_code"] = "too_large"
-    body = json.dumps(payload).encode()
+    body = json.dumps(refusal(message, status)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

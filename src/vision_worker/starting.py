@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Settings
+from .errors import refusal
 from .server import DrainingServer, create_app, server_config
 from .worker import Worker
 
@@ -72,7 +73,7 @@ class StartingApp:
                 if self.error
                 else "the model is still loading; retry in a few seconds"
             )
-            await _respond(send, 503, {"error": message, "error_code": "unavailable"})
+            await _respond(send, 503, refusal(message, 503))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

@@ -168,6 +168,13 @@ def assert_close(ours, theirs, tolerance: float = 1e-5, where: str = "result") -
         assert ours == theirs, where
 
 
+def png_of(data_uri: str) -> Image.Image:
+    """The PNG an inline image output carries (data:image/png;base64,...)."""
+    prefix = "data:image/png;base64,"
+    assert data_uri.startswith(prefix)
+    return Image.open(io.BytesIO(base64.b64decode(data_uri[len(prefix) :])))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -4,7 +4,6 @@ server (moto), and the payload limit."""
 
 from __future__ import annotations
 
-import base64
 import io
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import ResNetForImageClassification
 
-from conftest import assert_close, b64, free_port, noise_image, photo, run_job, run_jobs
+from conftest import assert_close, b64, free_port, noise_image, photo, png_of, run_job, run_jobs
 from vision_worker.config import load_settings
 from vision_worker.worker import Worker
 
@@ -72,12 +71,6 @@ def test_the_heatmap_peaks_where_the_label_comes_from(brightness_classifier, cor
     assert heat.max() == 1.0
 
 
-def _png(data_uri: str) -> Image.Image:
-    prefix = "data:image/png;base64,"
-    assert data_uri.startswith(prefix)
-    return Image.open(io.BytesIO(base64.b64decode(data_uri[len(prefix) :])))
-
-
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
 def test_explanations_keep_the_labels_and_draw_over_the_original_image(make_worker, arch):
     worker = make_worker(arch)
@@ -85,7 +78,7 @@ def test_explanations_keep_the_labels_and_draw_over_the_original_image(make_work
     plain = run_job(worker, {"image": wide, "top_k": 3})["results"][0]
     explained = run_job(worker, {"image": wide, "top_k": 3, "explain": True})["results"][0]
     assert_close(explained["labels"], plain["labels"])
-    heatmap = _png(explained["explanation"]["heatmap"])
+    heatmap = png_of(explained["explanation"]["heatmap"])
     assert heatmap.size == (1024, 512)  # the original's shape, bounded at 1024 px
     grid = np.array(explained["explanation"]["map"])
     assert grid.shape == (4, 4)  # 32 px input: ViT patches of 8, ResNet's stride of 8

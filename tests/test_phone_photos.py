@@ -22,7 +22,7 @@ from transformers import (
     pipeline,
 )
 
-from conftest import PHONE, b64, encode, phone_jpeg, rotated_twin, run_job
+from conftest import PHONE, b64, encode, phone_jpeg, png_of, rotated_twin, run_job
 from vision_worker.images import ImageLimits, draft_for, finish_decode, open_image, photo_size
 
 NAMES = ("chelsea", "astronaut", "coffee", "rocket", "camera", "motorcycle")
@@ -190,7 +190,7 @@ def test_the_explained_cat_is_where_the_cat_is(make_worker, classifier_pipeline,
     _, peak_column = np.unravel_index(cam.argmax(), cam.shape)
     assert peak_column < 6
     assert cam[:, -1].mean() < 0.8 * cam[:, :-1].mean()
-    heatmap = Image.open(io.BytesIO(_data_uri_bytes(explanation["heatmap"])))
+    heatmap = png_of(explanation["heatmap"])
     assert heatmap.size == (1024, 768)  # the photo's own shape, at most 1024 px
     # Shortest edge to 256, centre crop 224: the model saw the middle 65.6% x 87.5% of the
     # photo, and the map is drawn there, not stretched over the whole photo.
@@ -198,12 +198,6 @@ def test_the_explained_cat_is_where_the_cat_is(make_worker, classifier_pipeline,
     outside = np.asarray(heatmap)[:, :150].astype(int)  # left of the crop: the photo as it is
     shown = np.asarray(Image.open(io.BytesIO(phone["chelsea"])).resize((1024, 768)))[:, :150]
     assert np.abs(outside - shown).mean() < 8  # JPEG noise, no heat blended in
-
-
-def _data_uri_bytes(uri: str) -> bytes:
-    import base64
-
-    return base64.b64decode(uri.split(",", 1)[1])
 
 
 # --- detection: boxes in the photo's own pixels ---------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import EfficientNetConfig, EfficientNetForImageClassification
 
-from .tiny_models import _processor
+from .tiny_models import processor_class
 
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # The model card's preprocessing: shortest edge 256 (bicubic), centre crop 224, (x*255-127)/128.
@@ -108,7 +108,7 @@ def build(out_dir: Path) -> Path:
     lite0 = torch.load(_weights_path(), map_location="cpu", weights_only=True)
     model = EfficientNetForImageClassification(lite0_config(imagenet_labels())).eval()
     model.load_state_dict(converted_state_dict(model, lite0), strict=True)
-    processor = _processor("BitImageProcessor")(
+    processor = processor_class("BitImageProcessor")(
         size={"shortest_edge": 256},
         crop_size={"height": 224, "width": 224},
         resample=3,  # bicubic

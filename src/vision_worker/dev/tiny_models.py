@@ -63,7 +63,7 @@ GPT2_SPECIAL = "<|endoftext|>"
 TINY_INIT = 0.5
 
 
-def _processor(name: str) -> Any:
+def processor_class(name: str) -> Any:
     """An image processor class: the torchvision-backed one where torchvision is installed, the
     PIL one otherwise (named directly, so transformers prints no fallback warning)."""
     import transformers
@@ -193,7 +193,7 @@ def build_vit_gpt2(out: Path, full: bool) -> None:
     model.generation_config.decoder_start_token_id = eos
     model.generation_config.pad_token_id = model.generation_config.eos_token_id = eos
     size = 224 if full else 32
-    processor = _processor("ViTImageProcessor")(size={"height": size, "width": size})
+    processor = processor_class("ViTImageProcessor")(size={"height": size, "width": size})
     _save(out, model, tokenizer, processor)
 
 
@@ -228,7 +228,7 @@ def build_git(out: Path, full: bool) -> None:
     model = GitForCausalLM(config)
     model.generation_config.update(**ids)
     size = 224 if full else 32
-    processor = _processor("CLIPImageProcessor")(size={"shortest_edge": size}, crop_size=size)
+    processor = processor_class("CLIPImageProcessor")(size={"shortest_edge": size}, crop_size=size)
     _save(out, model, tokenizer, processor)
 
 
@@ -269,7 +269,7 @@ def build_blip(out: Path, full: bool) -> None:
         eos_token_id=text["eos_token_id"],
         pad_token_id=text["pad_token_id"],
     )
-    processor = _processor("BlipImageProcessor")(size={"height": size, "width": size})
+    processor = processor_class("BlipImageProcessor")(size={"height": size, "width": size})
     _save(out, model, tokenizer, processor)
 
 
@@ -290,7 +290,7 @@ def build_resnet(out: Path, full: bool) -> None:
     )
     model = ResNetForImageClassification(ResNetConfig(num_labels=len(LABELS), **dims, **_labels()))
     size = 224 if full else 32
-    processor = _processor("ConvNextImageProcessor")(
+    processor = processor_class("ConvNextImageProcessor")(
         size={"shortest_edge": size}, crop_pct=224 / 256
     )
     _save(out, model, None, processor)
@@ -299,7 +299,9 @@ def build_resnet(out: Path, full: bool) -> None:
 def build_vit(out: Path, full: bool) -> None:
     model = ViTForImageClassification(ViTConfig(**_vision(full), **_labels()))
     size = 224 if full else 32
-    _save(out, model, None, _processor("ViTImageProcessor")(size={"height": size, "width": size}))
+    _save(
+        out, model, None, processor_class("ViTImageProcessor")(size={"height": size, "width": size})
+    )
 
 
 def _text_tower(full: bool, vocab_size: int, positions: int, **ids: int) -> dict:
@@ -340,7 +342,7 @@ def build_clip(out: Path, full: bool) -> None:
         CLIPConfig(text_config=text, vision_config=vision, projection_dim=512 if full else 16)
     )
     size = 224 if full else 32
-    clip = _processor("CLIPImageProcessor")
+    clip = processor_class("CLIPImageProcessor")
     image_processor = clip(size={"shortest_edge": size}, crop_size=size)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     _save(out, model, None, None)
@@ -365,7 +367,7 @@ def build_siglip(out: Path, full: bool) -> None:
     text = _siglip_text_tower(full, tokenizer)
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=_vision(full)))
     size = 224 if full else 32
-    processor = _processor("SiglipImageProcessor")(size={"height": size, "width": size})
+    processor = processor_class("SiglipImageProcessor")(size={"height": size, "width": size})
     _save(out, model, tokenizer, processor)
 
 
@@ -380,7 +382,7 @@ def build_siglip2(out: Path, full: bool) -> None:
     model = Siglip2Model(
         Siglip2Config(text_config=text, vision_config={**vision, "num_patches": patches})
     )
-    processor = _processor("Siglip2ImageProcessor")(
+    processor = processor_class("Siglip2ImageProcessor")(
         patch_size=vision["patch_size"], max_num_patches=patches
     )
     _save(out, model, tokenizer, processor)
@@ -393,7 +395,7 @@ def build_dinov2(out: Path, full: bool) -> None:
     dims["patch_size"] = 14 if full else 8
     model = Dinov2Model(Dinov2Config(**dims))
     size = 224 if full else 32
-    processor = _processor("BitImageProcessor")(
+    processor = processor_class("BitImageProcessor")(
         size={"shortest_edge": 256 if full else 40},
         crop_size={"height": size, "width": size},
         image_mean=[0.485, 0.456, 0.406],
@@ -417,7 +419,7 @@ def build_yolos(out: Path, full: bool) -> None:
         if full
         else {"shortest_edge": 64, "longest_edge": 96}
     )
-    _save(out, model, None, _processor("YolosImageProcessor")(size=size))
+    _save(out, model, None, processor_class("YolosImageProcessor")(size=size))
 
 
 def build_detr(out: Path, full: bool) -> None:
@@ -478,7 +480,7 @@ def build_detr(out: Path, full: bool) -> None:
     if not full:
         with torch.no_grad():  # queries initialised apart, so they find different boxes
             model.model.query_position_embeddings.weight.normal_(0, 1.0)
-    _save(out, model, None, _processor("DetrImageProcessor")(size=size))
+    _save(out, model, None, processor_class("DetrImageProcessor")(size=size))
 
 
 def _owl(out: Path, full: bool, version: str) -> None:
@@ -509,7 +511,9 @@ def _owl(out: Path, full: bool, version: str) -> None:
         with torch.no_grad():
             for weight in [*model.class_head.parameters(), *model.box_head.parameters()]:
                 weight.mul_(0.1)
-    image_processor = _processor(f"{version}ImageProcessor")(size={"height": size, "width": size})
+    image_processor = processor_class(f"{version}ImageProcessor")(
+        size={"height": size, "width": size}
+    )
     processor = getattr(transformers, f"{version}Processor")(
         image_processor=image_processor, tokenizer=tokenizer
     )
@@ -598,9 +602,9 @@ def _llava(out: Path, full: bool, family: str, pinpoints: list[list[int]] | None
     )
     model = getattr(transformers, f"{family}ForConditionalGeneration")(config)
     model.generation_config.update(**ids)
-    image_processor = _processor("LlavaNextImageProcessor" if pinpoints else "CLIPImageProcessor")(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **tiling
-    )
+    image_processor = processor_class(
+        "LlavaNextImageProcessor" if pinpoints else "CLIPImageProcessor"
+    )(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **tiling)
     processor = getattr(transformers, f"{family}Processor")(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -636,7 +640,9 @@ def build_vit_backbone(out: Path, full: bool) -> None:
 
     model = ViTModel(ViTConfig(**_vision(full)))
     size = 224 if full else 32
-    _save(out, model, None, _processor("ViTImageProcessor")(size={"height": size, "width": size}))
+    _save(
+        out, model, None, processor_class("ViTImageProcessor")(size={"height": size, "width": size})
+    )
 
 
 BUILDERS: dict[str, Callable[[Path, bool], None]] = {

@@ -324,6 +324,12 @@ def stack_pixels(items: Sequence[Prepared], source: ModelSource) -> torch.Tensor
     return stack_on_device([item.inputs["pixel_values"] for item in items], source)
 
 
+def pixel_box(corners: Iterable[Any]) -> dict[str, float]:
+    """(xmin, ymin, xmax, ymax) in the photo's pixels as results give boxes: two decimals."""
+    rounded = (round(float(value), 2) for value in corners)
+    return dict(zip(("xmin", "ymin", "xmax", "ymax"), rounded, strict=True))
+
+
 def features_of(output: Any) -> torch.Tensor:
     """`get_image_features` returns a tensor in transformers 4 and a model output in 5."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output

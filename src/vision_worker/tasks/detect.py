@@ -28,6 +28,7 @@ from .base import (
     Task,
     TaskOptions,
     load_weights,
+    pixel_box,
     prepare_model,
     stack_on_device,
 )
@@ -105,8 +106,7 @@ class DetectTask(Task):
             logits=outputs.logits.float().cpu(), pred_boxes=outputs.pred_boxes.float().cpu()
         )
 
-    def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list[dict]:
-        outputs = raw
+    def split(self, outputs: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list:
         # One post-processing pass at the lowest threshold in the batch; each image then keeps
         # what clears its own, which is what a pass at its own threshold would give.
         lowest = min(o.threshold for o in options)
@@ -160,9 +160,4 @@ def box_frame(image: Image.Image) -> tuple[int, int]:
 
 def detection(label: str, score: Any, box: Any) -> dict:
     """One detection as jobs get it: corners in the original image's pixels, two decimals."""
-    corners = (round(float(v), 2) for v in box)
-    return {
-        "label": label,
-        "score": round(float(score), 6),
-        "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), corners, strict=True)),
-    }
+    return {"label": label, "score": round(float(score), 6), "box": pixel_box(box)}

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .base import pixel_box
+
 # Heatmap overlays are at most this many pixels on their longest side (the original image's
 # size when it is smaller): enough to see, and a bounded PNG per image.
 HEATMAP_MAX_SIDE = 1024
@@ -107,8 +109,7 @@ def region_box(region: Region, photo: tuple[int, int]) -> dict[str, float]:
     """A region in the photo's pixels, as detection boxes are given."""
     left, top, right, bottom = region
     width, height = photo
-    corners = (left * width, top * height, right * width, bottom * height)
-    return dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(c, 2) for c in corners), strict=True))
+    return pixel_box((left * width, top * height, right * width, bottom * height))
 
 
 def overlay(image: Image.Image, cam: torch.Tensor, region: Region = WHOLE_PHOTO) -> Image.Image:

@@ -133,8 +133,8 @@ class ZeroShotDetectTask(Task):
             logits=outputs.logits.float().cpu(), pred_boxes=outputs.pred_boxes.float().cpu()
         )
 
-    def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list:
-        outputs, labels = raw, options[0].labels
+    def split(self, outputs: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list:
+        labels = options[0].labels
         sizes = [item.meta["size"] for item in items]
         found: list[list[dict]] = [[] for _ in items]
         lowest = min(o.threshold for o in options)

@@ -188,6 +188,8 @@ def _serve_one_job(httpserver, model: Path, stream_results: bool) -> _FakeRunPod
         "MAX_BATCH_SIZE": "2",
         "STREAM_RESULTS": str(stream_results).lower(),
         "RUNPOD_POD_ID": "worker-1",
+        # The SDK's own host checks (disk >= 10% free, ...) judge the test machine, not the worker
+        "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
         "RUNPOD_WEBHOOK_GET_JOB": f"{base}job-take/$ID?gpu=test",
         "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}job-done/$ID?gpu=test",
         "RUNPOD_WEBHOOK_POST_STREAM": f"{base}job-stream/$ID?gpu=test",

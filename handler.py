@@ -21,8 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import runpod
 
-from vision_worker.config import ConfigError, settings_from_env
+from vision_worker.config import ConfigError
 from vision_worker.serverless import Serverless
+from vision_worker.settings import settings_from_env
 from vision_worker.tasks import ModelLoadError
 from vision_worker.worker import Worker
 

@@ -14,7 +14,7 @@ PROBE = r"""
 import json, time
 t0 = time.perf_counter()
 import torch, transformers, runpod  # the handler's heavy imports
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.tasks import load_task
 from vision_worker.worker import Worker
 t1 = time.perf_counter()

@@ -33,8 +33,8 @@ MODEL_SIZE = os.environ.get("BENCH_MODEL_SIZE", "full")
 MODELS = ROOT / "models" / f"bench-{MODEL_SIZE}"  # gitignored; built once, reused by every script
 sys.path.insert(0, str(ROOT / "src"))
 
-from vision_worker.config import load_settings  # noqa: E402
 from vision_worker.dev.tiny_models import build  # noqa: E402
+from vision_worker.settings import load_settings  # noqa: E402
 from vision_worker.worker import Worker  # noqa: E402
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "immunohistochemistry")

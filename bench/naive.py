@@ -22,7 +22,7 @@ from common import (
     save,
     timed,
 )
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.tasks import load_task
 
 REQUESTS = int(os.environ.get("BENCH_NAIVE_REQUESTS", "32"))

@@ -18,10 +18,10 @@ import skimage.data
 import uvicorn
 from PIL import Image
 
-from vision_worker.config import load_settings
 from vision_worker.dev import efficientnet_lite0
 from vision_worker.dev.tiny_models import build
 from vision_worker.server import create_app, server_config
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 CAPTION_ARCHS = ("vit-gpt2", "git", "blip")

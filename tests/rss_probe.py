@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 

@@ -100,7 +100,7 @@ def test_a_prompt_past_the_models_positions_fails_that_image_not_the_batch(make_
 
 
 def test_a_captioner_cannot_be_asked(model_dir):
-    from vision_worker.config import load_settings
+    from vision_worker.settings import load_settings
     from vision_worker.tasks import ModelLoadError, load_task
 
     with pytest.raises(ModelLoadError, match=r"TASK=ask does not fit .*it serves caption"):

@@ -121,7 +121,7 @@ def test_every_runtime_dependency_is_pinned_and_torch_is_not():
 def test_runpod_hub_metadata_matches_the_config_defaults():
     import json
 
-    from vision_worker.config import Settings
+    from vision_worker.settings import ServingSettings as Settings
 
     hub = json.loads((ROOT / ".runpod/hub.json").read_text())
     assert {"title", "description", "type", "category", "config"} <= set(hub)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import encode, noise_image, photo, running_server
 from vision_worker.client import EndpointClient, EndpointError, collect_sources, main
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 KEY = "client-test-key"

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import encode, photo, running_server
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 KEY = "demo-key"

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from conftest import _LOOP, b64, noise_image, run_job, running_server
-from vision_worker.config import load_settings
 from vision_worker.device import is_device_fault
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def _handler_module(model_dir, monkeypatch):
     monkeypatch.setenv("MODEL_NAME", str(model_dir("resnet")))
     monkeypatch.setenv("WARMUP", "false")
     monkeypatch.setattr(sys, "argv", ["handler.py"])
-    from vision_worker.config import settings_from_env
+    from vision_worker.settings import settings_from_env
 
     settings_from_env.cache_clear()
     spec = importlib.util.spec_from_file_location("handler_under_test", ROOT / "handler.py")

@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import ResNetForImageClassification
 
 from conftest import assert_close, b64, free_port, noise_image, photo, png_of, run_job, run_jobs
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 

@@ -40,7 +40,8 @@ def test_on_runpod_an_unfit_worker_exits_1_before_taking_jobs(model_dir):
         "WARMUP": "false",
         "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:9/job-take/$ID",
         "RUNPOD_POD_ID": "test",
-        "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",  # ours alone, not the SDK's checks of this machine
+        # Ours alone, not the SDK's own checks of this machine
+        "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
         "FITNESS_MIN_FREE_DISK_MB": str(10**9),
     }
     done = subprocess.run(

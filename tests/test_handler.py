@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vision_worker.config import ConfigError, load_settings
+from vision_worker.config import ConfigError
+from vision_worker.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,7 +220,7 @@ def test_serve_flag_starts_pod_mode_and_sigterm_drains_then_exits_0(model_dir, h
 
 
 def test_readme_documents_every_setting_with_its_default():
-    from vision_worker.config import Settings
+    from vision_worker.settings import ServingSettings as Settings
 
     readme = (ROOT / "README.md").read_text()
     for name, field in Settings.model_fields.items():

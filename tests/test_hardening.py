@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from conftest import b64, encode, noise_image, photo, run_job, running_server
-from vision_worker.config import ConfigError, load_settings
+from vision_worker.config import ConfigError
+from vision_worker.settings import load_settings
 from vision_worker.tasks import ModelLoadError, load_task
 from vision_worker.worker import Worker
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conftest import b64, noise_image, run_job, running_server
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 JOBS = 512

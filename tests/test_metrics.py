@@ -7,7 +7,7 @@ import re
 import requests
 
 from conftest import b64, free_port, noise_image, run_job, running_server
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 

@@ -134,7 +134,7 @@ def test_the_pil_backend_keeps_the_budget_against_the_pil_pipeline(
 ):
     """Without torchvision the worker takes the PIL processors: compared with the pipeline on
     the same backend, the same budget holds."""
-    from vision_worker.config import load_settings
+    from vision_worker.settings import load_settings
     from vision_worker.tasks import base
     from vision_worker.worker import Worker
 
@@ -362,6 +362,6 @@ def test_answers_on_phone_jpegs_equal_the_pipeline(make_worker, model_dir, phone
     ],
 )
 def test_jpeg_draft_takes_every_boolean_spelling_and_fast(value, mode):
-    from vision_worker.config import load_settings
+    from vision_worker.settings import load_settings
 
     assert mode == load_settings(JPEG_DRAFT=value).JPEG_DRAFT

@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from conftest import running_server
-from vision_worker.config import load_settings
 from vision_worker.errors import JOB_ERROR_STATUS, job_failure
 from vision_worker.metrics import Metrics
+from vision_worker.settings import load_settings
 from vision_worker.tasks.classify import ClassifyOptions
 
 

@@ -11,7 +11,7 @@ import runpod
 
 from conftest import encode, noise_image, running_server
 from vision_worker.client import merge_stream
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 PNG_BYTES = encode(noise_image(7))

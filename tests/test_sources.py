@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.tasks import load_task
 from vision_worker.tasks.sources import resolve_model
 

@@ -11,8 +11,8 @@ import requests
 import uvicorn
 
 from conftest import b64, free_port, noise_image
-from vision_worker.config import load_settings
 from vision_worker.server import server_config
+from vision_worker.settings import load_settings
 from vision_worker.starting import StartingApp
 from vision_worker.tasks import ModelLoadError
 from vision_worker.worker import Worker

@@ -18,7 +18,7 @@ from werkzeug import Request, Response
 
 from conftest import _LOOP, b64, noise_image, run_job, running_server
 from vision_worker.client import merge_stream
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]

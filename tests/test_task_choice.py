@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import run_job
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.tasks import TASKS, ModelLoadError, load_task
 from vision_worker.worker import Worker
 

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from conftest import CAPTION_ARCHS, CLASSIFY_ARCHS, assert_close, run_job, run_jobs
-from vision_worker.config import load_settings
 from vision_worker.dev.tiny_models import LABELS
+from vision_worker.settings import load_settings
 from vision_worker.tasks import ModelLoadError, load_task
 
 

@@ -10,7 +10,7 @@ import requests
 from werkzeug import Response
 
 from conftest import b64, noise_image, running_server
-from vision_worker.config import load_settings
+from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
 

@@ -1,11 +1,15 @@
-"""Every setting of the worker, read from the environment once and validated at start."""
+"""The worker's own settings, and the base of every task's limits.
+
+Each field is an environment variable of the same name. A task declares its own limits (a
+`TaskLimits` in its module); `settings.py` composes the two, validates them at start and is where
+settings are read from.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "nlpconnect/vit-gpt2-image-captioning"
@@ -20,10 +24,28 @@ class ConfigError(ValueError):
     """A setting is missing or out of range; raised at cold start, never per job."""
 
 
-class Settings(BaseSettings):
-    """Worker settings. Each field is the environment variable of the same name."""
+_FROM_ENVIRONMENT = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+class TaskLimits(BaseSettings):
+    """A task's own bounds and defaults (e.g. MAX_LABELS), declared in its module; each field is
+    an environment variable, validated at start with the worker's settings."""
+
+    model_config = _FROM_ENVIRONMENT
+
+
+class TextLimits(TaskLimits):
+    """Limits of every task that takes text from a job (prompts, questions, labels, texts)."""
+
+    # Characters per label, text, prompt or question; the tokenizer truncates to the model's
+    # context anyway.
+    MAX_TEXT_CHARS: int = Field(1000, ge=1, le=100_000)
+
+
+class Settings(BaseSettings):
+    """The worker's settings (the served task's limits are its own: see TaskLimits)."""
+
+    model_config = _FROM_ENVIRONMENT
 
     # --- model -------------------------------------------------------------------------------
     MODEL_NAME: str = Field(DEFAULT_MODEL_NAME, min_length=1)
@@ -84,23 +106,6 @@ class Settings(BaseSettings):
     MAX_REDIRECTS: int = Field(5, ge=0, le=20)
     # Lifts the private/loopback/link-local address rule, for local testing only.
     ALLOW_PRIVATE_URLS: bool = False
-
-    # --- generation (caption) ---------------------------------------------------------------------
-    DEFAULT_MAX_NEW_TOKENS: int = Field(30, ge=1)
-    MAX_NEW_TOKENS_LIMIT: int = Field(128, ge=1, le=2048)
-    MAX_NUM_BEAMS: int = Field(5, ge=1, le=32)
-
-    # --- classification ---------------------------------------------------------------------------
-    DEFAULT_TOP_K: int = Field(5, ge=1)
-
-    # --- zero-shot and embeddings (CLIP / SigLIP) -------------------------------------------------
-    # Labels per zero-shot job, and texts per embedding job: each is one text-tower sequence.
-    MAX_LABELS: int = Field(64, ge=1, le=4096)
-    MAX_TEXTS_PER_JOB: int = Field(64, ge=1, le=4096)
-    # Characters per label or text; the tokenizer truncates to the model's context anyway.
-    MAX_TEXT_CHARS: int = Field(1000, ge=1, le=100_000)
-    # Distinct label sets whose text embeddings are kept, so repeated label sets cost nothing.
-    LABEL_CACHE_SIZE: int = Field(256, ge=1, le=100_000)
 
     # --- outputs ---------------------------------------------------------------------------------
     # A job's output as JSON at most (MB): RunPod refuses larger payloads (/run 10 MB, /runsync
@@ -183,27 +188,3 @@ class Settings(BaseSettings):
         if value is not None and not (value.isascii() and value.isprintable()):
             raise ValueError("must be printable ASCII (it travels in an HTTP header)")
         return value
-
-    @model_validator(mode="after")
-    def _defaults_within_limits(self) -> Settings:
-        if self.DEFAULT_MAX_NEW_TOKENS > self.MAX_NEW_TOKENS_LIMIT:
-            raise ValueError("DEFAULT_MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
-        return self
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment (overrides win), or a ConfigError naming each bad one."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-            for e in error.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
-
-
-@lru_cache(maxsize=1)
-def settings_from_env() -> Settings:
-    """The process-wide settings, read once."""
-    return load_settings()

@@ -1,9 +1,12 @@
-"""Image outputs (Grad-CAM heatmaps, and any later image a task returns) and the output's size.
+"""The output stage: images a task returns (heatmaps, masks, maps) delivered, and the output's
+size checked.
 
-An image goes back inline as a `data:image/png;base64,...` string, or, when a bucket is set
-(RunPod's documented BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY), is
-uploaded with the runpod SDK's upload utility and comes back as a presigned URL. RunPod caps a
-job's payload, so an output over MAX_OUTPUT_MB fails with the fix named instead of being cut.
+A task returns an image as an `OutputImage` value inside its result; the worker delivers it
+here, so no task does I/O. An image goes back inline as a `data:image/png;base64,...` string,
+or, when a bucket is set (RunPod's documented BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID,
+BUCKET_SECRET_ACCESS_KEY), is uploaded with the runpod SDK's upload utility and comes back as a
+presigned URL. RunPod caps a job's payload, so an output over MAX_OUTPUT_MB fails with the fix
+named instead of being cut.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import base64
 import io
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -29,6 +33,14 @@ def bucket_configured(settings: Settings) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class OutputImage:
+    """An image in a task's result, delivered as a PNG (inline or a bucket URL) by the worker."""
+
+    image: Image.Image
+    kind: str  # names the upload: "heatmap-<uuid>.png"
+
+
 class ImageOutputs:
     """Where a task's output images go: inline, or to the bucket when one is configured."""
 
@@ -36,6 +48,16 @@ class ImageOutputs:
         self.uploads = bucket_configured(settings)
         self.bucket_name = settings.BUCKET_NAME or None
         self.prefix = "vision-worker"
+
+    def deliver_all(self, result: Any) -> Any:
+        """`result` with each OutputImage in it (at any depth) replaced by its delivery."""
+        if isinstance(result, OutputImage):
+            return self.deliver(result.image, result.kind)
+        if isinstance(result, dict):
+            return {key: self.deliver_all(value) for key, value in result.items()}
+        if isinstance(result, list):
+            return [self.deliver_all(value) for value in result]
+        return result
 
     def deliver(self, image: Image.Image, kind: str) -> str:
         """A PNG of `image` as a data URI, or the URL it was uploaded to (ImageError if not)."""

@@ -20,7 +20,7 @@ from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
 from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
 from .metrics import Metrics
-from .outputs import check_output_size
+from .outputs import ImageOutputs, check_output_size
 from .schema import parse_job_input
 from .tasks import Task, load_task
 from .tasks.base import Prepared
@@ -78,6 +78,7 @@ class Worker:
         self._encode_threads = ThreadPoolExecutor(
             self.image_thread_count, thread_name_prefix="encode"
         )
+        self.image_outputs = ImageOutputs(settings)
         self.decode_budget = DecodeBudget(
             settings.DECODE_MEMORY_MB * 1024 * 1024 or default_budget_bytes()
         )
@@ -116,7 +117,7 @@ class Worker:
         outputs = self.task.predict([item], [options])
         if len(outputs) != 1:
             raise RuntimeError(f"the model gave {len(outputs)} outputs for 1 test image")
-        return self.task.encode(outputs[0], item.meta, options)
+        return self.image_outputs.deliver_all(self.task.encode(outputs[0], item.meta, options))
 
     def _device_failed(self, error: BaseException) -> None:
         if self.broken is None:
@@ -245,7 +246,7 @@ class Worker:
             finally:
                 report.image_done()
             result = await asyncio.get_running_loop().run_in_executor(
-                self._encode_threads, _result, index, item, output, self.task, options
+                self._encode_threads, self._result, index, item, output, options
             )
             if on_result is not None:
                 on_result(index, result)
@@ -316,6 +317,19 @@ class Worker:
         except TimeoutError:
             return ImageError("fetch_failed", f"download exceeded {self.settings.URL_TIMEOUT_S}s")
 
+    def _result(self, index: int, item: Any, output: Any, options: Any) -> dict:
+        """One image's result, its output images delivered (on an encode thread)."""
+        if isinstance(output, ImageError):
+            return output.to_result(index)
+        if isinstance(output, BaseException):
+            log.error("image %d failed: %r", index, output)
+            failure = ImageError("inference_failed", f"{type(output).__name__}: {output}")
+            return failure.to_result(index)
+        try:
+            return self.image_outputs.deliver_all(self.task.encode(output, item.meta, options))
+        except ImageError as error:  # e.g. a heatmap upload that failed: this image only
+            return error.to_result(index)
+
     def _predict(self, item: Prepared | ImageError, options: Any) -> asyncio.Future:
         """Queued at once, synchronously, so all of a job's images reach the batcher together."""
         if isinstance(item, ImageError):
@@ -323,18 +337,6 @@ class Worker:
             failed.set_exception(item)
             return failed
         return self.batcher.enqueue(item, options)
-
-
-def _result(index: int, item: Any, output: Any, task: Task, options: Any) -> dict:
-    if isinstance(output, ImageError):
-        return output.to_result(index)
-    if isinstance(output, BaseException):
-        log.error("image %d failed: %r", index, output)
-        return ImageError("inference_failed", f"{type(output).__name__}: {output}").to_result(index)
-    try:
-        return task.encode(output, item.meta, options)
-    except ImageError as error:  # e.g. a heatmap upload that failed: this image only
-        return error.to_result(index)
 
 
 class _ProgressReport:

@@ -11,7 +11,7 @@ import torch
 import transformers
 from transformers import AutoConfig
 
-from ..config import Settings
+from ..config import Settings, TaskLimits
 from ..device import resolve_device, resolve_dtype
 from .ask import AskTask
 from .base import Checkpoint, MissingWeightsError, ModelLoadError, ModelSource, Task, TaskOptions
@@ -75,13 +75,14 @@ def load_task(settings: Settings) -> Task:
         device,
         resolve_dtype(settings.DTYPE, device),
         processor or None,
+        compile=settings.TORCH_COMPILE,
     )
     checkpoint = Checkpoint.from_config(
         settings.MODEL_NAME, source.load(AutoConfig.from_pretrained)
     )
     task_cls = choose_task(checkpoint, settings.TASK)
     try:
-        return task_cls.load(source, checkpoint, settings)
+        return task_cls.load(source, checkpoint, limits_of(task_cls, settings))
     except MissingWeightsError as error:
         others = [name for name in tasks_serving(checkpoint) if name != task_cls.name]
         advice = (
@@ -90,6 +91,12 @@ def load_task(settings: Settings) -> Task:
             else "no task can serve it as saved"
         )
         raise ModelLoadError(f"{error}; {advice}") from None
+
+
+def limits_of(task: type[Task], settings: Settings) -> TaskLimits:
+    """The task's own limits out of the validated settings: the task sees nothing else."""
+    values = {name: getattr(settings, name) for name in task.Limits.model_fields}
+    return task.Limits.model_validate(values)
 
 
 def tasks_serving(checkpoint: Checkpoint) -> list[str]:

@@ -18,7 +18,6 @@ from pydantic import Field
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from ..config import Settings
 from ..errors import ImageError, JobError
 from .base import (
     Checkpoint,
@@ -30,7 +29,14 @@ from .base import (
     load_weights,
     prepare_model,
 )
-from .caption import CaptionTask, GenerationOptions, checked_generation, decoder_positions
+from .generation import (
+    CAPTIONER_ARCHITECTURES,
+    CAPTIONER_MODEL_TYPES,
+    GenerationLimits,
+    GenerationOptions,
+    checked_generation,
+    new_tokens_limit,
+)
 
 # Every image-text-to-text architecture; the captioners among them (BLIP, GIT, ViT-GPT2) have no
 # chat template and are served by `caption`, which comes first in the registry.
@@ -54,6 +60,7 @@ class AskTask(Task):
     name: ClassVar[str] = "ask"
     summary: ClassVar[str] = "an answer per image to the job's question (small VLMs)"
     Options: ClassVar = AskOptions
+    Limits: ClassVar = GenerationLimits
     architectures_doc: ClassVar[str] = (
         "image-text-to-text checkpoints with a chat template: `LlavaForConditionalGeneration`, "
         "`SmolVLMForConditionalGeneration`, `Qwen2VLForConditionalGeneration`, ..."
@@ -67,22 +74,24 @@ class AskTask(Task):
         {"answer": "There is no animal; an astronaut is holding a flag."},
     ]
 
-    def __init__(self, source: ModelSource, model: Any, processor: Any, settings: Settings) -> None:
+    def __init__(
+        self, source: ModelSource, model: Any, processor: Any, limits: GenerationLimits
+    ) -> None:
         self.source = source
         self.model = model
         self.processor = processor
         self.image_processor = processor.image_processor
         self.tokenizer = processor.tokenizer
-        self.settings = settings
-        self.positions = decoder_positions(model.config) or 1_000_000
-        self.max_new_tokens_limit = min(settings.MAX_NEW_TOKENS_LIMIT, self.positions - 1)
+        self.limits = limits
+        self.positions, self.max_new_tokens_limit = new_tokens_limit(model.config, limits)
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
-        return checkpoint.saved_as(_ARCHITECTURES, ()) and not CaptionTask.serves(checkpoint)
+        captioner = checkpoint.saved_as(CAPTIONER_ARCHITECTURES, CAPTIONER_MODEL_TYPES)
+        return checkpoint.saved_as(_ARCHITECTURES, ()) and not captioner
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> AskTask:
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: GenerationLimits) -> AskTask:
         model, _ = load_weights(source, AutoModelForImageTextToText, cls.name, "language model")
         processor = source.load_processor(AutoProcessor.from_pretrained, "processor")
         if not getattr(processor, "chat_template", None):
@@ -93,7 +102,7 @@ class AskTask(Task):
         # Prompts of different lengths share a batch: padded on the left, so every prompt ends
         # where generation starts.
         processor.tokenizer.padding_side = "left"
-        return cls(source, prepare_model(model, source, settings), processor, settings)
+        return cls(source, prepare_model(model, source), processor, limits)
 
     def warmup_options(self) -> AskOptions:
         return self.check(AskOptions(question="What is in the image?", max_new_tokens=2))
@@ -102,12 +111,12 @@ class AskTask(Task):
         if (options.question is None) == (options.questions is None):
             raise JobError('give either "question" (for every image) or "questions" (one each)')
         for text in options.questions or [options.question]:
-            if not text.strip() or len(text) > self.settings.MAX_TEXT_CHARS:
+            if not text.strip() or len(text) > self.limits.MAX_TEXT_CHARS:
                 raise JobError(
-                    f"each question must be 1 to {self.settings.MAX_TEXT_CHARS} characters "
+                    f"each question must be 1 to {self.limits.MAX_TEXT_CHARS} characters "
                     "and not blank"
                 )
-        tokens = checked_generation(options, self.max_new_tokens_limit, self.settings)
+        tokens = checked_generation(options, self.max_new_tokens_limit, self.limits)
         return options.model_copy(update={"max_new_tokens": tokens})
 
     def options_per_image(self, options: AskOptions, images: int) -> list[AskOptions]:

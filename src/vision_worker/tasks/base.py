@@ -5,8 +5,11 @@ A task owns everything about its task and nothing about RunPod or HTTP:
 - `Options`: a pydantic model of the job options it accepts (types, defaults, bounds,
   descriptions); the README tables, the pod server's form and `.runpod/hub.json` follow it.
 - `serves(checkpoint)`: decided from the checkpoint's architectures, never by a first match.
-- `load(source, settings)`: once, at cold start; refuses checkpoints whose task weights are missing.
-- `check(options)`: bounds that depend on settings or on the model (e.g. top_k <= labels).
+- `Limits`: the task's own settings (bounds and defaults, environment variables like every
+  setting); the task sees those and nothing else of the worker's configuration.
+- `load(source, checkpoint, limits)`: once, at cold start; refuses checkpoints whose task
+  weights are missing.
+- `check(options)`: bounds that depend on limits or on the model (e.g. top_k <= labels).
 - `prepare(image, options) -> Prepared`: per image, on an image thread.
 - `forward(items, options)`: on the model thread, and nothing else runs there: the batch onto
   the device, through the model, and what `split` needs back in host memory (only that: the
@@ -34,7 +37,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from ..config import Settings
+from ..config import TaskLimits
 
 T = TypeVar("T")
 
@@ -64,6 +67,8 @@ class ModelSource:
     # Fine-tuning checkpoints often hold weights and config only; the processor and tokenizer
     # then come from the base model (PROCESSOR_NAME).
     processor_name: str | None = None
+    # TORCH_COMPILE: compile the model at load.
+    compile: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -192,6 +197,7 @@ class Task:
     name: ClassVar[str]
     summary: ClassVar[str]
     Options: ClassVar[type[TaskOptions]]
+    Limits: ClassVar[type[TaskLimits]] = TaskLimits
     # Shown in cold-start errors and the README's architecture table.
     architectures_doc: ClassVar[str]
     # A job's "input" and the "results" it gets, for the README (docs.py renders them).
@@ -199,7 +205,7 @@ class Task:
     example_output: ClassVar[list]
 
     source: ModelSource
-    settings: Settings
+    limits: TaskLimits
     # The image processor (set by tasks that have one): its target size bounds decoding.
     image_processor: Any = None
 
@@ -218,11 +224,11 @@ class Task:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> Task:
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: Any) -> Task:
         raise NotImplementedError
 
     def check(self, options: Any) -> Any:
-        """Bounds that depend on settings or the model; raises JobError. Returns the options."""
+        """Bounds that depend on limits or the model; raises JobError. Returns the options."""
         return options
 
     def options_per_image(self, options: Any, images: int) -> list[Any]:
@@ -293,10 +299,10 @@ def load_weights(
     return model, missing
 
 
-def prepare_model(model: Any, source: ModelSource, settings: Settings) -> Any:
+def prepare_model(model: Any, source: ModelSource) -> Any:
     """On the device, in eval mode, compiled when TORCH_COMPILE asks for it."""
     model = model.to(source.device).eval()
-    if settings.TORCH_COMPILE:
+    if source.compile:
         model.compile()  # in place; the first batch of each shape pays the compile
     return model
 

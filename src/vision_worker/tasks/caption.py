@@ -10,54 +10,28 @@ from PIL import Image
 from pydantic import Field
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-from ..config import Settings
 from ..errors import JobError
 from .base import (
     Checkpoint,
     ModelSource,
     Prepared,
     Task,
-    TaskOptions,
     load_weights,
     pixel_inputs,
     prepare_model,
     stack_pixels,
 )
-
-_ARCHITECTURES = frozenset(
-    {"VisionEncoderDecoderModel", "GitForCausalLM", "BlipForConditionalGeneration"}
+from .generation import (
+    CAPTIONER_ARCHITECTURES,
+    CAPTIONER_MODEL_TYPES,
+    GenerationLimits,
+    GenerationOptions,
+    checked_generation,
+    new_tokens_limit,
 )
-_MODEL_TYPES = frozenset({"vision-encoder-decoder", "git", "blip"})
+
 # Model types that take a prompt, and whether it ends with [SEP] (see _prompt_ids).
 _PROMPT_FORMS = {"blip": 1, "git": 0}
-
-
-class GenerationOptions(TaskOptions):
-    """What bounds a generation loop; captions and answers share them."""
-
-    max_new_tokens: int | None = Field(
-        None,
-        ge=1,
-        le=1_000_000,
-        description="Tokens generated at most (default DEFAULT_MAX_NEW_TOKENS, "
-        "at most MAX_NEW_TOKENS_LIMIT).",
-    )
-    num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width (at most MAX_NUM_BEAMS).")
-
-
-def checked_generation(options: GenerationOptions, limit: int, settings: Settings) -> int:
-    """The job's max_new_tokens (its own or the default, within `limit`); JobError when the
-    job asks for more tokens or beams than allowed."""
-    if options.max_new_tokens is not None and options.max_new_tokens > limit:
-        raise JobError(
-            f'"max_new_tokens" must be between 1 and {limit} for this model, '
-            f"got {options.max_new_tokens}"
-        )
-    if options.num_beams > settings.MAX_NUM_BEAMS:
-        raise JobError(
-            f'"num_beams" must be between 1 and {settings.MAX_NUM_BEAMS}, got {options.num_beams}'
-        )
-    return options.max_new_tokens or min(settings.DEFAULT_MAX_NEW_TOKENS, limit)
 
 
 class CaptionOptions(GenerationOptions):
@@ -76,6 +50,7 @@ class CaptionTask(Task):
         "a caption per image (greedy or beam search), or one that continues a prompt"
     )
     Options: ClassVar = CaptionOptions
+    Limits: ClassVar = GenerationLimits
     architectures_doc: ClassVar[str] = (
         "`VisionEncoderDecoderModel` (ViT-GPT2), `GitForCausalLM`, `BlipForConditionalGeneration`"
     )
@@ -88,33 +63,33 @@ class CaptionTask(Task):
     pinned_min_new_tokens: int | None = None
 
     def __init__(
-        self, source: ModelSource, model, processor, tokenizer, settings: Settings
+        self, source: ModelSource, model, processor, tokenizer, limits: GenerationLimits
     ) -> None:
         self.source = source
         self.model = model
         self.processor = self.image_processor = processor
         self.tokenizer = tokenizer
-        self.settings = settings
+        self.limits = limits
         self.model_type = model.config.model_type
-        # Past its position table a decoder fails mid-generation; jobs are bounded by both.
-        self.positions = decoder_positions(model.config) or 1_000_000
-        self.max_new_tokens_limit = min(settings.MAX_NEW_TOKENS_LIMIT, self.positions - 1)
+        self.positions, self.max_new_tokens_limit = new_tokens_limit(model.config, limits)
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
-        return checkpoint.saved_as(_ARCHITECTURES, _MODEL_TYPES)
+        return checkpoint.saved_as(CAPTIONER_ARCHITECTURES, CAPTIONER_MODEL_TYPES)
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> CaptionTask:
+    def load(
+        cls, source: ModelSource, checkpoint: Checkpoint, limits: GenerationLimits
+    ) -> CaptionTask:
         model, _ = load_weights(
             source, AutoModelForImageTextToText, cls.name, "trained text decoder"
         )
         processor = source.load_image_processor()
         tokenizer = source.load_processor(AutoTokenizer.from_pretrained, "tokenizer")
-        return cls(source, prepare_model(model, source, settings), processor, tokenizer, settings)
+        return cls(source, prepare_model(model, source), processor, tokenizer, limits)
 
     def check(self, options: CaptionOptions) -> CaptionOptions:
-        max_new_tokens = checked_generation(options, self.max_new_tokens_limit, self.settings)
+        max_new_tokens = checked_generation(options, self.max_new_tokens_limit, self.limits)
         if options.prompt is not None:
             self._check_prompt(options.prompt, max_new_tokens)
         return options.model_copy(update={"max_new_tokens": max_new_tokens})
@@ -124,8 +99,8 @@ class CaptionTask(Task):
             raise JobError(
                 f'"prompt" is not supported by {self.model_type} models (BLIP and GIT take one)'
             )
-        if len(prompt) > self.settings.MAX_TEXT_CHARS:
-            raise JobError(f'"prompt" is over {self.settings.MAX_TEXT_CHARS} characters')
+        if len(prompt) > self.limits.MAX_TEXT_CHARS:
+            raise JobError(f'"prompt" is over {self.limits.MAX_TEXT_CHARS} characters')
         room = self.positions - max_new_tokens
         if len(self._prompt_ids(prompt)) > room:
             raise JobError(
@@ -170,13 +145,3 @@ class CaptionTask(Task):
 
     def encode(self, output: str, meta: dict, options: CaptionOptions) -> dict:
         return {"caption": output}
-
-
-def decoder_positions(config: Any) -> int | None:
-    """Positions the text decoder can attend to (n_positions / max_position_embeddings)."""
-    decoder = getattr(config, "decoder", None) or getattr(config, "text_config", None) or config
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(decoder, name, None)
-        if isinstance(value, int) and value > 1:
-            return value
-    return None

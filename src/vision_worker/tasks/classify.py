@@ -12,10 +12,10 @@ from pydantic import Field
 from transformers import AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from ..config import Settings
+from ..config import TaskLimits
 from ..errors import JobError
 from ..images import photo_size
-from ..outputs import ImageOutputs
+from ..outputs import OutputImage
 from .base import (
     Checkpoint,
     ModelSource,
@@ -36,6 +36,7 @@ from .explain import (
     region_box,
     seen_region,
 )
+from .labels import ranked_labels
 
 # The class names a checkpoint is saved from when it carries a trained classification head.
 _CLASSIFIER_ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
@@ -52,10 +53,16 @@ class ClassifyOptions(TaskOptions):
     )
 
 
+class ClassifyLimits(TaskLimits):
+    # Labels per image when a job sets none.
+    DEFAULT_TOP_K: int = Field(5, ge=1)
+
+
 class ClassifyTask(Task):
     name: ClassVar[str] = "classify"
     summary: ClassVar[str] = "top-k labels from the checkpoint's own classification head"
     Options: ClassVar = ClassifyOptions
+    Limits: ClassVar = ClassifyLimits
     architectures_doc: ClassVar[str] = (
         "any `*ForImageClassification` checkpoint (ViT, ResNet, ConvNeXt, Swin, EfficientNet, ...)"
     )
@@ -64,13 +71,12 @@ class ClassifyTask(Task):
         {"labels": [{"label": "tabby cat", "score": 0.91}, {"label": "tiger cat", "score": 0.06}]}
     ]
 
-    def __init__(self, source: ModelSource, model, processor, settings: Settings) -> None:
+    def __init__(self, source: ModelSource, model, processor, limits: ClassifyLimits) -> None:
         self.source = source
         self.model = model
         self.processor = self.image_processor = processor
-        self.settings = settings
+        self.limits = limits
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        self.image_outputs = ImageOutputs(settings)
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
@@ -79,15 +85,17 @@ class ClassifyTask(Task):
         )
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> ClassifyTask:
+    def load(
+        cls, source: ModelSource, checkpoint: Checkpoint, limits: ClassifyLimits
+    ) -> ClassifyTask:
         model, _ = load_weights(
             source, AutoModelForImageClassification, cls.name, "classification head"
         )
         processor = source.load_image_processor()
-        return cls(source, prepare_model(model, source, settings), processor, settings)
+        return cls(source, prepare_model(model, source), processor, limits)
 
     def check(self, options: ClassifyOptions) -> ClassifyOptions:
-        top_k = options.top_k or min(self.settings.DEFAULT_TOP_K, len(self.labels))
+        top_k = options.top_k or min(self.limits.DEFAULT_TOP_K, len(self.labels))
         if top_k > len(self.labels):
             raise JobError(f'"top_k" must be between 1 and {len(self.labels)}, got {top_k}')
         return options.model_copy(update={"top_k": top_k})
@@ -137,7 +145,7 @@ class ClassifyTask(Task):
         shown = overlay(Image.open(io.BytesIO(meta["image_jpeg"])), cam, meta["seen"])
         result["explanation"] = {
             "label": self.labels[int(probabilities.argmax())],
-            "heatmap": self.image_outputs.deliver(shown, "heatmap"),
+            "heatmap": OutputImage(shown, "heatmap"),  # delivered by the worker
             "map": [[round(v, 3) for v in row] for row in cam.tolist()],
             # The part of the photo `map` covers (a centre crop sees less than the photo).
             "map_box": region_box(meta["seen"], meta["photo"]),
@@ -148,14 +156,3 @@ class ClassifyTask(Task):
 def _probabilities(logits: torch.Tensor) -> list[torch.Tensor]:
     # Softmax in float32: half-precision probabilities lose the small scores entirely.
     return list(logits.float().softmax(dim=-1).cpu())
-
-
-def ranked_labels(scores: torch.Tensor, labels: Sequence[str], top_k: int) -> dict:
-    """{"labels": [{"label", "score"}, ...]} best first; the shape classify and zero_shot share."""
-    values, indices = scores.topk(min(top_k, len(labels)))
-    return {
-        "labels": [
-            {"label": labels[i], "score": round(s, 6)}
-            for s, i in zip(values.tolist(), indices.tolist(), strict=True)
-        ]
-    }

@@ -15,40 +15,27 @@ from typing import Any, ClassVar
 
 import torch
 from PIL import Image
-from pydantic import Field
 from transformers import AutoModelForObjectDetection
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
-from ..config import Settings
-from ..images import photo_size
 from .base import (
     Checkpoint,
     ModelSource,
     Prepared,
     Task,
-    TaskOptions,
     load_weights,
-    pixel_box,
     prepare_model,
     stack_on_device,
 )
+from .detections import DetectionOptions, best_first, detection, target_size
 
 _DETECTOR_ARCHITECTURES = frozenset(MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.values())
-
-
-class DetectOptions(TaskOptions):
-    threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="Detections scoring at or below this are dropped."
-    )
-    max_detections: int = Field(
-        100, ge=1, le=1000, description="Detections returned per image at most, best first."
-    )
 
 
 class DetectTask(Task):
     name: ClassVar[str] = "detect"
     summary: ClassVar[str] = "labelled boxes in the original image's pixel coordinates"
-    Options: ClassVar = DetectOptions
+    Options: ClassVar = DetectionOptions
     architectures_doc: ClassVar[str] = (
         "any `*ForObjectDetection` checkpoint (DETR, Conditional DETR, RT-DETR, YOLOS, D-FINE, ...)"
     )
@@ -65,11 +52,10 @@ class DetectTask(Task):
         }
     ]
 
-    def __init__(self, source: ModelSource, model: Any, processor: Any, settings: Settings) -> None:
+    def __init__(self, source: ModelSource, model: Any, processor: Any) -> None:
         self.source = source
         self.model = model
         self.processor = self.image_processor = processor
-        self.settings = settings
         self.labels = model.config.id2label
         # DETR-style models take a mask over padding, so images of any size share a batch;
         # others (YOLOS) would see the padding as image, so only equal sizes batch together.
@@ -82,19 +68,19 @@ class DetectTask(Task):
         )
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> DetectTask:
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: Any) -> DetectTask:
         model, _ = load_weights(source, AutoModelForObjectDetection, cls.name, "detection head")
         processor = source.load_image_processor()
-        return cls(source, prepare_model(model, source, settings), processor, settings)
+        return cls(source, prepare_model(model, source), processor)
 
-    def batch_key(self, item: Prepared, options: DetectOptions) -> Hashable:
+    def batch_key(self, item: Prepared, options: DetectionOptions) -> Hashable:
         if self.takes_pixel_mask:
             return item.kind
         return (item.kind, tuple(item.inputs["pixel_values"].shape))
 
-    def prepare(self, image: Image.Image, options: DetectOptions) -> Prepared:
+    def prepare(self, image: Image.Image, options: DetectionOptions) -> Prepared:
         pixels = self.processor(images=[image], return_tensors="pt").pixel_values[0]
-        return Prepared({"pixel_values": pixels}, meta={"size": box_frame(image)})
+        return Prepared({"pixel_values": pixels}, meta={"size": target_size(image)})
 
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
         inputs = self._collate(items)
@@ -120,9 +106,9 @@ class DetectTask(Task):
             results.append({key: value[keep].float() for key, value in detections.items()})
         return results
 
-    def encode(self, output: dict, meta: dict, options: DetectOptions) -> dict:
-        order = output["scores"].argsort(descending=True)[: options.max_detections]
-        return {"detections": [self._detection(output, i) for i in order.tolist()]}
+    def encode(self, output: dict, meta: dict, options: DetectionOptions) -> dict:
+        order = best_first(output["scores"], options.max_detections)
+        return {"detections": [self._detection(output, i) for i in order]}
 
     def _detection(self, output: dict, index: int) -> dict:
         label = self.labels[int(output["labels"][index])]
@@ -148,16 +134,3 @@ class DetectTask(Task):
             "pixel_values": stack_on_device(list(padded), self.source),
             "pixel_mask": mask.to(self.source.device),
         }
-
-
-def box_frame(image: Image.Image) -> tuple[int, int]:
-    """The (height, width) boxes are scaled to: the photo's own pixels after EXIF rotation, not
-    the decoded image's (a scaled JPEG decode is 1/2 to 1/8 of the photo). The model predicts
-    boxes relative to its input, so they scale to the photo exactly."""
-    width, height = photo_size(image)
-    return height, width
-
-
-def detection(label: str, score: Any, box: Any) -> dict:
-    """One detection as jobs get it: corners in the original image's pixels, two decimals."""
-    return {"label": label, "score": round(float(score), 6), "box": pixel_box(box)}

@@ -21,7 +21,7 @@ from pydantic import Field
 from transformers import AutoModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_MAPPING_NAMES
 
-from ..config import Settings
+from ..config import TextLimits
 from ..errors import JobError
 from .base import (
     Checkpoint,
@@ -48,10 +48,16 @@ class EmbedOptions(TaskOptions):
     )
 
 
+class EmbedLimits(TextLimits):
+    # Texts per job: each is one text-tower sequence.
+    MAX_TEXTS_PER_JOB: int = Field(64, ge=1, le=4096)
+
+
 class EmbedTask(Task):
     name: ClassVar[str] = "embed"
     summary: ClassVar[str] = "an embedding vector per image (and per text for CLIP/SigLIP)"
     Options: ClassVar = EmbedOptions
+    Limits: ClassVar = EmbedLimits
     architectures_doc: ClassVar[str] = (
         "CLIP / SigLIP / SigLIP2 (image tower), and any vision backbone `AutoModel` loads "
         "(DINOv2, ViT, ResNet, ConvNeXt, Swin, ...), including classifiers' backbones"
@@ -62,7 +68,7 @@ class EmbedTask(Task):
     def __init__(
         self,
         source: ModelSource,
-        settings: Settings,
+        limits: EmbedLimits,
         *,
         towers: DualEncoder | None = None,
         backbone: Any = None,
@@ -70,7 +76,7 @@ class EmbedTask(Task):
         use_pooler: bool = True,
     ) -> None:
         self.source = source
-        self.settings = settings
+        self.limits = limits
         self.towers = towers
         self.backbone = backbone
         self.processor = processor
@@ -82,9 +88,9 @@ class EmbedTask(Task):
         return is_dual_encoder(checkpoint) or checkpoint.model_type in MODEL_FOR_IMAGE_MAPPING_NAMES
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> EmbedTask:
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: EmbedLimits) -> EmbedTask:
         if is_dual_encoder(checkpoint):
-            return cls(source, settings, towers=DualEncoder.load(source, cls.name, settings))
+            return cls(source, limits, towers=DualEncoder.load(source, cls.name))
         # A classifier's checkpoint has no pooler (its head reads the hidden states), so the
         # pooler AutoModel adds would be random: those weights are tolerated and left unused.
         model, missing = load_weights(
@@ -97,8 +103,8 @@ class EmbedTask(Task):
         processor = source.load_image_processor()
         return cls(
             source,
-            settings,
-            backbone=prepare_model(model, source, settings),
+            limits,
+            backbone=prepare_model(model, source),
             processor=processor,
             use_pooler=not missing,
         )
@@ -106,7 +112,7 @@ class EmbedTask(Task):
     def check(self, options: EmbedOptions) -> EmbedOptions:
         if options.texts is None:
             return options
-        limits = self.settings
+        limits = self.limits
         if self.towers is None:
             raise JobError(
                 f'"texts" needs a model with a text tower (CLIP, SigLIP); '

@@ -56,11 +56,11 @@ class DualEncoder:
         )
 
     @classmethod
-    def load(cls, source: ModelSource, task: str, settings: Any) -> DualEncoder:
+    def load(cls, source: ModelSource, task: str) -> DualEncoder:
         model, _ = load_weights(source, AutoModel, task, "trained image and text towers")
         processor = source.load_image_processor()
         tokenizer = source.load_processor(AutoTokenizer.from_pretrained, "tokenizer")
-        return cls(source, prepare_model(model, source, settings), processor, tokenizer)
+        return cls(source, prepare_model(model, source), processor, tokenizer)
 
     # --- inputs -------------------------------------------------------------------------------
     def image_item(self, image: Image.Image) -> Prepared:

@@ -11,10 +11,8 @@ import torch
 from PIL import Image
 from pydantic import Field, field_validator
 
-from ..config import Settings
-from ..errors import JobError
 from .base import Checkpoint, ModelSource, Prepared, Task, TaskOptions
-from .classify import ranked_labels
+from .labels import LabelLimits, check_labels, ranked_labels
 from .towers import DualEncoder, is_dual_encoder, normalize
 
 # transformers' zero-shot-image-classification pipeline uses this template by default.
@@ -43,23 +41,11 @@ class ZeroShotOptions(TaskOptions):
         return template
 
 
-def check_labels(labels: list[str], limits: Settings) -> None:
-    """A job's labels: at most MAX_LABELS, each 1 to MAX_TEXT_CHARS characters, no repeats."""
-    if len(labels) > limits.MAX_LABELS:
-        raise JobError(f"too many labels: {len(labels)}, at most {limits.MAX_LABELS}", "too_large")
-    for label in labels:
-        if not label.strip() or len(label) > limits.MAX_TEXT_CHARS:
-            raise JobError(
-                f"each label must be 1 to {limits.MAX_TEXT_CHARS} characters and not blank"
-            )
-    if len(set(labels)) != len(labels):
-        raise JobError('"labels" has duplicates; each label must appear once')
-
-
 class ZeroShotTask(Task):
     name: ClassVar[str] = "zero_shot"
     summary: ClassVar[str] = "scores for labels the job names, no training needed"
     Options: ClassVar = ZeroShotOptions
+    Limits: ClassVar = LabelLimits
     architectures_doc: ClassVar[str] = "`CLIPModel`, `SiglipModel`, `Siglip2Model`"
     example_input: ClassVar[dict] = {"image": "<image>", "labels": ["cat", "dog", "rocket"]}
     example_output: ClassVar[list] = [
@@ -72,11 +58,11 @@ class ZeroShotTask(Task):
         }
     ]
 
-    def __init__(self, towers: DualEncoder, settings: Settings) -> None:
+    def __init__(self, towers: DualEncoder, limits: LabelLimits) -> None:
         self.towers = towers
         self.image_processor = towers.processor
         self.source: ModelSource = towers.source
-        self.settings = settings
+        self.limits = limits
         # Label sets repeat across jobs (a tagging service sends the same 50 tags every time),
         # so their text features are computed once and kept, least recently used out first.
         self._label_features: OrderedDict[tuple[str, tuple[str, ...]], torch.Tensor] = OrderedDict()
@@ -88,14 +74,14 @@ class ZeroShotTask(Task):
         return is_dual_encoder(checkpoint)
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings) -> ZeroShotTask:
-        return cls(DualEncoder.load(source, cls.name, settings), settings)
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: LabelLimits) -> ZeroShotTask:
+        return cls(DualEncoder.load(source, cls.name), limits)
 
     def warmup_options(self) -> ZeroShotOptions:
         return self.check(ZeroShotOptions(labels=["a photo"]))
 
     def check(self, options: ZeroShotOptions) -> ZeroShotOptions:
-        check_labels(options.labels, self.settings)
+        check_labels(options.labels, self.limits)
         return options
 
     def prepare(self, image: Image.Image, options: ZeroShotOptions) -> Prepared:
@@ -126,6 +112,6 @@ class ZeroShotTask(Task):
         with self._cache_lock:
             self.label_sets_encoded += 1
             self._label_features[key] = features
-            while len(self._label_features) > self.settings.LABEL_CACHE_SIZE:
+            while len(self._label_features) > self.limits.LABEL_CACHE_SIZE:
                 self._label_features.popitem(last=False)
         return features

@@ -17,7 +17,6 @@ from PIL import Image
 from pydantic import Field
 from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer
 
-from ..config import Settings
 from .base import (
     Checkpoint,
     ModelSource,
@@ -27,8 +26,8 @@ from .base import (
     prepare_model,
     stack_pixels,
 )
-from .detect import DetectOptions, box_frame, detection
-from .zero_shot import check_labels
+from .detections import DetectionOptions, detection, target_size
+from .labels import LabelLimits, check_labels
 
 # Grounding DINO and OmDet also detect from text, but take one prompt of all labels and
 # post-process differently; they are not served (yet).
@@ -36,7 +35,7 @@ _ARCHITECTURES = frozenset({"OwlViTForObjectDetection", "Owlv2ForObjectDetection
 _MODEL_TYPES = frozenset({"owlvit", "owlv2"})
 
 
-class ZeroShotDetectOptions(DetectOptions):
+class ZeroShotDetectOptions(DetectionOptions):
     labels: list[str] = Field(
         ...,
         min_length=1,
@@ -52,6 +51,7 @@ class ZeroShotDetectTask(Task):
     name: ClassVar[str] = "zero_shot_detect"
     summary: ClassVar[str] = "boxes for labels the job names (open-vocabulary detection)"
     Options: ClassVar = ZeroShotDetectOptions
+    Limits: ClassVar = LabelLimits
     architectures_doc: ClassVar[str] = "`OwlViTForObjectDetection`, `Owlv2ForObjectDetection`"
     example_input: ClassVar[dict] = {"image": "<image>", "labels": ["a cat", "a remote control"]}
     example_output: ClassVar[list] = [
@@ -72,13 +72,13 @@ class ZeroShotDetectTask(Task):
     ]
 
     def __init__(
-        self, source: ModelSource, model: Any, processor: Any, tokenizer: Any, settings: Settings
+        self, source: ModelSource, model: Any, processor: Any, tokenizer: Any, limits: LabelLimits
     ) -> None:
         self.source = source
         self.model = model
         self.image_processor = processor
         self.tokenizer = tokenizer
-        self.settings = settings
+        self.limits = limits
         # The text tower's positions (16 for OWL-ViT): longer labels are truncated to fit.
         self.max_label_tokens = model.config.text_config.max_position_embeddings
 
@@ -88,20 +88,20 @@ class ZeroShotDetectTask(Task):
 
     @classmethod
     def load(
-        cls, source: ModelSource, checkpoint: Checkpoint, settings: Settings
+        cls, source: ModelSource, checkpoint: Checkpoint, limits: LabelLimits
     ) -> ZeroShotDetectTask:
         model, _ = load_weights(
             source, AutoModelForZeroShotObjectDetection, cls.name, "detection heads"
         )
         processor = source.load_image_processor()
         tokenizer = source.load_processor(AutoTokenizer.from_pretrained, "tokenizer")
-        return cls(source, prepare_model(model, source, settings), processor, tokenizer, settings)
+        return cls(source, prepare_model(model, source), processor, tokenizer, limits)
 
     def warmup_options(self) -> ZeroShotDetectOptions:
         return self.check(ZeroShotDetectOptions(labels=["a photo"]))
 
     def check(self, options: ZeroShotDetectOptions) -> ZeroShotDetectOptions:
-        check_labels(options.labels, self.settings)
+        check_labels(options.labels, self.limits)
         return options
 
     def batch_key(self, item: Prepared, options: ZeroShotDetectOptions) -> Hashable:
@@ -110,7 +110,7 @@ class ZeroShotDetectTask(Task):
 
     def prepare(self, image: Image.Image, options: ZeroShotDetectOptions) -> Prepared:
         pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values[0]
-        return Prepared({"pixel_values": pixels}, meta={"size": box_frame(image)})
+        return Prepared({"pixel_values": pixels}, meta={"size": target_size(image)})
 
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
         labels = options[0].labels  # equal for the whole batch (batch_key)

@@ -133,6 +133,34 @@ def test_runpod_hub_metadata_matches_the_config_defaults():
         assert set(preset["defaults"]) <= set(Settings.model_fields)
 
 
+def test_runpod_hub_listing_is_rendered_from_the_registry_and_settings():
+    """Presets, the TASK menu and every default come from the tasks and settings, so adding a
+    task is `python -m vision_worker.docs README.md .runpod/hub.json`, not hand edits."""
+    import json
+
+    from vision_worker.docs import render_hub
+
+    hub = json.loads((ROOT / ".runpod/hub.json").read_text())
+    assert render_hub(hub) == hub, (
+        "hub.json drifted: run python -m vision_worker.docs README.md .runpod/hub.json"
+    )
+
+
+def test_runpod_cuda_filters_admit_only_hosts_the_image_s_torch_runs_on():
+    """The image installs builder/torch.txt from PyPI: its CUDA build (13.0 for torch 2.14.1)
+    needs a host driver of that CUDA version or newer; RunPod filters hosts by it."""
+    import json
+
+    import torch
+
+    built_for = tuple(int(part) for part in torch.version.cuda.split(".")[:2])
+    for listing in (".runpod/hub.json", ".runpod/tests.json"):
+        allowed = json.loads((ROOT / listing).read_text())["config"]["allowedCudaVersions"]
+        versions = [tuple(int(part) for part in v.split(".")) for v in allowed]
+        assert versions, listing
+        assert all(v >= built_for for v in versions), (listing, allowed)
+
+
 def test_runpod_hub_tests_are_jobs_the_worker_completes(make_worker):
     import json
 

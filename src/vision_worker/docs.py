@@ -1,7 +1,8 @@
-"""The README's task reference, rendered from the task registry so the two cannot drift.
+"""What is rendered from the task registry so it cannot drift: the README's task reference and
+the RunPod Hub listing (`.runpod/hub.json`: the TASK menu, the presets, every default).
 
-python -m vision_worker.docs            # print the block
-python -m vision_worker.docs README.md  # rewrite the block between its markers in place
+python -m vision_worker.docs                               # print the README block
+python -m vision_worker.docs README.md .runpod/hub.json    # rewrite both in place
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
+from .settings import ServingSettings
 from .tasks import TASKS, Task
 
 START, END = (
@@ -60,6 +62,29 @@ def _type_name(annotation: Any) -> str:
     return text.replace("typing.", "").replace(" | None", "").replace("NoneType", "").strip()
 
 
+def render_hub(hub: dict) -> dict:
+    """`hub` with what the registry and the settings decide rendered from them: a preset per
+    task checkpoint (`hub_presets`), the TASK menu (`hub_label`), and each variable's default.
+    The rest (title, GPUs, CUDA versions, which variables are listed) is the listing's own."""
+    config = dict(hub["config"])
+    config["presets"] = [
+        {"name": name, "defaults": {"MODEL_NAME": model, "TASK": ""}}
+        for task in TASKS.values()
+        for name, model in task.hub_presets
+    ]
+    config["env"] = [_hub_variable(entry) for entry in config["env"]]
+    return {**hub, "config": config}
+
+
+def _hub_variable(entry: dict) -> dict:
+    field = ServingSettings.model_fields[entry["key"]]
+    listed = {**entry["input"], "default": field.default}
+    if entry["key"] == "TASK":
+        menu = [{"label": task.hub_label, "value": name} for name, task in TASKS.items()]
+        listed["options"] = [{"label": "Infer from checkpoint", "value": ""}, *menu]
+    return {**entry, "input": listed}
+
+
 def rewrite(readme: Path) -> None:
     text = readme.read_text()
     before, rest = text.split(START, 1)
@@ -67,8 +92,13 @@ def rewrite(readme: Path) -> None:
     readme.write_text(before + render_tasks() + after)
 
 
+def rewrite_hub(path: Path) -> None:
+    hub = render_hub(json.loads(path.read_text()))
+    path.write_text(json.dumps(hub, indent=2, ensure_ascii=False) + "\n")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        rewrite(Path(sys.argv[1]))
-    else:
+    for argument in sys.argv[1:]:
+        (rewrite_hub if argument.endswith(".json") else rewrite)(Path(argument))
+    if len(sys.argv) == 1:
         print(render_tasks())

@@ -58,6 +58,11 @@ class AskOptions(GenerationOptions):
 
 class AskTask(Task):
     name: ClassVar[str] = "ask"
+    # The RunPod Hub listing: this task in the TASK menu, and ready-made endpoints for it.
+    hub_label: ClassVar[str] = "Ask (visual questions, VLMs)"
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("Visual questions: LLaVA-Interleave Qwen 0.5B", "llava-hf/llava-interleave-qwen-0.5b-hf"),
+    )
     summary: ClassVar[str] = "an answer per image to the job's question (small VLMs)"
     Options: ClassVar = AskOptions
     Limits: ClassVar = GenerationLimits

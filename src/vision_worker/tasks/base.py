@@ -200,6 +200,10 @@ class Task:
     Limits: ClassVar[type[TaskLimits]] = TaskLimits
     # Shown in cold-start errors and the README's architecture table.
     architectures_doc: ClassVar[str]
+    # The RunPod Hub listing (docs.py renders .runpod/hub.json): the TASK menu's label, and
+    # (preset name, MODEL_NAME) pairs of checkpoints worth one click.
+    hub_label: ClassVar[str]
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = ()
     # A job's "input" and the "results" it gets, for the README (docs.py renders them).
     example_input: ClassVar[dict]
     example_output: ClassVar[list]

@@ -46,6 +46,13 @@ class CaptionOptions(GenerationOptions):
 
 class CaptionTask(Task):
     name: ClassVar[str] = "caption"
+    # The RunPod Hub listing: this task in the TASK menu, and ready-made endpoints for it.
+    hub_label: ClassVar[str] = "Caption"
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("Captioning: ViT-GPT2 (default)", "nlpconnect/vit-gpt2-image-captioning"),
+        ("Captioning: GIT base TextCaps", "microsoft/git-base-textcaps"),
+        ("Captioning: BLIP base", "Salesforce/blip-image-captioning-base"),
+    )
     summary: ClassVar[str] = (
         "a caption per image (greedy or beam search), or one that continues a prompt"
     )

@@ -60,6 +60,11 @@ class ClassifyLimits(TaskLimits):
 
 class ClassifyTask(Task):
     name: ClassVar[str] = "classify"
+    # The RunPod Hub listing: this task in the TASK menu, and ready-made endpoints for it.
+    hub_label: ClassVar[str] = "Classify"
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("Classification: ResNet-50", "microsoft/resnet-50"),
+    )
     summary: ClassVar[str] = "top-k labels from the checkpoint's own classification head"
     Options: ClassVar = ClassifyOptions
     Limits: ClassVar = ClassifyLimits

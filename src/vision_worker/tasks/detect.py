@@ -34,6 +34,11 @@ _DETECTOR_ARCHITECTURES = frozenset(MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.val
 
 class DetectTask(Task):
     name: ClassVar[str] = "detect"
+    # The RunPod Hub listing: this task in the TASK menu, and ready-made endpoints for it.
+    hub_label: ClassVar[str] = "Detect objects"
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("Detection: YOLOS small", "hustvl/yolos-small"),
+    )
     summary: ClassVar[str] = "labelled boxes in the original image's pixel coordinates"
     Options: ClassVar = DetectionOptions
     architectures_doc: ClassVar[str] = (

@@ -55,6 +55,11 @@ class EmbedLimits(TextLimits):
 
 class EmbedTask(Task):
     name: ClassVar[str] = "embed"
+    # The RunPod Hub listing: this task in the TASK menu, and ready-made endpoints for it.
+    hub_label: ClassVar[str] = "Embed (CLIP/SigLIP/DINOv2/backbones)"
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("Embeddings: DINOv2 base", "facebook/dinov2-base"),
+    )
     summary: ClassVar[str] = "an embedding vector per image (and per text for CLIP/SigLIP)"
     Options: ClassVar = EmbedOptions
     Limits: ClassVar = EmbedLimits

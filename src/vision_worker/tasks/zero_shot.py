@@ -43,6 +43,12 @@ class ZeroShotOptions(TaskOptions):
 
 class ZeroShotTask(Task):
     name: ClassVar[str] = "zero_shot"
+    # The RunPod Hub listing: this task in the TASK menu, and ready-made endpoints for it.
+    hub_label: ClassVar[str] = "Zero-shot classify (CLIP/SigLIP)"
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("Zero-shot and embeddings: CLIP ViT-B/32", "openai/clip-vit-base-patch32"),
+        ("Zero-shot: SigLIP base", "google/siglip-base-patch16-224"),
+    )
     summary: ClassVar[str] = "scores for labels the job names, no training needed"
     Options: ClassVar = ZeroShotOptions
     Limits: ClassVar = LabelLimits

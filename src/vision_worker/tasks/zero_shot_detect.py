@@ -49,6 +49,11 @@ class ZeroShotDetectOptions(DetectionOptions):
 
 class ZeroShotDetectTask(Task):
     name: ClassVar[str] = "zero_shot_detect"
+    # The RunPod Hub listing: this task in the TASK menu, and ready-made endpoints for it.
+    hub_label: ClassVar[str] = "Open-vocabulary detect (OWL-ViT/OWLv2)"
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("Open-vocabulary detection: OWLv2 base", "google/owlv2-base-patch16-ensemble"),
+    )
     summary: ClassVar[str] = "boxes for labels the job names (open-vocabulary detection)"
     Options: ClassVar = ZeroShotDetectOptions
     Limits: ClassVar = LabelLimits

@@ -163,3 +163,35 @@ def test_the_page_shows_heatmaps_and_answers(browser, model_dir, tmp_path):
         _run_page(browser, url, tmp_path, question)
         answer = browser.find_element(By.CSS_SELECTOR, ".result .answer")
     assert answer.text.strip()
+
+
+def test_the_page_draws_segment_masks_and_depth_maps(browser, model_dir, tmp_path):
+    """Segments: one row per segment and their RLE masks decoded in the page onto a canvas the
+    photo's size (the same masks pycocotools decodes); depth: the 16-bit PNG as the preview."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def nothing(b):
+        pass
+
+    with _server(model_dir, "segformer") as (url, _):
+        _run_page(browser, url, tmp_path, nothing)
+        WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".overlay"))
+        canvas = browser.find_element(By.CSS_SELECTOR, ".frame canvas.overlay")
+        size = browser.execute_script("return [arguments[0].width, arguments[0].height]", canvas)
+        painted = browser.execute_script(
+            "const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height)"
+            ".data; let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n",
+            canvas,
+        )
+        rows = browser.find_elements(By.CSS_SELECTOR, ".result .detection")
+    assert size == [451, 300]  # chelsea, in the photo's pixels
+    assert painted == 451 * 300  # semantic segments cover every pixel once
+    assert rows
+
+    with _server(model_dir, "depth-anything") as (url, _):
+        results = _run_page(browser, url, tmp_path, nothing)
+        preview = browser.find_element(By.CSS_SELECTOR, ".frame img")
+        assert preview.get_attribute("src").startswith("data:image/png;base64,")
+        assert browser.execute_script("return arguments[0].naturalWidth", preview) == 451
+    assert "depth 451x300" in results

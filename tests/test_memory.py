@@ -45,6 +45,34 @@ def test_many_large_16_bit_pngs_stay_within_the_decode_budget(model_dir):
     assert measured["peak_mib"] - measured["idle_mib"] < budget_mib + 500, measured
 
 
+@pytest.mark.parametrize("arch", ["depth-anything", "segformer"])
+def test_dense_outputs_at_40_mp_stay_within_the_budget(model_dir, arch):
+    """Depth maps and masks are made at the photo's size (a 40 MP float map is 160 MB; the
+    pipeline's 10-class upsampling alone 1.6 GB): each result reserves what it will hold from
+    the same budget as decodes, so two jobs of 40 MP photos stay near it."""
+    budget_mib = 600
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(TESTS / "rss_probe.py"),
+            str(model_dir(arch)),
+            "2",
+            "2",
+            "6300",
+            f"DECODE_MEMORY_MB={budget_mib}",
+            "MAX_OUTPUT_MB=1000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["failed"] == []
+    assert measured["waits"] > 0
+    assert measured["peak_mib"] - measured["idle_mib"] < budget_mib + 500, measured
+
+
 def test_a_reservation_waits_for_room_and_an_oversized_one_runs_alone():
     budget = DecodeBudget(100)
     order: list[str] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -82,18 +83,45 @@ class ImageOutputs:
             ) from None
 
 
-def check_output_size(output: dict[str, Any], settings: Settings) -> None:
-    """JobError when the output is over MAX_OUTPUT_MB of JSON, naming what makes it smaller."""
-    size = len(json.dumps(output, separators=(",", ":")))
-    max_mb = settings.MAX_OUTPUT_MB
-    if size <= max_mb * 1_000_000:
-        return
+class OutputMeter:
+    """A job's output size as its results arrive. Past MAX_OUTPUT_MB the job will fail, so its
+    later results are not kept: a job of 64 inline 40 MP depth maps would otherwise hold GBs
+    only to refuse them at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limit = settings.MAX_OUTPUT_MB * 1_000_000
+        self.size = 0
+        self._lock = threading.Lock()  # results are measured on several encode threads
+
+    def admit(self, result: dict) -> dict:
+        """`result`, or an empty stand-in once the job's output is over the limit."""
+        size = json_size(result)
+        with self._lock:
+            self.size += size
+            over = self.size > self.limit
+        return {} if over else result
+
+    def check(self, output: dict[str, Any]) -> None:
+        """JobError when the whole output is over MAX_OUTPUT_MB, naming what makes it smaller."""
+        results = output.get("results", [])
+        size = self.size + json_size({**output, "results": []}) + len(results)
+        if size > self.limit:
+            raise output_too_large(size, self.settings)
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def output_too_large(size: int, settings: Settings) -> JobError:
     fixes = 'send fewer images per job, or use "encoding": "base64" for embeddings'
     if not bucket_configured(settings):
-        fixes += "; for heatmaps set BUCKET_ENDPOINT_URL (with BUCKET_ACCESS_KEY_ID and "
-        fixes += "BUCKET_SECRET_ACCESS_KEY) so images come back as URLs"
-    raise JobError(
-        f"the output is {size / 1_000_000:.1f} MB, over the {max_mb:g} MB a job may return "
-        f"(MAX_OUTPUT_MB, RunPod's payload limit): {fixes}",
+        fixes += "; for output images (heatmaps, masks as PNG, depth maps, cut-outs) set "
+        fixes += "BUCKET_ENDPOINT_URL (with BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY) "
+        fixes += "so they come back as URLs"
+    return JobError(
+        f"the output is {size / 1_000_000:.1f} MB, over the {settings.MAX_OUTPUT_MB:g} MB a job "
+        f"may return (MAX_OUTPUT_MB, RunPod's payload limit): {fixes}",
         "too_large",
     )

@@ -20,7 +20,7 @@ from .fetch import UrlFetcher
 from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
 from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
 from .metrics import Metrics
-from .outputs import ImageOutputs, check_output_size
+from .outputs import ImageOutputs, OutputMeter
 from .schema import parse_job_input
 from .tasks import Task, load_task
 from .tasks.base import Prepared
@@ -230,6 +230,7 @@ class Worker:
         loaded = started
         self._images_incoming += len(request.sources)
         report = _ProgressReport(len(request.sources), self.batcher.working_batch_size, progress)
+        meter = OutputMeter(self.settings)
 
         async def prepare_then_predict(index: int, source: str) -> dict:
             nonlocal loaded
@@ -246,7 +247,7 @@ class Worker:
             finally:
                 report.image_done()
             result = await asyncio.get_running_loop().run_in_executor(
-                self._encode_threads, self._result, index, item, output, options
+                self._encode_threads, self._measured_result, meter, index, item, output, options
             )
             if on_result is not None:
                 on_result(index, result)
@@ -276,9 +277,7 @@ class Worker:
             "total": _ms(finished - started),
         }
         # Serialising a large output takes milliseconds: off the event loop too.
-        await asyncio.get_running_loop().run_in_executor(
-            self._encode_threads, check_output_size, output, self.settings
-        )
+        await asyncio.get_running_loop().run_in_executor(self._encode_threads, meter.check, output)
         return output
 
     def _text_result(self, index: int, output: Any, options: Any) -> dict:
@@ -317,6 +316,11 @@ class Worker:
         except TimeoutError:
             return ImageError("fetch_failed", f"download exceeded {self.settings.URL_TIMEOUT_S}s")
 
+    def _measured_result(
+        self, meter: OutputMeter, index: int, item: Any, output: Any, options: Any
+    ) -> dict:
+        return meter.admit(self._result(index, item, output, options))
+
     def _result(self, index: int, item: Any, output: Any, options: Any) -> dict:
         """One image's result, its output images delivered (on an encode thread)."""
         if isinstance(output, ImageError):
@@ -326,7 +330,9 @@ class Worker:
             failure = ImageError("inference_failed", f"{type(output).__name__}: {output}")
             return failure.to_result(index)
         try:
-            return self.image_outputs.deliver_all(self.task.encode(output, item.meta, options))
+            # A dense output made at the photo's size waits for room, as a decode does.
+            with self.decode_budget.reserve(self.task.result_memory(output, item.meta, options)):
+                return self.image_outputs.deliver_all(self.task.encode(output, item.meta, options))
         except ImageError as error:  # e.g. a heatmap upload that failed: this image only
             return error.to_result(index)
 

@@ -634,6 +634,154 @@ def build_llava_next(out: Path, full: bool) -> None:
     )
 
 
+# Depth Anything's and DPT's processor: ImageNet statistics, bicubic, sides kept to a multiple.
+_DEPTH_PROCESSOR = dict(
+    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], resample=3
+)
+
+
+def build_depth_anything(out: Path, full: bool) -> None:
+    """Depth Anything (V2 small shape): a DINOv2 backbone, a DPT neck and a relative-depth head;
+    its processor keeps the aspect ratio (sides a multiple of 14), so photo shapes differ."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(
+        **_dims(
+            full,
+            dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64),
+            dict(
+                hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536
+            ),
+        ),
+        image_size=518 if full else 56,
+        patch_size=14,
+        out_features=["stage3", "stage6", "stage9", "stage12"]
+        if full
+        else ["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+    )
+    head = _dims(
+        full,
+        dict(
+            fusion_hidden_size=16,
+            neck_hidden_sizes=[8, 16, 32, 32],
+            reassemble_hidden_size=32,
+            head_hidden_size=8,
+        ),
+        dict(
+            fusion_hidden_size=64,
+            neck_hidden_sizes=[48, 96, 192, 384],
+            reassemble_hidden_size=384,
+            head_hidden_size=32,
+        ),
+    )
+    model = DepthAnythingForDepthEstimation(
+        DepthAnythingConfig(backbone_config=backbone, patch_size=14, **head)
+    )
+    side = 518 if full else 56
+    processor = processor_class("DPTImageProcessor")(
+        size={"height": side, "width": side},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        **_DEPTH_PROCESSOR,
+    )
+    _save(out, model, None, processor)
+
+
+def build_dpt(out: Path, full: bool) -> None:
+    """DPT (ViT-based, not hybrid) with a depth head at a fixed square input."""
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    vision = _vision(full, image_size=384)
+    if not full:
+        vision["num_hidden_layers"] = 4  # the neck reads four layers
+    config = DPTConfig(
+        **vision,
+        backbone_out_indices=[2, 5, 8, 11] if full else [0, 1, 2, 3],
+        neck_hidden_sizes=[96, 192, 384, 768] if full else [8, 16, 32, 32],
+        fusion_hidden_size=256 if full else 16,
+        is_hybrid=False,
+    )
+    side = vision["image_size"]
+    processor = processor_class("DPTImageProcessor")(
+        size={"height": side, "width": side}, **_DEPTH_PROCESSOR
+    )
+    _save(out, DPTForDepthEstimation(config), None, processor)
+
+
+def build_segformer(out: Path, full: bool) -> None:
+    """SegFormer (B0 shape at full size): a semantic head over ten labels at a fixed input."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    dims = _dims(
+        full,
+        dict(
+            num_encoder_blocks=2,
+            depths=[1, 1],
+            sr_ratios=[2, 1],
+            hidden_sizes=[8, 16],
+            num_attention_heads=[1, 2],
+            mlp_ratios=[2, 2],
+            decoder_hidden_size=16,
+            initializer_range=TINY_INIT,
+        ),
+        dict(hidden_sizes=[32, 64, 160, 256], decoder_hidden_size=256),
+    )
+    model = SegformerForSemanticSegmentation(SegformerConfig(**dims, **_labels()))
+    side = 512 if full else 64
+    processor = processor_class("SegformerImageProcessor")(size={"height": side, "width": side})
+    _save(out, model, None, processor)
+
+
+def build_mask2former(out: Path, full: bool) -> None:
+    """Mask2Former over a Swin backbone (Swin-T at full size): queries, each a class and a mask;
+    the processor keeps the aspect ratio, so photo shapes differ."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    swin = _dims(
+        full,
+        dict(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4),
+        dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7),
+    )
+    backbone = SwinConfig(
+        **swin,
+        image_size=384 if full else 64,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    decoder = _dims(
+        full,
+        dict(
+            feature_size=32,
+            mask_feature_size=32,
+            hidden_dim=32,
+            encoder_feedforward_dim=32,
+            dim_feedforward=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            num_attention_heads=2,
+            num_queries=10,
+        ),
+        dict(num_queries=100),
+    )
+    model = Mask2FormerForUniversalSegmentation(
+        Mask2FormerConfig(backbone_config=backbone, **decoder, **_labels())
+    )
+    if not full:
+        with torch.no_grad():  # queries apart and confident, so they claim different regions
+            model.model.transformer_module.queries_features.weight.normal_(0, 2.0)
+            model.class_predictor.weight.normal_(0, 1.0)
+            for name, weight in model.named_parameters():
+                if "mask_embedder" in name and name.endswith("weight"):
+                    weight.normal_(0, 0.5)  # masks of several queries, not one everywhere
+    size = (
+        {"shortest_edge": 384, "longest_edge": 1536}
+        if full
+        else {"shortest_edge": 64, "longest_edge": 128}
+    )
+    processor = processor_class("Mask2FormerImageProcessor")(size=size, size_divisor=32)
+    _save(out, model, None, processor)
+
+
 def build_vit_backbone(out: Path, full: bool) -> None:
     """A headless ViT (ViTModel, with its pooler): serves embed, must refuse classify."""
     from transformers import ViTModel
@@ -662,6 +810,10 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "owlv2": build_owlv2,
     "llava": build_llava,
     "llava-next": build_llava_next,
+    "depth-anything": build_depth_anything,
+    "dpt": build_dpt,
+    "segformer": build_segformer,
+    "mask2former": build_mask2former,
 }
 
 

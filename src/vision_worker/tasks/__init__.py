@@ -17,8 +17,10 @@ from .ask import AskTask
 from .base import Checkpoint, MissingWeightsError, ModelLoadError, ModelSource, Task, TaskOptions
 from .caption import CaptionTask
 from .classify import ClassifyTask
+from .depth import DepthTask
 from .detect import DetectTask
 from .embed import EmbedTask
+from .segment import SegmentTask
 from .sources import resolve_model
 from .zero_shot import ZeroShotTask
 from .zero_shot_detect import ZeroShotDetectTask
@@ -29,6 +31,8 @@ _REGISTERED = (
     AskTask,
     ClassifyTask,
     DetectTask,
+    SegmentTask,
+    DepthTask,
     ZeroShotDetectTask,
     ZeroShotTask,
     EmbedTask,

@@ -17,7 +17,8 @@ A task owns everything about its task and nothing about RunPod or HTTP:
   outlives the pass); `items` share `batch_key`.
 - `split(raw, items, options) -> list`: CPU work off the model thread, while the next batch's
   forward pass runs: post-processing, decoding; one output per item.
-- `encode(output, meta, options) -> dict`: one image's JSON result.
+- `encode(output, meta, options) -> dict`: one image's JSON result, on an encode thread; an
+  image in it is an `OutputImage` the worker delivers; `result_memory` says what it will hold.
 Jobs may also carry texts for the same model (`job_texts`, `prepare_text`, `encode_text`).
 """
 
@@ -261,6 +262,11 @@ class Task:
     def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
         """Both stages on the calling thread (warm-up, fitness check, benchmarks)."""
         return self.split(self.forward(items, options), items, options)
+
+    def result_memory(self, output: Any, meta: dict[str, Any], options: Any) -> int:
+        """Peak bytes `encode` holds for this output (dense outputs made at the photo's size);
+        the worker reserves them from the image memory budget first."""
+        return 0
 
     def encode(self, output: Any, meta: dict[str, Any], options: Any) -> dict:
         raise NotImplementedError

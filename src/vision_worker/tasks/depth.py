@@ -1,0 +1,128 @@
+"""Depth estimation: any `AutoModelForDepthEstimation` checkpoint (Depth Anything / V2, DPT,
+GLPN, ZoeDepth, Depth Pro, ...), one depth map per image at the photo's own size.
+
+The map is the `depth-estimation` pipeline's `predicted_depth`: the checkpoint's own
+`post_process_depth_estimation` brings the model's output to the photo's size (bicubic for DPT
+and Depth Anything; ZoeDepth also removes its padding). It comes back as a 16-bit PNG with the
+`min` and `max` it spans, so `min + pixel / 65535 * (max - min)` gives the model's values back
+within 1/131070 of their range; on request also the model's own output, unresized, as float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from pydantic import Field
+from transformers import AutoModelForDepthEstimation
+from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
+
+from .base import (
+    Checkpoint,
+    ModelSource,
+    Prepared,
+    Task,
+    TaskOptions,
+    architectures_in,
+    load_weights,
+    prepare_model,
+    stack_pixels,
+)
+from .dense import batch_rows, depth_png, float32_base64, float_map_bytes
+from .detections import target_size
+
+_ARCHITECTURES = architectures_in(MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
+# Working copies of the photo-sized map while it is made: the bicubic output, the levels
+# (uint16) and the PNG's own buffer, in float32 units.
+_MAP_COPIES = 3
+
+
+class DepthOptions(TaskOptions):
+    raw: bool = Field(
+        False,
+        description="Also the model's own output before resizing, as base64 little-endian "
+        'float32 under "raw" (its size is the model\'s, e.g. 518 px for Depth Anything).',
+    )
+
+
+class DepthTask(Task):
+    name: ClassVar[str] = "depth"
+    hub_label: ClassVar[str] = "Depth (Depth Anything, DPT, ZoeDepth)"
+    hub_presets: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("Depth: Depth Anything V2 small", "depth-anything/Depth-Anything-V2-Small-hf"),
+    )
+    summary: ClassVar[str] = "a depth map per image, at the photo's size (16-bit PNG)"
+    Options: ClassVar = DepthOptions
+    architectures_doc: ClassVar[str] = (
+        "any `*ForDepthEstimation` checkpoint (Depth Anything / V2, DPT, GLPN, ZoeDepth, ...)"
+    )
+    example_input: ClassVar[dict] = {"image": "<image>"}
+    example_output: ClassVar[list] = [
+        {
+            "depth": {
+                "png": "data:image/png;base64,iVBORw0KGgo...",
+                "min": 0.31,
+                "max": 7.92,
+                "width": 4032,
+                "height": 3024,
+            }
+        }
+    ]
+
+    def __init__(self, source: ModelSource, model: Any, processor: Any) -> None:
+        self.source = source
+        self.model = model
+        self.processor = self.image_processor = processor
+
+    @classmethod
+    def serves(cls, checkpoint: Checkpoint) -> bool:
+        return checkpoint.saved_as(_ARCHITECTURES, MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
+
+    @classmethod
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: Any) -> DepthTask:
+        model, _ = load_weights(source, AutoModelForDepthEstimation, cls.name, "depth head")
+        return cls(source, prepare_model(model, source), source.load_image_processor())
+
+    def batch_key(self, item: Prepared, options: DepthOptions) -> Hashable:
+        # Processors that keep the aspect ratio (Depth Anything, DPT) give each photo shape its
+        # own input size; the pipeline runs each image unpadded, so equal shapes batch together.
+        return (item.kind, tuple(item.inputs["pixel_values"].shape))
+
+    def prepare(self, image: Image.Image, options: DepthOptions) -> Prepared:
+        pixels = self.processor(images=[image], return_tensors="pt").pixel_values[0]
+        return Prepared({"pixel_values": pixels}, meta={"size": target_size(image)})
+
+    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> dict:
+        with torch.inference_mode():
+            outputs = self.model(pixel_values=stack_pixels(items, self.source))
+        # What post-processing reads: the depth, and Depth Pro's field of view (its metric scale).
+        return {
+            name: outputs[name].float().cpu()
+            for name in ("predicted_depth", "field_of_view")
+            if outputs.get(name) is not None
+        }
+
+    def split(self, raw: dict, items: Sequence[Prepared], options: Sequence[Any]) -> list:
+        return batch_rows(raw, len(items))  # resized per image in encode (see tasks/dense.py)
+
+    def result_memory(self, output: dict, meta: dict, options: DepthOptions) -> int:
+        return float_map_bytes(*meta["size"], maps=_MAP_COPIES)
+
+    def encode(self, output: dict, meta: dict, options: DepthOptions) -> dict:
+        batch_of_one = SimpleNamespace(**{name: value[None] for name, value in output.items()})
+        (resized,) = self.processor.post_process_depth_estimation(batch_of_one, [meta["size"]])
+        png, low, high = depth_png(resized["predicted_depth"].numpy())
+        del resized
+        height, width = meta["size"]
+        result = {"png": png, "min": low, "max": high, "width": width, "height": height}
+        if options.raw:
+            model_map = output["predicted_depth"]
+            result["raw"] = {
+                "width": model_map.shape[-1],
+                "height": model_map.shape[-2],
+                "float32": float32_base64(model_map.numpy()),
+            }
+        return {"depth": result}

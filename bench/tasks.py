@@ -7,6 +7,9 @@ jobs, on full-size architectures with random weights (true compute, no Hub), sam
     ask               LLaVA-style: ViT-B/14 at 336 px (576 image tokens) + a 0.5B decoder shaped
                       like Qwen2-0.5B (LLaVA-Interleave 0.5B's size), 4 new tokens
     classify explain  ResNet-50 with Grad-CAM (a backward pass), against plain classify
+    segment           SegFormer-B0 (512 px, 10 labels): semantic masks at each photo's size
+    segment panoptic  Mask2Former Swin-T (100 queries, 384-1536 px): panoptic masks
+    depth             Depth Anything V2 small shape (ViT-S/14, 518 px): 16-bit maps
 
 BENCH_TASK_IMAGES sets N (default 8: the largest models take seconds per image on a CPU).
 Last, streaming: when the first results of a 4N-image ResNet-50 job arrive, against its end.
@@ -35,6 +38,9 @@ CASES = {
     "ask": ("llava", {"question": "What is in the image?", "max_new_tokens": 4}, "answer"),
     "classify": ("resnet", {}, "labels"),
     "classify_explain": ("resnet", {"explain": True}, "explanation"),
+    "segment": ("segformer", {}, "segments"),
+    "segment_panoptic": ("mask2former", {"threshold": 0.5}, "segments"),
+    "depth": ("depth-anything", {}, "depth"),
 }
 
 

@@ -782,6 +782,23 @@ def build_mask2former(out: Path, full: bool) -> None:
     _save(out, model, None, processor)
 
 
+def build_swin2sr(out: Path, full: bool) -> None:
+    """Swin2SR x2 (classical, pixel-shuffle upsampler; caidas/swin2SR-classical-sr-x2-64 at
+    full size): every photo keeps its size, padded to a multiple of the window."""
+    from transformers import Swin2SRConfig, Swin2SRForImageSuperResolution
+
+    dims = _dims(
+        full,
+        dict(embed_dim=16, depths=[2], num_heads=[2], window_size=4, image_size=32),
+        dict(embed_dim=180, depths=[6] * 6, num_heads=[6] * 6, window_size=8, image_size=64),
+    )
+    model = Swin2SRForImageSuperResolution(
+        Swin2SRConfig(**dims, upscale=2, upsampler="pixelshuffle", patch_size=1)
+    )
+    processor = processor_class("Swin2SRImageProcessor")(size_divisor=dims["window_size"])
+    _save(out, model, None, processor)
+
+
 def build_vit_backbone(out: Path, full: bool) -> None:
     """A headless ViT (ViTModel, with its pooler): serves embed, must refuse classify."""
     from transformers import ViTModel
@@ -814,6 +831,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "dpt": build_dpt,
     "segformer": build_segformer,
     "mask2former": build_mask2former,
+    "swin2sr": build_swin2sr,
 }
 
 

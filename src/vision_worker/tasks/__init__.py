@@ -22,6 +22,7 @@ from .detect import DetectTask
 from .embed import EmbedTask
 from .segment import SegmentTask
 from .sources import resolve_model
+from .upscale import UpscaleTask
 from .zero_shot import ZeroShotTask
 from .zero_shot_detect import ZeroShotDetectTask
 
@@ -33,6 +34,7 @@ _REGISTERED = (
     DetectTask,
     SegmentTask,
     DepthTask,
+    UpscaleTask,
     ZeroShotDetectTask,
     ZeroShotTask,
     EmbedTask,

@@ -10,6 +10,7 @@ jobs, on full-size architectures with random weights (true compute, no Hub), sam
     segment           SegFormer-B0 (512 px, 10 labels): semantic masks at each photo's size
     segment panoptic  Mask2Former Swin-T (100 queries, 384-1536 px): panoptic masks
     depth             Depth Anything V2 small shape (ViT-S/14, 518 px): 16-bit maps
+    mask              SAM ViT-B (1024 px), 4 point prompts per image: one embedding per image
 
 BENCH_TASK_IMAGES sets N (default 8: the largest models take seconds per image on a CPU).
 Last, streaming: when the first results of a 4N-image ResNet-50 job arrive, against its end.
@@ -41,6 +42,11 @@ CASES = {
     "segment": ("segformer", {}, "segments"),
     "segment_panoptic": ("mask2former", {"threshold": 0.5}, "segments"),
     "depth": ("depth-anything", {}, "depth"),
+    "mask": (
+        "sam",
+        {"prompts": [{"points": [[8 * i + 4, 8 * i + 4]]} for i in range(4)]},
+        "prompts",
+    ),
 }
 
 

@@ -799,6 +799,45 @@ def build_swin2sr(out: Path, full: bool) -> None:
     _save(out, model, None, processor)
 
 
+def build_sam(out: Path, full: bool) -> None:
+    """SAM (ViT-B at full size, 1024 px): an image encoder, a prompt encoder and a mask decoder;
+    every photo is resized to the longest edge and padded square."""
+    from transformers import SamConfig, SamModel, SamProcessor
+
+    if full:
+        config, side = SamConfig(), 1024  # the defaults are SAM ViT-B
+    else:
+        side = 64
+        config = SamConfig(
+            vision_config=dict(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=side,
+                patch_size=8,
+                output_channels=16,
+                mlp_dim=64,
+                global_attn_indexes=[1],
+                window_size=4,
+                num_pos_feats=8,
+            ),
+            prompt_encoder_config=dict(
+                hidden_size=16, image_size=side, patch_size=8, mask_input_channels=4
+            ),
+            mask_decoder_config=dict(
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                mlp_dim=32,
+                iou_head_hidden_dim=16,
+            ),
+        )
+    image_processor = processor_class("SamImageProcessor")(
+        size={"longest_edge": side}, pad_size={"height": side, "width": side}
+    )
+    _save(out, SamModel(config), None, SamProcessor(image_processor=image_processor))
+
+
 def build_vit_backbone(out: Path, full: bool) -> None:
     """A headless ViT (ViTModel, with its pooler): serves embed, must refuse classify."""
     from transformers import ViTModel
@@ -832,6 +871,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "segformer": build_segformer,
     "mask2former": build_mask2former,
     "swin2sr": build_swin2sr,
+    "sam": build_sam,
 }
 
 

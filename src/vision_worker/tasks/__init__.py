@@ -20,6 +20,7 @@ from .classify import ClassifyTask
 from .depth import DepthTask
 from .detect import DetectTask
 from .embed import EmbedTask
+from .mask import MaskTask
 from .segment import SegmentTask
 from .sources import resolve_model
 from .upscale import UpscaleTask
@@ -35,6 +36,7 @@ _REGISTERED = (
     SegmentTask,
     DepthTask,
     UpscaleTask,
+    MaskTask,
     ZeroShotDetectTask,
     ZeroShotTask,
     EmbedTask,

@@ -24,7 +24,7 @@ from .base import TaskOptions
 MaskFormat = Literal["rle", "png"]
 
 
-class MaskOptions(TaskOptions):
+class MaskOutputOptions(TaskOptions):
     mask_format: MaskFormat = Field(
         "rle",
         description='"rle": COCO run-length encoding ({"size": [h, w], "counts": "..."}, as '

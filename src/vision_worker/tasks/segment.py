@@ -40,7 +40,7 @@ from .base import (
     prepare_model,
     stack_pixels,
 )
-from .dense import MaskOptions, batch_rows, mask_output
+from .dense import MaskOutputOptions, batch_rows, mask_output
 from .detections import target_size
 
 _SEMANTIC_HEADS = architectures_in(modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)
@@ -63,7 +63,7 @@ _BACKGROUND_WORDS = frozenset({"background", "bg", "__background__"})
 Subtask = Literal["semantic", "instance", "panoptic"]
 
 
-class SegmentOptions(MaskOptions):
+class SegmentOptions(MaskOutputOptions):
     subtask: Subtask | None = Field(
         None,
         description="semantic, instance or panoptic; default as the pipeline: panoptic for "

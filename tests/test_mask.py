@@ -1,0 +1,120 @@
+"""mask on a tiny SAM built offline, against its model card's recipe (processor with the
+prompts, the model, post_process_masks): the same masks and IoU scores, in the photo's pixels,
+one image embedding for all of a job's prompts, prompts checked."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from transformers import AutoModelForMaskGeneration, AutoProcessor
+
+from conftest import b64, phone_jpeg, photo, rotated_twin, run_job
+from test_segment import decoded
+
+
+def card_recipe(model_dir, image: Image.Image, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masks (prompts, 3, H, W), IoU scores (prompts, 3)) as the SAM model card computes them."""
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForMaskGeneration.from_pretrained(model_dir).eval()
+    inputs = processor(image, return_tensors="pt", **prompts)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    masks = processor.image_processor.post_process_masks(
+        outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    )
+    return masks[0], outputs.iou_scores[0]
+
+
+def assert_same_masks(result: dict, masks: torch.Tensor, scores: torch.Tensor) -> None:
+    assert len(result["prompts"]) == masks.shape[0]
+    for prompt, expected_masks, expected_scores in zip(
+        result["prompts"], masks, scores, strict=True
+    ):
+        assert [m["score"] for m in prompt["masks"]] == pytest.approx(
+            expected_scores.tolist(), abs=1e-5
+        )
+        for mine, theirs in zip(prompt["masks"], expected_masks, strict=True):
+            np.testing.assert_array_equal(decoded(mine["mask"]), theirs.numpy())
+
+
+def test_point_prompts_equal_the_model_cards_recipe(make_worker, model_dir):
+    worker = make_worker("sam")
+    assert worker.task.name == "mask"
+    image = photo("chelsea", size=None).convert("RGB")
+    points = [[[200.0, 150.0]], [[300.0, 100.0]], [[50.0, 250.0]]]
+    result = run_job(worker, {"image": b64(image), "prompts": [{"points": p} for p in points]})
+    masks, scores = card_recipe(
+        model_dir("sam"), image, input_points=[points], input_labels=[[[1], [1], [1]]]
+    )
+    assert_same_masks(result["results"][0], masks, scores)
+    assert decoded(result["results"][0]["prompts"][0]["masks"][0]["mask"]).shape == (300, 451)
+
+
+def test_boxes_with_points_and_background_points_equal_the_recipe(make_worker, model_dir):
+    worker = make_worker("sam")
+    image = photo("astronaut", size=None).convert("RGB")
+    prompts = [
+        {"box": [40, 30, 300, 400], "points": [[150, 200], [60, 60]], "labels": [1, 0]},
+        {"box": [250, 100, 500, 500], "points": [[380, 300], [260, 120]], "labels": [1, 0]},
+    ]
+    result = run_job(worker, {"image": b64(image), "prompts": prompts})
+    masks, scores = card_recipe(
+        model_dir("sam"),
+        image,
+        input_boxes=[[p["box"] for p in prompts]],
+        input_points=[[p["points"] for p in prompts]],
+        input_labels=[[p["labels"] for p in prompts]],
+    )
+    assert_same_masks(result["results"][0], masks, scores)
+
+
+def test_one_best_mask_per_prompt_and_batched_images_equal_alone(make_worker):
+    worker = make_worker("sam", MAX_BATCH_SIZE=4, BATCH_WAIT_MS=200)
+    images = [b64(photo(n, size=(120, 90))) for n in ("chelsea", "coffee", "rocket")]
+    job = {"prompts": [{"points": [[60, 45]]}, {"points": [[10, 10], [100, 80]]}]}
+    together = run_job(worker, {"images": images, **job, "multimask_output": False})["results"]
+    for image, batched in zip(images, together, strict=True):
+        assert [len(p["masks"]) for p in batched["prompts"]] == [1, 1]
+        alone = run_job(worker, {"image": image, **job, "multimask_output": False})["results"][0]
+        for a, b in zip(batched["prompts"], alone["prompts"], strict=True):
+            assert a["masks"][0]["score"] == pytest.approx(b["masks"][0]["score"], abs=1e-5)
+            agree = decoded(a["masks"][0]["mask"]) == decoded(b["masks"][0]["mask"])
+            assert agree.mean() > 0.999
+
+
+def test_bad_prompts_fail_with_what_is_wrong(make_worker):
+    worker = make_worker("sam", MAX_PROMPTS=2)
+    image = b64(photo("chelsea", size=(120, 90)))
+    cases = [
+        ({"prompts": [{}]}, 'a prompt needs "points", a "box" or both'),
+        ({"prompts": [{"points": [[1, 1]], "labels": [2]}]}, "each label is 1 (foreground) or 0"),
+        ({"prompts": [{"points": [[1, 1]]}] * 3}, "too many prompts: 3, at most 2"),
+        ({"prompts": [{"box": [0, 0, 5, 5]}, {"points": [[1, 1]]}]}, 'give every prompt a "box"'),
+    ]
+    for job, message in cases:
+        output = run_job(worker, {"image": image, **job})
+        assert message in output["error"], output
+    outside = run_job(worker, {"image": image, "prompts": [{"points": [[500, 10]]}]})
+    error = outside["results"][0]["error"]
+    assert "prompt 0 has (500.0, 10.0) outside the 120x90 photo" in error["message"]
+
+
+@pytest.mark.parametrize("twin", [False, True])
+def test_phone_jpegs_take_prompts_and_give_masks_in_the_upright_photos_pixels(
+    make_worker, model_dir, twin
+):
+    data = rotated_twin("chelsea") if twin else phone_jpeg("chelsea")
+    opened = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    points = [[[2000.0, 1500.0]], [[600.0, 2500.0]]]
+    result = run_job(
+        make_worker("sam"), {"image": b64(data), "prompts": [{"points": p} for p in points]}
+    )
+    masks, scores = card_recipe(
+        model_dir("sam"), opened, input_points=[points], input_labels=[[[1], [1]]]
+    )
+    assert_same_masks(result["results"][0], masks, scores)
+    assert masks.shape[-2:] == (3024, 4032)

@@ -29,7 +29,9 @@ def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, mod
             }
         ]
         expected = reference(text=turn, max_new_tokens=8, return_full_text=False)
-        assert result == {"answer": expected[0]["generated_text"].strip()}
+        assert result["answer"] == expected[0]["generated_text"].strip()
+        assert result["finish_reason"] in ("stop", "length")
+        assert 1 <= result["usage"]["completion_tokens"] <= 8
 
 
 def test_different_questions_batched_equal_one_at_a_time(make_worker):
@@ -105,3 +107,40 @@ def test_a_captioner_cannot_be_asked(model_dir):
 
     with pytest.raises(ModelLoadError, match=r"TASK=ask does not fit .*it serves caption"):
         load_task(load_settings(MODEL_NAME=str(model_dir("blip")), TASK="ask", WARMUP=False))
+
+
+def test_answers_count_their_tokens_and_say_why_they_ended(make_worker, model_dir):
+    """usage and finish_reason, as OpenAI clients read them: the prompt's tokens (image tokens
+    included), the new tokens up to and with the end token, "length" when max_new_tokens cut."""
+    from transformers import AutoProcessor
+
+    worker = make_worker("llava")
+    image = photo("chelsea")
+    result = run_job(worker, {"image": b64(image), "question": "what?", "max_new_tokens": 3})
+    answer = result["results"][0]
+    processor = AutoProcessor.from_pretrained(model_dir("llava"))
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]}]
+    prompt = processor.apply_chat_template(turn, add_generation_prompt=True)
+    length = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"].shape[1]
+    assert answer["usage"]["prompt_tokens"] == length
+    assert answer["usage"]["completion_tokens"] <= 3
+    if answer["usage"]["completion_tokens"] == 3:
+        assert answer["finish_reason"] == "length"
+
+
+def test_stop_texts_cut_the_answer_and_seeds_repeat_sampled_answers(make_worker):
+    worker = make_worker("llava")
+    image = b64(photo("coffee"))
+    job = {"image": image, "question": "what is it?", "max_new_tokens": 12}
+    greedy = run_job(worker, job)["results"][0]
+    words = greedy["answer"].split()
+    assert len(words) >= 3, greedy
+    stopped = run_job(worker, {**job, "stop": [words[2]]})["results"][0]
+    assert stopped["finish_reason"] == "stop"
+    assert words[2] not in stopped["answer"].split()[2:]
+    assert greedy["answer"].startswith(stopped["answer"])
+    sampled = {**job, "temperature": 1.5, "top_p": 0.9, "seed": 7}
+    first, again = (run_job(worker, sampled)["results"][0] for _ in range(2))
+    assert first["answer"] == again["answer"]
+    others = {run_job(worker, {**sampled, "seed": s})["results"][0]["answer"] for s in range(6)}
+    assert len(others) > 1  # sampling does sample

@@ -346,7 +346,9 @@ def test_answers_on_phone_jpegs_equal_the_pipeline(make_worker, model_dir, phone
             }
         ]
         expected = reference(text=turn, max_new_tokens=6, return_full_text=False)
-        assert ours == {"answer": expected[0]["generated_text"].strip()}
+        assert ours["answer"] == expected[0]["generated_text"].strip()
+        assert ours["finish_reason"] in ("stop", "length")
+        assert 1 <= ours["usage"]["completion_tokens"] <= 6
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ class FakeWorker:
         self.answer = answer
         self.broken: str | None = None
         self.task = SimpleNamespace(name="classify", Options=ClassifyOptions)
+        self.task_name, self.model_name = "classify", "fake/model"
         self.metrics = Metrics(queue_depth=lambda: 0)
         self.jobs: list = []
 

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # images/s for 53 s of extra cold start, so it is off by default; measure it on your GPU.
     TORCH_COMPILE: bool = False
 
+    # The model's id on the OpenAI routes (/v1/models, "model" in requests); empty is MODEL_NAME.
+    SERVED_MODEL_NAME: str = ""
+
     # --- batching and concurrency ---------------------------------------------------------------
     MAX_BATCH_SIZE: int = Field(16, ge=1, le=1024)
     # How long the oldest queued image may wait for companions before its batch runs.

@@ -31,8 +31,6 @@ class ImagesInput(BaseModel):
     def _exactly_one_image_field(self) -> ImagesInput:
         if (self.images is None) == (self.image is None):
             raise ValueError('give either "images" (a list) or "image" (one string), not both')
-        if self.images is not None and not self.images:
-            raise ValueError('"images" is empty; send at least one image')
         return self
 
 
@@ -65,6 +63,9 @@ def parse_job_input(raw: Any, max_images: int, task: Task) -> JobRequest:
     _refuse_foreign_options(given_options, task)
     options = task.check(_validated(task.Options, given_options))
     sources = head.images if head.images is not None else [head.image]
+    if not sources and not task.job_texts(options):
+        # Only a job of texts (text embeddings) may come without images.
+        raise JobError('"images" is empty; send at least one image')
     return JobRequest(sources, options)  # type: ignore[arg-type]
 
 

@@ -36,6 +36,7 @@ from .config import Settings
 from .errors import JOB_ERROR_STATUS, ImageError, refusal
 from .fetch import UrlFetcher, check_url_shape
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .openai_api import MAX_JSON_CONTAINERS, OpenAIService, openai_routes
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,6 @@ IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
 
 
-# Objects and arrays one request body may hold. A real job has about ten; `[{},{},...]` costs
-# ~70 bytes of memory per 3 bytes sent, so the count is checked on the raw bytes before parsing.
-MAX_JSON_CONTAINERS = 10_000
 # Bodies parsed at once, each on a thread: parsing a large body never stalls the event loop, and
 # the memory parsing takes is bounded by this many bodies, not by the number of clients.
 _PARALLEL_PARSES = 2
@@ -294,6 +292,14 @@ class PodServer:
             self.store.finish(record, COMPLETED)
         return record
 
+    async def run_to_output(self, job_input: Any) -> dict:
+        """A job run as /runsync runs it (counted, within MAX_CONCURRENCY): its output, or
+        {"error", "error_code"}."""
+        record = await self.execute(self.new_job(job_input))
+        if record.status == COMPLETED:
+            return record.output
+        return {"error": record.error, "error_code": record.error_code or "internal"}
+
     def new_job(self, job_input: Any) -> JobRecord:
         return self.store.add(JobRecord(id=f"pod-{uuid.uuid4()}", input=job_input))
 
@@ -400,6 +406,13 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     router = _routes(pod, settings)
     app.include_router(router)
     app.include_router(router, prefix="/v2/{endpoint_id}", include_in_schema=False)
+    openai = OpenAIService(
+        pod.run_to_output, worker.task_name, settings.MODEL_NAME, settings.SERVED_MODEL_NAME
+    )
+    openai_router = openai_routes(openai, pod.refusal)
+    app.include_router(openai_router, prefix="/v1")
+    # RunPod's OpenAI base URL ends in /openai/v1: the same routes there, for one client config.
+    app.include_router(openai_router, prefix="/openai/v1", include_in_schema=False)
     return app
 
 

@@ -3,6 +3,11 @@
 `Serverless(worker, settings)` holds what `runpod.serverless.start` needs: the handler (or the
 streaming one, STREAM_RESULTS), the concurrency modifier and the fitness check. It uses the
 worker's face only (`run`, `stream`, `broken`), so it can be tested without RunPod's queue.
+
+RunPod's OpenAI passthrough (`https://api.runpod.ai/v2/<endpoint>/openai/v1/...`) arrives as a
+job whose input is `{"openai_route": "/v1/...", "openai_input": {...}}` (the client's body; none
+for GET /v1/models): answered in OpenAI's shapes by openai_api.py. A streamed chat answer is
+server-sent-event text, which only a generator handler can yield (STREAM_RESULTS=true).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from runpod.serverless.modules.rp_http import send_result
 
 from .config import Settings
 from .fitness import check_fitness
+from .openai_api import OpenAIError, OpenAIService
 from .worker import Worker
 
 
@@ -31,6 +37,9 @@ class Serverless:
         self.worker = worker
         self.settings = settings
         self._progress_poster = ThreadPoolExecutor(1, thread_name_prefix="progress")
+        self.openai = OpenAIService(
+            worker.run, worker.task_name, settings.MODEL_NAME, settings.SERVED_MODEL_NAME
+        )
         # What the SDK runs; one dict, so a streaming job can still ask for a fresh worker.
         self.config: dict[str, Any] = {
             "handler": self.streaming_handler if settings.STREAM_RESULTS else self.handler,
@@ -40,6 +49,8 @@ class Serverless:
 
     async def handler(self, job: dict) -> dict:
         """One job: {"id": ..., "input": {...}} -> output dict, or {"error": ...} (FAILED)."""
+        if (route := _openai_route(job)) is not None:
+            return await self._openai_response(route, job["input"], streaming=False)
         output = await self.worker.run(job.get("input"), progress=self._reporter(job))
         if self.worker.broken:
             # The GPU faulted: RunPod stops this worker after the job and starts a fresh one,
@@ -50,12 +61,36 @@ class Serverless:
     async def streaming_handler(self, job: dict) -> AsyncIterator[dict]:
         """STREAM_RESULTS=true: the same job, yielded as batches finish (/stream/{id}); /run and
         /runsync get the list of chunks (return_aggregate_stream), merged by client.merge_stream."""
+        if (route := _openai_route(job)) is not None:
+            response = await self._openai_response(route, job["input"], streaming=True)
+            if isinstance(response, dict):
+                yield response  # one OpenAI response; RunPod's gateway unwraps the list
+            else:
+                async for events in response:
+                    yield events  # "data: {...}\n\n" text, forwarded as server-sent events
+            return
         async for chunk in self.worker.stream(job.get("input"), progress=self._reporter(job)):
             yield chunk
         if self.worker.broken:
             # A generator's output cannot carry refresh_worker; the SDK reads it from the config
             # it was started with, after each job.
             self.config["refresh_worker"] = True
+
+    async def _openai_response(self, route: str, job_input: dict, streaming: bool) -> Any:
+        """OpenAI's response to a passthrough job, or its error shape (the job then FAILS, as
+        worker-vllm's do, and RunPod answers the client with an error)."""
+        body = job_input.get("openai_input") or {}
+        if not streaming and isinstance(body, dict) and body.get("stream") is True:
+            error = OpenAIError(
+                "streaming needs a streaming endpoint: set STREAM_RESULTS=true on this worker, "
+                'or send "stream": false',
+                param="stream",
+            )
+            return error.body()
+        try:
+            return await self.openai.handle(route, body)
+        except OpenAIError as error:
+            return error.body()
 
     def concurrency_modifier(self, current_concurrency: int) -> int:
         """Jobs this worker takes at once; their images share batches in the dynamic batcher."""
@@ -69,6 +104,13 @@ class Serverless:
         """Jobs of more than one batch report "32/64 images", visible through /status, posted in
         order by one thread."""
         return lambda text: self._progress_poster.submit(_post_progress, job, text)
+
+
+def _openai_route(job: dict) -> str | None:
+    """The OpenAI route of a passthrough job ("/v1/chat/completions"), else None."""
+    job_input = job.get("input")
+    route = job_input.get("openai_route") if isinstance(job_input, dict) else None
+    return route if isinstance(route, str) and route else None
 
 
 def _post_progress(job: dict, text: str) -> None:

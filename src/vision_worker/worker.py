@@ -125,6 +125,14 @@ class Worker:
         self.broken = f"{type(error).__name__}: {error}"[:300]
 
     @property
+    def task_name(self) -> str:
+        return self.task.name
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.MODEL_NAME
+
+    @property
     def device(self) -> Any:
         """The torch device the model runs on."""
         return self.task.source.device
@@ -256,8 +264,9 @@ class Worker:
         image_results = asyncio.gather(
             *(prepare_then_predict(i, s) for i, s in enumerate(request.sources))
         )
+        text_items = [self.task.prepare_text(text, options) for text in texts]
         text_outputs = asyncio.gather(
-            *(self.batcher.enqueue(self.task.prepare_text(t, options), options) for t in texts),
+            *(self.batcher.enqueue(item, options) for item in text_items),
             return_exceptions=True,
         )
         results, text_results = await asyncio.gather(image_results, text_outputs)
@@ -269,7 +278,8 @@ class Worker:
         }
         if texts:
             output["texts"] = [
-                self._text_result(i, out, options) for i, out in enumerate(text_results)
+                self._text_result(i, out, item, options)
+                for i, (out, item) in enumerate(zip(text_results, text_items, strict=True))
             ]
         output["timings_ms"] = {
             "load_images": _ms(loaded - started),
@@ -280,11 +290,11 @@ class Worker:
         await asyncio.get_running_loop().run_in_executor(self._encode_threads, meter.check, output)
         return output
 
-    def _text_result(self, index: int, output: Any, options: Any) -> dict:
+    def _text_result(self, index: int, output: Any, item: Prepared, options: Any) -> dict:
         if isinstance(output, BaseException):
             message = output.message if isinstance(output, ImageError) else repr(output)
             return {"error": {"code": "inference_failed", "message": f"text {index}: {message}"}}
-        return self.task.encode_text(output, options)
+        return self.task.encode_text(output, item.meta, options)
 
     def _model_input(self, data: bytes, options: Any) -> Prepared:
         """Decode and prepare one image on an image thread, within the decoded-memory budget."""

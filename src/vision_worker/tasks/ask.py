@@ -54,6 +54,28 @@ class AskOptions(GenerationOptions):
     questions: list[str] | None = Field(
         None, min_length=1, description="One question per image, in the images' order."
     )
+    system: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1_000_000,
+        description="A system message before the question, where the chat template takes one.",
+    )
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="0 answers greedily; above 0 samples at this temperature."
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling (with temperature).")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Sampling seed: the same seed, image and question give the same answer.",
+    )
+    stop: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=4,
+        description="Up to 4 texts that end the answer (not included in it).",
+    )
 
 
 class AskTask(Task):
@@ -75,8 +97,11 @@ class AskTask(Task):
         "question": "What is the animal doing?",
     }
     example_output: ClassVar[list] = [
-        {"answer": "The cat is lying on a couch."},
-        {"answer": "There is no animal; an astronaut is holding a flag."},
+        {
+            "answer": "The cat is lying on a couch.",
+            "finish_reason": "stop",
+            "usage": {"prompt_tokens": 1184, "completion_tokens": 9},
+        },
     ]
 
     def __init__(
@@ -121,6 +146,15 @@ class AskTask(Task):
                     f"each question must be 1 to {self.limits.MAX_TEXT_CHARS} characters "
                     "and not blank"
                 )
+        for text in [options.system or "", *(options.stop or ())]:
+            if len(text) > self.limits.MAX_TEXT_CHARS:
+                raise JobError(
+                    f'"system" and "stop" texts are at most {self.limits.MAX_TEXT_CHARS} characters'
+                )
+        if options.stop is not None and not all(options.stop):
+            raise JobError('"stop" texts must not be empty')
+        if options.temperature > 0 and options.num_beams > 1:
+            raise JobError('"temperature" samples one answer; it does not combine with num_beams')
         tokens = checked_generation(options, self.max_new_tokens_limit, self.limits)
         return options.model_copy(update={"max_new_tokens": tokens})
 
@@ -135,8 +169,12 @@ class AskTask(Task):
         return [options.model_copy(update={"question": q}) for q in options.questions]
 
     def batch_key(self, item: Prepared, options: AskOptions) -> Hashable:
-        # Questions differ freely within a batch; the decoding loop's options may not.
-        return (item.kind, options.max_new_tokens, options.num_beams)
+        # Questions differ freely within a batch; the decoding loop's options may not. A seeded
+        # answer runs alone: the random stream is the batch's, so only alone does the same seed
+        # give the same answer.
+        alone = id(item) if options.seed is not None else None
+        sampling = (options.temperature, options.top_p, tuple(options.stop or ()), alone)
+        return (item.kind, options.max_new_tokens, options.num_beams, sampling)
 
     def decode_target(self, options: AskOptions) -> dict | None:
         # Decoded in full: these processors lay out tiles and image tokens from the image's own
@@ -147,8 +185,11 @@ class AskTask(Task):
 
     def prepare(self, image: Image.Image, options: AskOptions) -> Prepared:
         content = [{"type": "image"}, {"type": "text", "text": options.question}]
-        turn = [{"role": "user", "content": content}]
-        prompt = self.processor.apply_chat_template(turn, add_generation_prompt=True)
+        turns = [{"role": "user", "content": content}]
+        if options.system is not None:
+            system = [{"type": "text", "text": options.system}]
+            turns.insert(0, {"role": "system", "content": system})
+        prompt = self.processor.apply_chat_template(turns, add_generation_prompt=True)
         inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
         # Checked per image, before batching: past its positions the decoder would fail the
         # whole batch, other jobs' images included.
@@ -159,24 +200,34 @@ class AskTask(Task):
                 f"the prompt is {length} tokens with this image; with max_new_tokens="
                 f"{options.max_new_tokens} it needs more than the model's {self.positions}",
             )
-        return Prepared({key: value for key, value in inputs.items()})
+        return Prepared(dict(inputs.items()), meta={"prompt_tokens": length})
 
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> tuple:
         first = options[0]  # decoding options are equal for the whole batch (batch_key)
         batch = self._collate(items)
         prompt_length = batch["input_ids"].shape[1]
         with torch.inference_mode():
-            generated = self.model.generate(
-                **batch,
-                max_new_tokens=first.max_new_tokens,
-                num_beams=first.num_beams,
-                do_sample=False,
-            )
+            generated = self.model.generate(**batch, **self._decoding(first))
         return generated.cpu(), prompt_length
 
-    def split(self, raw: tuple, items: Sequence[Prepared], options: Sequence[Any]) -> list[str]:
+    def _decoding(self, options: AskOptions) -> dict[str, Any]:
+        """generate's arguments for the batch: greedy or beam search, or sampling."""
+        decoding: dict[str, Any] = {
+            "max_new_tokens": options.max_new_tokens,
+            "num_beams": options.num_beams,
+            "do_sample": options.temperature > 0,
+        }
+        if options.temperature > 0:
+            decoding |= {"temperature": options.temperature, "top_p": options.top_p, "top_k": None}
+            if options.seed is not None:
+                torch.manual_seed(options.seed)  # the batch is this one image (batch_key)
+        if options.stop:
+            decoding |= {"stop_strings": options.stop, "tokenizer": self.tokenizer}
+        return decoding
+
+    def split(self, raw: tuple, items: Sequence[Prepared], options: Sequence[Any]) -> list[dict]:
         generated, prompt_length = raw
-        return [
+        answers = (
             _answer(full, prompt)
             for full, prompt in zip(
                 self.processor.post_process_image_text_to_text(generated, skip_special_tokens=True),
@@ -185,10 +236,38 @@ class AskTask(Task):
                 ),
                 strict=True,
             )
+        )
+        return [
+            self._ending(answer, new_tokens, job)
+            for answer, new_tokens, job in zip(
+                answers, generated[:, prompt_length:], options, strict=True
+            )
         ]
 
-    def encode(self, output: str, meta: dict, options: AskOptions) -> dict:
-        return {"answer": output}
+    def _ending(self, answer: str, new_tokens: torch.Tensor, options: AskOptions) -> dict:
+        """The answer, cut at a stop text; its tokens and why it ended ("stop", "length")."""
+        ends = set(_token_ids(self.model.generation_config.eos_token_id))
+        ends.add(self.tokenizer.pad_token_id)
+        tokens = new_tokens.tolist()
+        finished = next((i for i, token in enumerate(tokens) if token in ends), None)
+        count = len(tokens) if finished is None else finished + 1
+        cut = min((answer.find(t) for t in options.stop or () if t in answer), default=-1)
+        if cut >= 0:
+            answer, reason = answer[:cut].rstrip(), "stop"
+        else:
+            reason = "stop" if finished is not None or count < options.max_new_tokens else "length"
+        return {"answer": answer, "completion_tokens": count, "finish_reason": reason}
+
+    def encode(self, output: dict, meta: dict, options: AskOptions) -> dict:
+        usage = {
+            "prompt_tokens": meta["prompt_tokens"],
+            "completion_tokens": output["completion_tokens"],
+        }
+        return {
+            "answer": output["answer"],
+            "finish_reason": output["finish_reason"],
+            "usage": usage,
+        }
 
     def _collate(self, items: Sequence[Prepared]) -> dict[str, torch.Tensor]:
         """One batch as the processor would make it: prompts left-padded, vision inputs joined
@@ -209,6 +288,10 @@ class AskTask(Task):
             key: value.to(device, dtype=dtype if value.is_floating_point() else value.dtype)
             for key, value in batch.items()
         }
+
+
+def _token_ids(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
 
 
 def _answer(full_text: str, prompt_text: str) -> str:

@@ -278,7 +278,7 @@ class Task:
     def prepare_text(self, text: str, options: Any) -> Prepared:
         raise NotImplementedError
 
-    def encode_text(self, output: Any, options: Any) -> dict:
+    def encode_text(self, output: Any, meta: dict[str, Any], options: Any) -> dict:
         raise NotImplementedError
 
 

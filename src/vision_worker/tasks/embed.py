@@ -165,8 +165,8 @@ class EmbedTask(Task):
     def prepare_text(self, text: str, options: EmbedOptions) -> Prepared:
         return self.towers.text_item(text)  # type: ignore[union-attr]
 
-    def encode_text(self, output: torch.Tensor, options: EmbedOptions) -> dict:
-        return vector_result(output, options)
+    def encode_text(self, output: torch.Tensor, meta: dict, options: EmbedOptions) -> dict:
+        return {**vector_result(output, options), "tokens": meta["tokens"]}
 
 
 def vector_result(vector: torch.Tensor, options: EmbedOptions) -> dict:

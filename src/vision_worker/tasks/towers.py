@@ -70,7 +70,22 @@ class DualEncoder:
 
     def text_item(self, text: str) -> Prepared:
         tokens = self.tokenizer([text], return_tensors="pt", **self.text_kwargs)
-        return Prepared({name: value[0] for name, value in tokens.items()}, kind="text")
+        # The text's own tokens (SigLIP pads every text to 64), for usage counts.
+        counted = len(
+            self.tokenizer([text], truncation=True, **self._length_kwargs())["input_ids"][0]
+        )
+        return Prepared(
+            {name: value[0] for name, value in tokens.items()},
+            meta={"tokens": counted},
+            kind="text",
+        )
+
+    def _length_kwargs(self) -> dict[str, Any]:
+        return (
+            {"max_length": self.text_kwargs["max_length"]}
+            if "max_length" in self.text_kwargs
+            else {}
+        )
 
     # --- forward passes -------------------------------------------------------------------------
     def image_features(self, items: Sequence[Prepared]) -> torch.Tensor:

@@ -617,6 +617,103 @@ def _llava(out: Path, full: bool, family: str, pinpoints: list[list[int]] | None
     _save(out, model, None, None)
 
 
+# Qwen2-VL's ChatML, with its vision markers around each image's patch tokens.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen2_vl(out: Path, full: bool) -> None:
+    """Qwen2-VL: dynamic resolution (each photo becomes as many 14 px patches as its size
+    gives, merged 2x2 into image tokens, between min and max pixels), M-RoPE positions and a
+    per-token mm_token_type_ids. Full size: the 2B's vision tower and a 1.5B-shaped decoder."""
+    import transformers
+
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(specials, 260),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+        padding_side="left",
+    )
+    token = tokenizer.convert_tokens_to_ids
+    ids = dict(eos_token_id=token("<|im_end|>"), pad_token_id=tokenizer.pad_token_id)
+    text = _dims(
+        full,
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+        ),
+    )
+    vision = _dims(
+        full,
+        dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2),
+        dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4),
+    )
+    config = transformers.Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=4096,
+            bos_token_id=None,
+            **text,
+            **ids,
+        ),
+        vision_config=dict(**vision, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=token("<|image_pad|>"),
+        video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"),
+        vision_end_token_id=token("<|vision_end|>"),
+        **ids,
+    )
+    model = transformers.Qwen2VLForConditionalGeneration(config)
+    model.generation_config.update(**ids)
+    # Tiny: 2 to 16 image tokens a photo; full: the 2B's own bounds (4 to 16384 tokens).
+    pixels = (4 * 28 * 28, 16384 * 28 * 28) if full else (56 * 56, 112 * 112)
+    processor = transformers.Qwen2VLProcessor(
+        image_processor=processor_class("Qwen2VLImageProcessor")(
+            min_pixels=pixels[0], max_pixels=pixels[1]
+        ),
+        video_processor=transformers.Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
 def build_llava(out: Path, full: bool) -> None:
     """LLaVA-1.5: each image becomes a fixed number of <image> tokens (one per patch)."""
     _llava(out, full, "Llava", None)
@@ -872,6 +969,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "mask2former": build_mask2former,
     "swin2sr": build_swin2sr,
     "sam": build_sam,
+    "qwen2-vl": build_qwen2_vl,
 }
 
 

@@ -41,7 +41,6 @@ from .generation import (
 # Every image-text-to-text architecture; the captioners among them (BLIP, GIT, ViT-GPT2) have no
 # chat template and are served by `caption`, which comes first in the registry.
 _ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
-_TEXT_KEYS = ("input_ids", "attention_mask")
 
 
 class AskOptions(GenerationOptions):
@@ -275,19 +274,27 @@ class AskTask(Task):
         pad_id = self.tokenizer.pad_token_id or 0
         length = max(item.inputs["input_ids"].shape[1] for item in items)
         batch: dict[str, torch.Tensor] = {}
-        for key, fill in zip(_TEXT_KEYS, (pad_id, 0), strict=True):
-            rows = [item.inputs[key] for item in items]
-            batch[key] = torch.cat(
-                [torch.nn.functional.pad(r, (length - r.shape[1], 0), value=fill) for r in rows]
-            )
         for key in items[0].inputs:
-            if key not in _TEXT_KEYS:
-                batch[key] = _join([item.inputs[key] for item in items])
+            rows = [item.inputs[key] for item in items]
+            if all(_per_token(row, item) for row, item in zip(rows, items, strict=True)):
+                # input_ids, attention_mask and any other per-token key the processor returns
+                # (Qwen2-VL's mm_token_type_ids): left-padded together, so they stay aligned.
+                fill = pad_id if key == "input_ids" else 0
+                batch[key] = torch.cat(
+                    [torch.nn.functional.pad(r, (length - r.shape[1], 0), value=fill) for r in rows]
+                )
+            else:
+                batch[key] = _join(rows)
         device, dtype = self.source.device, self.source.dtype
         return {
             key: value.to(device, dtype=dtype if value.is_floating_point() else value.dtype)
             for key, value in batch.items()
         }
+
+
+def _per_token(value: torch.Tensor, item: Prepared) -> bool:
+    """A tensor with one entry per prompt token: the shape of the item's input_ids."""
+    return value.shape == item.inputs["input_ids"].shape
 
 
 def _token_ids(value: int | list[int] | None) -> list[int]:

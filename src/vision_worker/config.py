@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     MAX_IMAGE_BYTES: int = Field(20 * 1024 * 1024, ge=1024)
     # Decoded size; checked from the header before any pixel is decoded (decompression bombs).
     MAX_IMAGE_PIXELS: int = Field(40_000_000, ge=64)
+    # Longest side over shortest, checked from the header: a 1x6000 strip passes the pixel limit
+    # but a shortest-edge resize makes it 1.3 billion pixels. 32:1 admits panoramas and receipts.
+    MAX_ASPECT_RATIO: float = Field(32.0, ge=1.0, le=100_000)
     # Threads that download, decode and preprocess images. 0 = two per CPU core available to the
     # process, plus two (decoding keeps a core busy; downloads mostly wait).
     IMAGE_THREADS: int = Field(0, ge=0, le=256)

@@ -17,10 +17,14 @@ gain a second guard, so it keeps one.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -43,6 +47,70 @@ _CHUNK_BYTES = 64 * 1024
 # Statuses worth another try: the server said "later" or a proxy in front of it hiccuped.
 _TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class _Watchdog:
+    """One thread that shuts down the sockets of downloads past their total deadline.
+
+    requests' timeouts are per socket operation, so a server that drips its headers one byte a
+    second holds a download (and its thread) for as long as it likes. Each download registers
+    the connections it uses (new or reused from the pool) while it runs; at its deadline they
+    are shut down, the blocked read returns at once, and the thread is free.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, set]] = []
+        self._wake = threading.Condition()
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self.local = threading.local()
+
+    @contextmanager
+    def watching(self, deadline: float) -> Iterator[None]:
+        connections: set = set()
+        entry = (deadline, next(self._order), connections)
+        self.local.connections, self.local.deadline = connections, deadline
+        with self._wake:
+            heapq.heappush(self._due, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="fetch-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+        try:
+            yield
+        finally:
+            self.local.connections = self.local.deadline = None
+            connections.clear()  # finished in time: nothing left to cut
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    timeout = self._due[0][0] - time.monotonic() if self._due else None
+                    self._wake.wait(timeout)
+                _, _, connections = heapq.heappop(self._due)
+                overdue = list(connections)
+            for connection_ in overdue:
+                sock = getattr(connection_, "sock", None)
+                if sock is not None:
+                    with suppress(OSError):  # closed meanwhile
+                        sock.shutdown(socket.SHUT_RDWR)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _time_left(timeout: Any) -> Any:
+    """A connection attempt's timeout, within the running download's total deadline."""
+    deadline = getattr(_WATCHDOG.local, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ConnectTimeoutError(None, "the download's deadline passed before connecting")
+    return left if not isinstance(timeout, (int, float)) else min(timeout, left)
 
 
 class ForbiddenAddress(Exception):
@@ -90,7 +158,7 @@ class _GuardedConnectionMixin:
             try:
                 return connection.create_connection(
                     (str(address), port),
-                    self.timeout,  # type: ignore[attr-defined]
+                    _time_left(self.timeout),  # type: ignore[attr-defined]
                     source_address=self.source_address,  # type: ignore[attr-defined]
                     socket_options=self.socket_options,  # type: ignore[attr-defined]
                 )
@@ -99,6 +167,12 @@ class _GuardedConnectionMixin:
             except OSError as error:
                 last_error = error
         raise NewConnectionError(self, f"cannot connect to {host}: {last_error}")
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        watched = getattr(_WATCHDOG.local, "connections", None)
+        if watched is not None:
+            watched.add(self)  # cut at the download's deadline, whether new or from the pool
+        return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
 def _guarded_adapter(resolver: Resolver, policy: AddressPolicy, retries: int) -> HTTPAdapter:
@@ -163,12 +237,16 @@ class UrlFetcher:
 
     def fetch(self, url: str) -> bytes:
         deadline = time.monotonic() + self.timeout_s
+        with _WATCHDOG.watching(deadline):
+            return self._fetch(url, deadline)
+
+    def _fetch(self, url: str, deadline: float) -> bytes:
         for _hop in range(self.max_redirects + 1):
             check_url_shape(url)
             response = self._get(url, deadline)
             with response:
                 if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
-                    url = urljoin(url, response.headers["location"])
+                    url = _joined(url, response.headers["location"])
                     continue
                 if response.status_code >= 400:
                     raise ImageError(
@@ -182,16 +260,23 @@ class UrlFetcher:
         ImageError. Redirects are not followed: a webhook that moved is a failed delivery."""
         check_url_shape(url)
         try:
-            response = self._session.post(
-                url, json=body, allow_redirects=False, timeout=(self.timeout_s, self.timeout_s)
-            )
+            with _WATCHDOG.watching(time.monotonic() + self.timeout_s):
+                # stream=True: the status is all a delivery needs; a receiver that answers with
+                # an endless body is never read (it used to be, 2 GB of it).
+                response = self._session.post(
+                    url,
+                    json=body,
+                    allow_redirects=False,
+                    stream=True,
+                    timeout=(self.timeout_s, self.timeout_s),
+                )
+                response.close()
         except ForbiddenAddress as error:
             raise ImageError("forbidden_url", str(error)) from None
         except requests.exceptions.RequestException as error:
             raise ImageError(
                 "fetch_failed", f"cannot reach {_redact(url)}: {_reason(error)}"
             ) from None
-        response.close()
         return response.status_code
 
     def _get(self, url: str, deadline: float) -> requests.Response:
@@ -236,8 +321,13 @@ class UrlFetcher:
 
 
 def check_url_shape(url: str) -> None:
-    """Reject what no address check is needed for: other schemes, credentials, no host."""
-    parts = urlsplit(url)
+    """Reject what no address check is needed for: other schemes, credentials, no host, and
+    what does not parse as a URL at all (`http://[::1`)."""
+    try:
+        parts = urlsplit(url)
+        parts.hostname, parts.port  # noqa: B018 (both parse lazily and raise on a bad netloc)
+    except ValueError as error:
+        raise ImageError("invalid_image", f"not a valid URL: {error}") from None
     if parts.scheme.lower() not in {"http", "https"}:
         raise ImageError(
             "forbidden_url", f"only http and https URLs are allowed, got {parts.scheme!r}"
@@ -255,10 +345,20 @@ def _remaining(deadline: float, url: str) -> float:
     return remaining
 
 
+def _joined(url: str, location: str) -> str:
+    try:
+        return urljoin(url, location)
+    except ValueError as error:
+        raise ImageError("fetch_failed", f"redirect to an invalid URL: {error}") from None
+
+
 def _redact(url: str) -> str:
     """Scheme, host and path only: query strings often carry signed-URL secrets."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{parts.path}"[:200]
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}{parts.path}"[:200]
+    except ValueError:
+        return "(an invalid URL)"
 
 
 def _reason(error: Any) -> str:

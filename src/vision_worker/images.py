@@ -36,6 +36,18 @@ _BASE64_ALPHABET = re.compile(r"^[A-Za-z0-9+/\-_]*={0,2}$")
 class ImageLimits:
     max_bytes: int
     max_pixels: int
+    # Longest side over shortest at most: a 1x6000 strip is 6,000 pixels, but a processor's
+    # shortest-edge resize makes it 224 x 1,344,000 (1.2 GB) before any crop.
+    max_aspect_ratio: float = 32.0
+
+
+# Scans one JPEG may have. Each scan of a progressive JPEG decodes over the whole image again:
+# encoders write about 10; one 82-byte scan repeated 2,000 times took 10.7 s to decode.
+MAX_JPEG_SCANS = 100
+# A TIFF tile libtiff allocates whole, whatever the image's declared size (a 167-byte TIFF of
+# 16x16 pixels declaring a 16384x43680 tile allocated 683 MB): tiles may not exceed the image's
+# own pixels, or a megapixel for small images (256x256 and 512x512 tiles are usual).
+_TIFF_TILE_SLACK_PIXELS = 1 << 20
 
 
 def is_url(source: str) -> bool:
@@ -101,10 +113,38 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
                 "too_large",
                 f"{width}x{height} = {width * height} pixels, limit {limits.max_pixels}",
             )
+        _check_shape_and_decoder_cost(image, data, limits)
         # Recorded before a scaled (draft) decode can shrink image.size: boxes, masks and
         # overlays are in this photo's pixels, whatever size the decoder produced.
         image.info[_STORED_SIZE] = image.size
         return image
+
+
+def _check_shape_and_decoder_cost(image: Image.Image, data: bytes, limits: ImageLimits) -> None:
+    """What the header says decoding and resizing will cost, refused before it is paid."""
+    width, height = image.size
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > limits.max_aspect_ratio:
+        raise ImageError(
+            "too_large",
+            f"{width}x{height} is {ratio:.0f}:1, over MAX_ASPECT_RATIO={limits.max_aspect_ratio:g} "
+            "(resizing its short side to the model's size would make it enormous)",
+        )
+    if image.format in {"JPEG", "MPO"} and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        # In entropy-coded data 0xFF is always followed by 0x00: these are scan markers.
+        raise ImageError(
+            "too_large", f"JPEG with {scans} scans, at most {MAX_JPEG_SCANS} (each decodes again)"
+        )
+    if image.format == "TIFF":
+        tile_width, tile_height = (image.tag_v2.get(tag) for tag in (322, 323))
+        if tile_width and tile_height:
+            tile = int(tile_width) * int(tile_height)
+            if tile > max(width * height, _TIFF_TILE_SLACK_PIXELS):
+                raise ImageError(
+                    "too_large",
+                    f"TIFF tiles of {tile_width}x{tile_height} for a {width}x{height} image "
+                    f"(decoding allocates a whole tile: {tile} pixels)",
+                )
 
 
 # Pixels decoded per pixel the model sees, per side, by JPEG_DRAFT mode. A scaled decode is a box

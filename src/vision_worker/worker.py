@@ -41,7 +41,9 @@ class Worker:
         self.settings = settings
         self.task = task
         self.loader = ImageLoader(
-            ImageLimits(settings.MAX_IMAGE_BYTES, settings.MAX_IMAGE_PIXELS),
+            ImageLimits(
+                settings.MAX_IMAGE_BYTES, settings.MAX_IMAGE_PIXELS, settings.MAX_ASPECT_RATIO
+            ),
             UrlFetcher.from_settings(settings),
         )
         self.batcher = DynamicBatcher(

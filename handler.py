@@ -19,6 +19,13 @@ import sys
 # Must be set before torch loads OpenMP; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+if {"-h", "--help"} & set(sys.argv[1:]):
+    # At once: before torch, transformers and the model load (or fail to, offline).
+    from vision_worker.local import help_text
+
+    print(help_text())
+    sys.exit(0)
+
 import runpod
 
 from vision_worker.config import ConfigError
@@ -45,9 +52,14 @@ logging.basicConfig(
 def _pod_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--serve", action="store_true")
-    parser.add_argument("--host", default=settings.HOST)
-    parser.add_argument("--port", type=int, default=settings.PORT)
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
     args, rest = parser.parse_known_args()
+    serving = args.serve or settings.SERVE_MODE == "pod"
+    if not serving and (args.host is not None or args.port is not None):
+        sys.exit("python handler.py: --host and --port are for pod mode: add --serve")
+    args.host = settings.HOST if args.host is None else args.host
+    args.port = settings.PORT if args.port is None else args.port
     sys.argv = [sys.argv[0], *rest]  # what is left is runpod's (--test_input, --rp_log_level)
     return args
 

@@ -356,7 +356,8 @@ def _redact(url: str) -> str:
     """Scheme, host and path only: query strings often carry signed-URL secrets."""
     try:
         parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.hostname}{parts.path}"[:200]
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"[:200]
     except ValueError:
         return "(an invalid URL)"
 

@@ -15,14 +15,40 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .inputs import InputError, collect_sources, parse_options
-from .worker import Worker
+
+if TYPE_CHECKING:  # the worker imports torch: --help answers without it
+    from .worker import Worker
+
+# Pod mode's flags, parsed by handler.py before the model loads.
+POD_FLAGS = """pod mode (an HTTP server instead of one job; or SERVE_MODE=pod):
+  --serve               serve HTTP: RunPod's /run, /runsync, /status, /stream, /predict,
+                        the OpenAI routes under /v1, the demo page at /
+  --host HOST           address to listen on (default HOST, 0.0.0.0)
+  --port PORT           port to listen on (default PORT, 8000)
+
+Settings are environment variables (MODEL_NAME, TASK, MAX_BATCH_SIZE, ...): see the README's
+Configuration table. With RUNPOD_WEBHOOK_GET_JOB set (on RunPod) the same command serves the
+endpoint's queue."""
 
 
 def local_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python handler.py", description=__doc__.split("\n")[0])
+    return _parser().parse_args(argv)
+
+
+def help_text() -> str:
+    """`python handler.py --help`: every mode and flag, printed before anything heavy loads."""
+    return _parser().format_help() + "\n" + POD_FLAGS + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python handler.py",
+        description=__doc__.split("\n")[0],
+        epilog="Per-task options (-o KEY=VALUE) are listed in the README's task reference.",
+    )
     parser.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders or URLs")
     parser.add_argument(
         "-o",
@@ -35,7 +61,7 @@ def local_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, help="classify / zero_shot: labels per image")
     parser.add_argument("--test_input", help='a whole job as JSON: {"input": {...}}')
     parser.add_argument("--test_input_file", default="test_input.json", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
 
 
 def job_input(args: argparse.Namespace) -> Any:
@@ -70,5 +96,13 @@ def run_locally(worker: Worker, argv: list[str]) -> int:
         print(f"python handler.py: {error}", file=sys.stderr)
         return 2
     output = asyncio.run(worker.run(job))
+    if args.image and "results" in output:
+        # Which file or URL each result is (folders are walked in sorted order), as the client
+        # says it; an error's "image 3" is then named too.
+        labels = [source.label for source in collect_sources(args.image)]
+        output["results"] = [
+            {"source": label, **result}
+            for label, result in zip(labels, output["results"], strict=True)
+        ]
     print(json.dumps(output, indent=2, ensure_ascii=False))
     return 1 if "error" in output else 0  # a failed job; per-image errors sit in "results"

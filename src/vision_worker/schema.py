@@ -50,7 +50,9 @@ def parse_job_input(raw: Any, max_images: int, task: Task) -> JobRequest:
     # Checked before pydantic walks the list, so a million-entry list is refused cheaply.
     if isinstance(images, list) and len(images) > max_images:
         raise JobError(
-            f"too many images: {len(images)} given, at most {max_images} per job", "too_large"
+            f"too many images: {len(images)} given, at most {max_images} per job "
+            "(MAX_IMAGES_PER_JOB; vision-worker-client splits a folder into jobs)",
+            "too_large",
         )
     job_fields = {key: value for key, value in raw.items() if key in JOB_FIELDS}
     given_options = {key: value for key, value in raw.items() if key not in JOB_FIELDS}
@@ -75,7 +77,8 @@ def _refuse_foreign_options(given: dict[str, Any], task: Task) -> None:
         other = [name for name, t in TASKS.items() if key in t.Options.model_fields]
         if other:
             raise JobError(
-                f'option "{key}" does not apply to task "{task.name}" (it is for {other[0]})'
+                f'option "{key}" does not apply to task "{task.name}" (it is for '
+                f"{' and '.join(other)})"
             )
         allowed = ", ".join([*JOB_FIELDS, *task.Options.model_fields])
         raise JobError(f'unknown input key "{_shorten(str(key))}" (allowed: {allowed})')

@@ -1004,9 +1004,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = build(args.arch, args.out, full=args.size == "full", seed=args.seed)
-    print(
-        f"wrote {args.size} {args.arch} model to {path}; run: MODEL_NAME={path} python handler.py"
-    )
+    print(f"wrote {args.size} {args.arch} model to {path}; run: {run_command(args.arch, path)}")
+
+
+# What a first job on each task needs beyond images (test_input.json has images only).
+_REQUIRED_OPTIONS = {
+    "clip": """-o 'labels=["a cat", "a dog"]'""",
+    "siglip": """-o 'labels=["a cat", "a dog"]'""",
+    "siglip2": """-o 'labels=["a cat", "a dog"]'""",
+    "owlvit": """-o 'labels=["a cat", "a remote"]'""",
+    "owlv2": """-o 'labels=["a cat", "a remote"]'""",
+    "llava": """-o 'question="What is in the image?"'""",
+    "llava-next": """-o 'question="What is in the image?"'""",
+    "qwen2-vl": """-o 'question="What is in the image?"'""",
+    "sam": """-o 'prompts=[{"points": [[100, 100]]}]'""",
+}
+
+
+def run_command(arch: str, path: Path) -> str:
+    """A command that runs a first job on the model just written, as printed after a build."""
+    if arch in _REQUIRED_OPTIONS:
+        return f"MODEL_NAME={path} python handler.py --image examples/ {_REQUIRED_OPTIONS[arch]}"
+    return f"MODEL_NAME={path} python handler.py"
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .base import ModelLoadError
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,14 @@ class ResolvedModel:
 def resolve_model(name: str, revision: str | None, runpod_cache: str) -> ResolvedModel:
     """The first place in the documented order that holds `name` at `revision`."""
     if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise ModelLoadError(
+                f"{name} has no config.json: MODEL_NAME must be a directory save_pretrained "
+                "wrote (config.json, the weights, the processor's files) or a Hub id"
+            )
         found = ResolvedModel(name, "local directory")
+    elif _looks_like_a_path(name):
+        raise ModelLoadError(f"MODEL_NAME={name}: no such directory")
     elif (snapshot := _snapshot_in(Path(runpod_cache), name, revision)) is not None:
         found = ResolvedModel(str(snapshot), "RunPod cached model")
     elif (cached := _hugging_face_cache(name, revision)) is not None:
@@ -41,6 +50,15 @@ def resolve_model(name: str, revision: str | None, runpod_cache: str) -> Resolve
         found = ResolvedModel(name, "Hugging Face Hub")
     log.info("model %s from the %s: %s", name, found.origin, found.location)
     return found
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """Not a Hub id ("org/model"): a relative or absolute path, or one under an existing local
+    folder ("models/tinyy" where ./models exists)."""
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    head = name.split("/")[0]
+    return "/" in name and Path(head).is_dir()
 
 
 def _snapshot_in(cache: Path, name: str, revision: str | None) -> Path | None:

@@ -1,0 +1,133 @@
+"""A newcomer's first hour: help that answers at once and lists every mode, local results that
+name their file, hints that point the right way, and a mistyped MODEL_NAME said as such."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import b64, encode, photo, run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _handler(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    environment.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    return subprocess.run(
+        [sys.executable, "handler.py", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_help_answers_before_anything_heavy_loads_and_lists_every_mode():
+    probe = (
+        "import runpy, sys; sys.argv = ['handler.py', '--help']\n"
+        "try:\n    runpy.run_path('handler.py', run_name='__main__')\n"
+        "except SystemExit as done:\n    code = done.code\n"
+        "print('EXIT', code, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**os.environ, "MODEL_NAME": "/no/such/model"},  # offline, unloadable: help anyway
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip().endswith("EXIT 0 False False"), done.stdout[-500:] + done.stderr
+    for flag in ("--image", "--test_input", "-o KEY=VALUE", "--serve", "--host", "--port"):
+        assert flag in done.stdout
+
+
+def test_pod_flags_without_serve_are_refused_in_one_line(model_dir):
+    done = _handler("--port", "9000", MODEL_NAME=str(model_dir("resnet")))
+    assert done.returncode != 0
+    assert "--host and --port are for pod mode: add --serve" in done.stderr
+
+
+def test_local_results_name_their_file(model_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "b_cat.png").write_bytes(encode(photo("chelsea")))
+    (folder / "a_broken.png").write_bytes(b"not an image")
+    done = _handler("--image", str(folder), MODEL_NAME=str(model_dir("resnet")), WARMUP="false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout)["results"]
+    assert [Path(r["source"]).name for r in results] == ["a_broken.png", "b_cat.png"]
+    assert results[0]["error"]["code"] == "invalid_image"
+    assert "labels" in results[1]
+
+
+def test_an_option_hint_names_every_task_it_belongs_to(make_worker):
+    output = run_job(make_worker("vit-gpt2"), {"image": b64(photo("chelsea")), "top_k": 3})
+    assert 'does not apply to task "caption" (it is for classify and zero_shot)' in output["error"]
+
+
+def test_too_many_images_names_the_setting_and_the_way_around(make_worker):
+    worker = make_worker("resnet", MAX_IMAGES_PER_JOB=2)
+    output = run_job(worker, {"images": [b64(photo("chelsea"))] * 3})
+    assert "at most 2 per job (MAX_IMAGES_PER_JOB; vision-worker-client splits" in output["error"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("models/tinyy", "MODEL_NAME=models/tinyy: no such directory"),
+        ("./tiny", "MODEL_NAME=./tiny: no such directory"),
+        ("EMPTY", "has no config.json: MODEL_NAME must be a directory save_pretrained wrote"),
+    ],
+)
+def test_a_mistyped_model_name_is_said_as_such(tmp_path, monkeypatch, name, message):
+    from vision_worker.settings import load_settings
+    from vision_worker.tasks import ModelLoadError, load_task
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "EMPTY").mkdir()
+    with pytest.raises(ModelLoadError) as caught:
+        load_task(load_settings(MODEL_NAME=name))
+    assert message in str(caught.value)
+
+
+def test_fetch_errors_keep_the_urls_port():
+    from vision_worker.errors import ImageError
+    from vision_worker.fetch import UrlFetcher
+
+    fetcher = UrlFetcher(timeout_s=2, max_bytes=1000, allow_private=True, retries=0)
+    with pytest.raises(ImageError, match=r"http://127\.0\.0\.1:9/missing\.png"):
+        fetcher.fetch("http://127.0.0.1:9/missing.png")
+
+
+def _readme_block() -> list[str]:
+    """The commands of the README's "Your own images, and other models" block."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("Your own images, and other models:", 1)[1].split("```bash", 1)[1]
+    lines = block.split("```", 1)[0].strip().splitlines()
+    return [line.split("  #")[0].strip() for line in lines]
+
+
+def test_the_readmes_examples_run_as_written():
+    """Every command of the block but the server, in order, from the repository root, as a
+    newcomer pastes them: each exits 0, and each job's results carry no error."""
+    commands = [c for c in _readme_block() if "--serve" not in c]
+    assert len(commands) == 5
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
+        if "handler.py" in command:
+            results = json.loads(done.stdout)["results"]
+            assert results
+            assert all("error" not in r for r in results), (command, results)
+            assert all(r["source"].startswith("examples/") for r in results)

@@ -195,3 +195,45 @@ def test_the_page_draws_segment_masks_and_depth_maps(browser, model_dir, tmp_pat
         assert preview.get_attribute("src").startswith("data:image/png;base64,")
         assert browser.execute_script("return arguments[0].naturalWidth", preview) == 451
     assert "depth 451x300" in results
+
+
+def test_the_page_marks_required_options_and_shows_errors_as_errors(browser, model_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with _server(model_dir, "owlvit") as (url, _):
+        browser.get(url + "/")
+        WebDriverWait(browser, 20).until(lambda b: "task" in b.find_element(By.ID, "model").text)
+        label = browser.find_element(By.CSS_SELECTOR, "label[for='opt-labels']")
+        assert label.text == "labels *"
+        assert browser.find_element(By.ID, "opt-labels").get_attribute("aria-required") == "true"
+
+    def too_many(b):
+        b.find_element(By.ID, "opt-top_k").send_keys("99999")
+
+    with _server(model_dir, "resnet") as (url, _):
+        _run_page_until(browser, url, tmp_path, too_many)
+        WebDriverWait(browser, 20).until(
+            ready.presence_of_element_located((By.CSS_SELECTOR, "#results .error[role='alert']"))
+        )
+        error = browser.find_element(By.CSS_SELECTOR, "#results .error")
+        colour = browser.execute_script("return getComputedStyle(arguments[0]).color", error)
+    assert '"top_k" must be between 1 and' in error.text
+    assert colour == "rgb(179, 38, 30)"  # the page's error red, not the grey of muted text
+
+
+def _run_page_until(browser, url: str, tmp_path, fill) -> None:
+    """As _run_page, but without waiting for success: the job is expected to fail."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    picture = tmp_path / "cat.jpg"
+    picture.write_bytes(encode(photo("chelsea", size=None).convert("RGB"), "JPEG", quality=90))
+    browser.get(url + "/")
+    WebDriverWait(browser, 20).until(lambda b: "task" in b.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "files").send_keys(str(picture))
+    WebDriverWait(browser, 10).until(lambda b: "cat.jpg" in b.find_element(By.ID, "chosen").text)
+    browser.find_element(By.ID, "key").send_keys(KEY)
+    fill(browser)
+    browser.find_element(By.ID, "run").click()

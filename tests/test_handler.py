@@ -142,7 +142,8 @@ def test_bad_environment_stops_cold_start_with_a_clear_message(model_dir):
 
 def test_serve_flag_starts_pod_mode_and_sigterm_drains_then_exits_0(model_dir, httpserver):
     """SIGTERM with a /run job in flight: new jobs get 503, the job finishes and its result
-    stays readable at /status, then the process exits 0 after SHUTDOWN_GRACE_S."""
+    stays readable at /status, then the process exits 0 (at once once the result is read,
+    else after SHUTDOWN_GRACE_S)."""
     import signal
     import threading
     import time

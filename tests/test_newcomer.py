@@ -131,3 +131,83 @@ def test_the_readmes_examples_run_as_written():
             assert results
             assert all("error" not in r for r in results), (command, results)
             assert all(r["source"].startswith("examples/") for r in results)
+
+
+def _pod(model_dir, port: int, grace_s: int = 60) -> subprocess.Popen:
+    environment = {
+        **os.environ,
+        "MODEL_NAME": str(model_dir("resnet")),
+        "SERVE_MODE": "pod",
+        "ALLOW_PRIVATE_URLS": "true",
+        "WARMUP": "false",
+        "SHUTDOWN_GRACE_S": str(grace_s),
+    }
+    return subprocess.Popen(
+        [sys.executable, "handler.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_ready(url: str, process: subprocess.Popen) -> None:
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).json()["status"] == "ready":
+                return
+        except requests.ConnectionError:
+            assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_an_idle_pod_stops_at_once_and_a_second_signal_does_not_wait(model_dir, httpserver):
+    """Ctrl+C on a pod that ran no /run job: no 60 s grace. With a job in flight /health says
+    draining, and a second Ctrl+C stops it without waiting for the job or the grace."""
+    import signal
+    import threading
+
+    import requests
+    from werkzeug import Response
+
+    from conftest import free_port, noise_image
+
+    port = free_port()
+    idle = _pod(model_dir, port)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", idle)
+        idle.send_signal(signal.SIGINT)
+        assert idle.wait(timeout=20) == 0  # the grace is 60 s
+    finally:
+        idle.kill()
+
+    release = threading.Event()
+    httpserver.expect_request("/slow.png").respond_with_handler(
+        lambda _r: release.wait(30) or Response(encode(noise_image(1)), mimetype="image/png")
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    busy = _pod(model_dir, port)
+    try:
+        _wait_ready(url, busy)
+        job = {"input": {"image": httpserver.url_for("/slow.png")}}
+        requests.post(f"{url}/run", json=job, timeout=10).raise_for_status()
+        busy.send_signal(signal.SIGINT)
+        import time
+
+        deadline = time.monotonic() + 10
+        while requests.get(f"{url}/health", timeout=5).json()["status"] != "draining":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        busy.send_signal(signal.SIGINT)
+        assert busy.wait(timeout=20) is not None  # stopped; the job would have taken 30 s
+    finally:
+        release.set()
+        busy.kill()

@@ -52,7 +52,11 @@ def test_the_default_task_comes_from_the_checkpoint(arch, default, serves, model
         ("dinov2", "classify", r"TASK=classify does not fit .*Dinov2Model.*; it serves embed"),
         ("dinov2", "zero_shot", r"TASK=zero_shot does not fit .*; it serves embed"),
         ("vit", "caption", r"it serves classify, embed"),
-        ("clip", "transcribe", r"TASK=transcribe is not a task; known tasks: caption, ask, classify"),
+        (
+            "clip",
+            "transcribe",
+            r"TASK=transcribe is not a task; known tasks: caption, ask, classify",
+        ),
     ],
 )
 def test_a_task_the_checkpoint_cannot_serve_stops_cold_start(arch, task, message, model_dir):

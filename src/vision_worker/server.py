@@ -135,6 +135,7 @@ class JobRecord:
     task: asyncio.Task | None = None
     webhook: str | None = None  # RunPod's "webhook": POSTed the final job JSON
     stream: JobStream | None = None  # /run jobs: results for /stream/{id} as batches finish
+    collected: bool = False  # a finished /run job's result has been read (/status, /stream)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "status": self.status}
@@ -209,6 +210,14 @@ class JobStore:
 
     def active(self) -> list[JobRecord]:
         return [r for r in self._jobs.values() if r.status not in FINISHED]
+
+    def uncollected(self) -> list[JobRecord]:
+        """Finished /run jobs whose result nobody has read yet: what draining waits for."""
+        return [
+            r
+            for r in self._jobs.values()
+            if r.stream is not None and r.status in FINISHED and not r.collected
+        ]
 
 
 class PodServer:
@@ -351,7 +360,7 @@ class PodServer:
     def health(self) -> dict[str, Any]:
         active = self.store.active()
         return {
-            "status": "broken" if self.worker.broken else "ready",
+            "status": "broken" if self.worker.broken else "draining" if self.draining else "ready",
             **({"error": self.worker.broken} if self.worker.broken else {}),
             **self.worker.describe(),
             "jobs_in_queue": sum(r.status == IN_QUEUE for r in active),
@@ -452,6 +461,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         record = pod.store.get(job_id)
         if record is None:
             return JSONResponse({"error": f"job {job_id} not found (or expired)"}, 404)
+        record.collected = record.collected or record.status in FINISHED
         return JSONResponse(record.to_json())
 
     _get_and_post(router, "/status/{job_id}", status, "A job's state and, when done, its output")
@@ -471,6 +481,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
             "status": record.status,
             "stream": [{"output": chunk} for chunk in record.stream.take(record)],
         }
+        record.collected = record.collected or record.status in FINISHED
         if record.error is not None:
             body["error"] = record.error
             if record.error_code is not None:
@@ -770,7 +781,8 @@ class DrainingServer(uvicorn.Server):
     but their results can never be read. Here the first SIGTERM/SIGINT makes job routes answer
     503 while /status and /health keep answering, until no job is in flight and
     SHUTDOWN_GRACE_S has passed for clients to collect results; then it exits with status 0.
-    A second signal exits at once, as uvicorn does.
+    With nothing in flight and no /run result left unread it exits at once. A second signal
+    exits at once, without waiting for open connections.
     """
 
     def __init__(
@@ -785,6 +797,7 @@ class DrainingServer(uvicorn.Server):
         pod = self._pod()
         if pod is None or pod.draining:
             super().handle_exit(sig, frame)
+            self.force_exit = True  # the second signal: do not wait for keep-alive clients
             return
         log.info(
             "signal %d: no new jobs; results stay readable until %.0fs after the last "
@@ -801,6 +814,8 @@ class DrainingServer(uvicorn.Server):
         if pod.store.active():
             self._idle_since = None
             return False
+        if not pod.store.uncollected():
+            return True  # nothing runs and no result waits to be read: no reason to linger
         self._idle_since = self._idle_since or time.monotonic()
         return time.monotonic() - self._idle_since >= self.grace_s
 

@@ -118,3 +118,17 @@ def test_phone_jpegs_take_prompts_and_give_masks_in_the_upright_photos_pixels(
     )
     assert_same_masks(result["results"][0], masks, scores)
     assert masks.shape[-2:] == (3024, 4032)
+
+
+def test_a_prompts_masks_do_not_depend_on_the_jobs_other_prompts(make_worker):
+    worker = make_worker("sam")
+    image = b64(photo("chelsea", size=(120, 90)))
+    alone = run_job(worker, {"image": image, "prompts": [{"points": [[60, 45]]}]})
+    mixed = {"points": [[10, 10], [100, 80], [30, 70]], "labels": [1, 0, 1]}
+    together = run_job(worker, {"image": image, "prompts": [{"points": [[60, 45]]}, mixed]})
+    first, again = alone["results"][0]["prompts"][0], together["results"][0]["prompts"][0]
+    assert [m["score"] for m in again["masks"]] == pytest.approx(
+        [m["score"] for m in first["masks"]], abs=1e-6
+    )
+    for a, b in zip(first["masks"], again["masks"], strict=True):
+        np.testing.assert_array_equal(decoded(a["mask"]), decoded(b["mask"]))

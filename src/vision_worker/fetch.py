@@ -94,7 +94,8 @@ class _Watchdog:
                 overdue = list(connections)
             for connection_ in overdue:
                 sock = getattr(connection_, "sock", None)
-                if sock is not None:
+                # Back in the pool and reused by another download since: not ours to cut.
+                if sock is not None and getattr(connection_, "watched_by", None) is connections:
                     with suppress(OSError):  # closed meanwhile
                         sock.shutdown(socket.SHUT_RDWR)
 
@@ -172,6 +173,7 @@ class _GuardedConnectionMixin:
         watched = getattr(_WATCHDOG.local, "connections", None)
         if watched is not None:
             watched.add(self)  # cut at the download's deadline, whether new or from the pool
+            self.watched_by = watched  # the download using it now (the pool hands it on)
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 

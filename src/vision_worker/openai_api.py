@@ -13,6 +13,7 @@ chunk. Parameters `generate` cannot honour are refused by name, as OpenAI refuse
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -183,7 +184,7 @@ class OpenAIService:
         items = output.get("texts") or output["results"]
         for item in items:
             if "error" in item:
-                raise OpenAIError(item["error"]["message"], param="input")
+                raise _item_error(item["error"], "input")
         if request.dimensions is not None and request.dimensions != items[0]["dim"]:
             raise OpenAIError(
                 f"this model's embeddings have {items[0]['dim']} dimensions and cannot be "
@@ -231,7 +232,7 @@ class OpenAIService:
         _raise_for_job(output)
         (result,) = output["results"]
         if "error" in result:
-            raise OpenAIError(result["error"]["message"], param="messages")
+            raise _item_error(result["error"], "messages")
         return result
 
     def _ask_job(self, request: ChatRequest) -> dict:
@@ -298,9 +299,12 @@ def _refuse_unsupported(request: ChatRequest) -> None:
 
 def _one_question(messages: list[dict[str, Any]]) -> tuple[str, str, str]:
     """(system text, the user's text, its image URL) from the one turn served."""
-    systems = [m for m in messages if m.get("role") in ("system", "developer")]
-    users = [m for m in messages if m.get("role") == "user"]
-    others = [m.get("role") for m in messages if m not in systems and m not in users]
+    systems, users, others = [], [], []
+    for message in messages:
+        role = message.get("role")
+        (
+            systems if role in ("system", "developer") else users if role == "user" else others
+        ).append(message)
     if others or len(users) != 1:
         raise OpenAIError(
             "one user message (with system messages before it) is served: "
@@ -351,10 +355,25 @@ def _images_of(message: dict[str, Any], param: str) -> list[str]:
     return images
 
 
+# Job option names as an OpenAI client knows them, in refusals of the job built from a request.
+_PARAMETER_NAMES = {'"max_new_tokens"': '"max_tokens"', '"question"': "the user message's text"}
+
+
 def _raise_for_job(output: dict) -> None:
     if "error" in output:
         status = _STATUS_OF_CODE.get(output.get("error_code", "internal"), 500)
-        raise OpenAIError(output["error"], status)
+        message = str(output["error"])
+        for ours, theirs in _PARAMETER_NAMES.items():
+            message = message.replace(ours, theirs)
+        raise OpenAIError(message, status)
+
+
+def _item_error(error: dict, param: str) -> OpenAIError:
+    """One image's failure: the request's fault (400) unless the model failed on it (500)."""
+    if error.get("code") == "inference_failed":
+        return OpenAIError(error["message"], 500, code="inference_failed")
+    status = 413 if error.get("code") == "too_large" else 400
+    return OpenAIError(error["message"], status, param=param, code=error.get("code"))
 
 
 def _usage(counts: dict) -> dict:
@@ -419,11 +438,16 @@ def openai_routes(service: OpenAIService, refusal: Callable[[], Response | None]
     return router
 
 
+# Bodies parsed at once (off the event loop): parsing is CPU work proportional to the body.
+_PARSING = asyncio.Semaphore(2)
+
+
 async def _json_body(request: Request) -> Any:
     body = await request.body()  # bounded by the pod's body limit
     if body.count(b"{") + body.count(b"[") > MAX_JSON_CONTAINERS:
         raise OpenAIError(f"the request body has over {MAX_JSON_CONTAINERS} objects and arrays")
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise OpenAIError("the request body is not JSON") from None
+    async with _PARSING:
+        try:
+            return await asyncio.to_thread(json.loads, body)
+        except (ValueError, RecursionError):
+            raise OpenAIError("the request body is not JSON (or nests too deeply)") from None

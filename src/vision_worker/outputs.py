@@ -36,10 +36,23 @@ def bucket_configured(settings: Settings) -> bool:
 
 @dataclass(frozen=True)
 class OutputImage:
-    """An image in a task's result, delivered as a PNG (inline or a bucket URL) by the worker."""
+    """An image in a task's result, delivered as a PNG (inline or a bucket URL) by the worker:
+    a PIL image, or its PNG already (`png`: results of many masks hold small PNGs, not
+    photo-sized images, until they are delivered)."""
 
-    image: Image.Image
+    image: Image.Image | bytes
     kind: str  # names the upload: "heatmap-<uuid>.png"
+
+    @classmethod
+    def png(cls, image: Image.Image, kind: str) -> OutputImage:
+        return cls(png_bytes(image), kind)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    png = io.BytesIO()
+    # Level 1: a few times faster than the default for a few percent more bytes.
+    image.save(png, "PNG", compress_level=1)
+    return png.getvalue()
 
 
 class ImageOutputs:
@@ -60,14 +73,12 @@ class ImageOutputs:
             return [self.deliver_all(value) for value in result]
         return result
 
-    def deliver(self, image: Image.Image, kind: str) -> str:
+    def deliver(self, image: Image.Image | bytes, kind: str) -> str:
         """A PNG of `image` as a data URI, or the URL it was uploaded to (ImageError if not)."""
-        png = io.BytesIO()
-        # Level 1: a few times faster than the default for a few percent more bytes.
-        image.save(png, "PNG", compress_level=1)
+        png = image if isinstance(image, bytes) else png_bytes(image)
         if not self.uploads:
-            return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
-        return self._upload(png.getvalue(), f"{kind}-{uuid.uuid4().hex}.png")
+            return "data:image/png;base64," + base64.b64encode(png).decode()
+        return self._upload(png, f"{kind}-{uuid.uuid4().hex}.png")
 
     def _upload(self, data: bytes, name: str) -> str:
         # The SDK reads the BUCKET_* variables itself, as every RunPod worker's uploads do.

@@ -199,6 +199,11 @@ class JobStore:
             del self._finished[oldest_id], self._jobs[oldest_id]
             self.result_bytes -= size
 
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job whose result went out in its own response."""
+        self._jobs.pop(job_id, None)
+        self.result_bytes -= self._finished.pop(job_id, 0)
+
     def kept_s(self) -> float:
         """How long the oldest kept result has been kept: RESULT_TTL_S unless memory is short."""
         if not self._finished:
@@ -305,6 +310,7 @@ class PodServer:
         """A job run as /runsync runs it (counted, within MAX_CONCURRENCY): its output, or
         {"error", "error_code"}."""
         record = await self.execute(self.new_job(job_input))
+        self.store.forget(record.id)  # answered in the response: nobody can ask for it by id
         if record.status == COMPLETED:
             return record.output
         return {"error": record.error, "error_code": record.error_code or "internal"}

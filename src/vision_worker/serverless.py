@@ -91,6 +91,10 @@ class Serverless:
             return await self.openai.handle(route, body)
         except OpenAIError as error:
             return error.body()
+        finally:
+            if self.worker.broken:
+                # As for every job after a GPU fault: RunPod replaces this worker after it.
+                self.config["refresh_worker"] = True
 
     def concurrency_modifier(self, current_concurrency: int) -> int:
         """Jobs this worker takes at once; their images share batches in the dynamic batcher."""

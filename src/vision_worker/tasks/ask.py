@@ -245,11 +245,13 @@ class AskTask(Task):
 
     def _ending(self, answer: str, new_tokens: torch.Tensor, options: AskOptions) -> dict:
         """The answer, cut at a stop text; its tokens and why it ended ("stop", "length")."""
-        ends = set(_token_ids(self.model.generation_config.eos_token_id))
-        ends.add(self.tokenizer.pad_token_id)
+        eos = set(_token_ids(self.model.generation_config.eos_token_id))
+        pad = self.tokenizer.pad_token_id
         tokens = new_tokens.tolist()
-        finished = next((i for i, token in enumerate(tokens) if token in ends), None)
-        count = len(tokens) if finished is None else finished + 1
+        finished = next((i for i, t in enumerate(tokens) if t in eos or t == pad), None)
+        # An end token is generated (counted); padding after a stop text is not.
+        ended_by_eos = finished is not None and tokens[finished] in eos
+        count = len(tokens) if finished is None else finished + int(ended_by_eos)
         cut = min((answer.find(t) for t in options.stop or () if t in answer), default=-1)
         if cut >= 0:
             answer, reason = answer[:cut].rstrip(), "stop"

@@ -68,7 +68,8 @@ def _leb_chars(values: np.ndarray) -> bytes:
 def mask_output(mask: np.ndarray, mask_format: MaskFormat) -> Any:
     """One boolean mask as a result carries it."""
     if mask_format == "png":
-        return OutputImage(Image.fromarray(mask.astype(np.uint8) * 255), "mask")
+        # Encoded now: a job's many masks wait for delivery as small PNGs, not as images.
+        return OutputImage.png(Image.fromarray(mask.astype(np.uint8) * 255), "mask")
     return coco_rle(mask)
 
 

@@ -10,6 +10,7 @@ within 1/131070 of their range; on request also the model's own output, unresize
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -76,6 +77,8 @@ class DepthTask(Task):
         self.source = source
         self.model = model
         self.processor = self.image_processor = processor
+        post_process = inspect.signature(processor.post_process_depth_estimation)
+        self.takes_source_sizes = "source_sizes" in post_process.parameters
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
@@ -113,10 +116,15 @@ class DepthTask(Task):
 
     def encode(self, output: dict, meta: dict, options: DepthOptions) -> dict:
         batch_of_one = SimpleNamespace(**{name: value[None] for name, value in output.items()})
-        (resized,) = self.processor.post_process_depth_estimation(batch_of_one, [meta["size"]])
-        png, low, high = depth_png(resized["predicted_depth"].numpy())
-        del resized
-        height, width = meta["size"]
+        sizes = [meta["size"]]
+        # ZoeDepth's post-processing takes the photo's size as `source_sizes` (to remove its
+        # padding) and resizes only to `target_sizes`; the others take `target_sizes` first.
+        extra = {"target_sizes": sizes} if self.takes_source_sizes else {}
+        (resized,) = self.processor.post_process_depth_estimation(batch_of_one, sizes, **extra)
+        depth = resized["predicted_depth"].numpy()
+        height, width = depth.shape  # the map's own size: the photo's, as asked
+        png, low, high = depth_png(depth)
+        del resized, depth
         result = {"png": png, "min": low, "max": high, "width": width, "height": height}
         if options.raw:
             model_map = output["predicted_depth"]

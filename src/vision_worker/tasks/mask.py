@@ -35,8 +35,6 @@ from .base import (
 from .dense import MaskOutputOptions, batch_rows, float_map_bytes, mask_output
 
 _ARCHITECTURES = frozenset({"SamModel"})
-# What the SAM processor pads ragged point lists with; the model ignores such points.
-_PADDING = -10
 
 
 class MaskLimits(TaskLimits):
@@ -183,21 +181,32 @@ class MaskTask(Task):
             ]
 
     def _decode(self, embedding: torch.Tensor, meta: dict, options: MaskOptions) -> dict:
-        """The mask decoder over every prompt of the job at once, for one image's embedding."""
-        prompts = self._prompt_inputs(options.prompts, meta)
-        outputs = self.model(
-            image_embeddings=embedding, multimask_output=options.multimask_output, **prompts
-        )
+        """The mask decoder over the job's prompts for one image's embedding: one pass per
+        number of points. (The SAM processor pads shorter point lists, and padded points
+        still take part in the decoder's attention: a prompt's masks would then depend on the
+        job's other prompts.)"""
+        prompts = options.prompts
+        masks: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+        scores: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+        for group in _by_point_count(prompts):
+            outputs = self.model(
+                image_embeddings=embedding,
+                multimask_output=options.multimask_output,
+                **self._prompt_inputs([prompts[i] for i in group], meta),
+            )
+            for row, index in enumerate(group):
+                masks[index] = outputs.pred_masks[0, row]
+                scores[index] = outputs.iou_scores[0, row]
         return {
-            "masks": outputs.pred_masks[0].float().cpu(),
-            "scores": outputs.iou_scores[0].float().cpu(),
+            "masks": torch.stack(masks).float().cpu(),
+            "scores": torch.stack(scores).float().cpu(),
         }
 
     def _prompt_inputs(self, prompts: list[Prompt], meta: dict) -> dict[str, torch.Tensor]:
-        """Points and boxes scaled from the photo's pixels to the model's input, as the SAM
-        processor scales them (its resized size over the photo's), ragged point lists padded;
-        in float64, as the processor hands them over (the model normalises them to [0, 1]
-        before it casts to its own dtype, so float16 models lose nothing)."""
+        """Points and boxes (prompts with as many points each) scaled from the photo's pixels to
+        the model's input, as the SAM processor scales them (its resized size over the
+        photo's); in float64, as the processor hands them over (the model normalises them to
+        [0, 1] before it casts to its own dtype, so float16 models lose nothing)."""
         (height, width), (new_height, new_width) = meta["size"], meta["resized"]
         scale = torch.tensor([new_width / width, new_height / height], dtype=torch.float64)
         device = self.source.device
@@ -205,15 +214,9 @@ class MaskTask(Task):
         if prompts[0].box is not None:
             boxes = torch.tensor([p.box for p in prompts], dtype=torch.float64).view(-1, 2, 2)
             inputs["input_boxes"] = (boxes * scale).view(1, -1, 4).to(device)
-        if any(p.points for p in prompts):
-            longest = max(len(p.points or ()) for p in prompts)
-            points = torch.full((len(prompts), longest, 2), float(_PADDING), dtype=torch.float64)
-            labels = torch.full((len(prompts), longest), _PADDING, dtype=torch.long)
-            for row, prompt in enumerate(prompts):
-                given = prompt.points or []
-                if given:
-                    points[row, : len(given)] = torch.tensor(given, dtype=torch.float64) * scale
-                    labels[row, : len(given)] = torch.tensor(prompt.labels or [1] * len(given))
+        if prompts[0].points:
+            points = torch.tensor([p.points for p in prompts], dtype=torch.float64) * scale
+            labels = torch.tensor([p.labels or [1] * len(p.points or ()) for p in prompts])
             inputs["input_points"] = points[None].to(device)
             inputs["input_labels"] = labels[None].to(device)
         return inputs
@@ -246,3 +249,11 @@ class MaskTask(Task):
                 }
             )
         return {"prompts": prompts}
+
+
+def _by_point_count(prompts: list[Prompt]) -> list[list[int]]:
+    """Prompt indices grouped by their number of points, in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(len(prompt.points or ()), []).append(index)
+    return list(groups.values())

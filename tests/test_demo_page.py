@@ -50,19 +50,12 @@ def _server(model_dir, arch: str):
 
 
 def _run_page(browser, url: str, tmp_path, fill) -> str:
+    """The page's run with an uploaded cat, until it says done; the results' text."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
-    picture = tmp_path / "cat.jpg"
-    picture.write_bytes(encode(photo("chelsea", size=None).convert("RGB"), "JPEG", quality=90))
-    browser.get(url + "/")
-    WebDriverWait(browser, 20).until(lambda b: "task" in b.find_element(By.ID, "model").text)
-    browser.find_element(By.ID, "files").send_keys(str(picture))
-    WebDriverWait(browser, 10).until(lambda b: "cat.jpg" in b.find_element(By.ID, "chosen").text)
-    browser.find_element(By.ID, "key").send_keys(KEY)
-    fill(browser)
-    browser.find_element(By.ID, "run").click()
+    _run_page_until(browser, url, tmp_path, fill)
     WebDriverWait(browser, 60).until(ready.text_to_be_present_in_element((By.ID, "status"), "done"))
     return browser.find_element(By.ID, "results").text
 
@@ -224,7 +217,7 @@ def test_the_page_marks_required_options_and_shows_errors_as_errors(browser, mod
 
 
 def _run_page_until(browser, url: str, tmp_path, fill) -> None:
-    """As _run_page, but without waiting for success: the job is expected to fail."""
+    """Upload a cat, fill the form, press run; not waiting for the outcome."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

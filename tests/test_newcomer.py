@@ -12,21 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import b64, encode, photo, run_job
+from test_handler import _handler
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _handler(*args: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, **env}
-    environment.pop("RUNPOD_WEBHOOK_GET_JOB", None)
-    return subprocess.run(
-        [sys.executable, "handler.py", *args],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
 
 
 def test_help_answers_before_anything_heavy_loads_and_lists_every_mode():
@@ -50,7 +38,7 @@ def test_help_answers_before_anything_heavy_loads_and_lists_every_mode():
 
 
 def test_pod_flags_without_serve_are_refused_in_one_line(model_dir):
-    done = _handler("--port", "9000", MODEL_NAME=str(model_dir("resnet")))
+    done = _handler(model_dir("resnet"), "--port", "9000")
     assert done.returncode != 0
     assert "--host and --port are for pod mode: add --serve" in done.stderr
 
@@ -60,7 +48,7 @@ def test_local_results_name_their_file(model_dir, tmp_path):
     folder.mkdir()
     (folder / "b_cat.png").write_bytes(encode(photo("chelsea")))
     (folder / "a_broken.png").write_bytes(b"not an image")
-    done = _handler("--image", str(folder), MODEL_NAME=str(model_dir("resnet")), WARMUP="false")
+    done = _handler(model_dir("resnet"), "--image", str(folder), WARMUP="false")
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(done.stdout)["results"]
     assert [Path(r["source"]).name for r in results] == ["a_broken.png", "b_cat.png"]

@@ -236,12 +236,18 @@ def test_readme_documents_every_setting_with_its_default():
 
 
 def test_a_model_that_cannot_load_stops_cold_start_with_one_line(tmp_path):
+    """A Hub id that is not cached, offline; and a path that is not there (said as such)."""
+    done = _handler("someone/not-a-cached-model")
+    assert done.returncode == 1
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(
+        "vision-worker cannot start: model 'someone/not-a-cached-model' is not in the local"
+    )
+    assert "set MODEL_NAME to a local directory" in last_line
+    assert "Traceback" not in done.stderr
     missing = tmp_path / "no-such-model"
     done = _handler(missing)
     assert done.returncode == 1
     last_line = done.stderr.strip().splitlines()[-1]
-    assert last_line.startswith(
-        f"vision-worker cannot start: model '{missing}' is not in the local"
-    )
-    assert "set MODEL_NAME to a local directory" in last_line
+    assert last_line == f"vision-worker cannot start: MODEL_NAME={missing}: no such directory"
     assert "Traceback" not in done.stderr

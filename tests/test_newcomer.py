@@ -199,3 +199,8 @@ def test_an_idle_pod_stops_at_once_and_a_second_signal_does_not_wait(model_dir, 
     finally:
         release.set()
         busy.kill()
+
+
+def test_a_list_option_given_as_a_word_shows_the_list_form(make_worker):
+    output = run_job(make_worker("clip"), {"image": b64(photo("chelsea")), "labels": "cat"})
+    assert """a list is JSON, e.g. -o 'labels=["cat"]'""" in output["error"]

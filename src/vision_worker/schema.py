@@ -103,7 +103,11 @@ def _describe(error: ValidationError) -> str:
     if not where:
         return first["msg"].removeprefix("Value error, ")
     message = first["msg"].removeprefix("Value error, ")
-    return f'invalid "{where}": {message} (got {_short_repr(first.get("input"))})'
+    sentence = f'invalid "{where}": {message} (got {_short_repr(first.get("input"))})'
+    if first["type"] == "list_type" and isinstance(first.get("input"), str):
+        # Most often `-o labels=cat` on a command line: the list form is not obvious.
+        sentence += f"""; a list is JSON, e.g. -o '{where}=["{_shorten(first["input"], 20)}"]'"""
+    return sentence
 
 
 def _json_type(value: Any) -> str:

@@ -225,7 +225,12 @@ def test_an_ico_hiding_a_huge_png_is_refused_without_decoding(make_worker):
     png = big.getvalue()
     # ICO directory: one 256x256 entry (0 means 256) whose data is the 9000x9000 PNG.
     ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22)
+    # Pillow reads this directory as a 32x13166 image: the aspect-ratio rule refuses it first.
     output = run_job(make_worker("resnet"), {"image": b64(ico + png)})
+    assert output["results"][0]["error"]["code"] == "too_large"
+    # Without that rule, the ICO check itself refuses it, still before decoding.
+    lenient = make_worker("resnet", MAX_ASPECT_RATIO=100_000)
+    output = run_job(lenient, {"image": b64(ico + png)})
     error = output["results"][0]["error"]
     assert error["code"] == "invalid_image"
     assert "not a decodable image" in error["message"], error

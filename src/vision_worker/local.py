@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .inputs import InputError, collect_sources, parse_options
+from .inputs import ImageSource, InputError, collect_sources, parse_options
 
 if TYPE_CHECKING:  # the worker imports torch: --help answers without it
     from .worker import Worker
@@ -64,13 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def job_input(args: argparse.Namespace) -> Any:
-    """The job's "input" from --image (+ options), --test_input, or test_input.json."""
+def job_input(args: argparse.Namespace) -> tuple[Any, list[ImageSource]]:
+    """The job's "input" from --image (+ options), --test_input, or test_input.json, and the
+    sources --image named (read and encoded once: the results are labelled with them)."""
     if args.image:
         options = parse_options(args.option)
         if args.top_k is not None:
             options["top_k"] = args.top_k
-        return {"images": [source.value for source in collect_sources(args.image)], **options}
+        sources = collect_sources(args.image)
+        return {"images": [source.value for source in sources], **options}, sources
     text = args.test_input or _read(Path(args.test_input_file))
     try:
         job = json.loads(text)
@@ -78,7 +80,7 @@ def job_input(args: argparse.Namespace) -> Any:
         raise InputError(f"the test job is not valid JSON: {error}") from None
     if not isinstance(job, dict) or "input" not in job:
         raise InputError('the test job must be a JSON object with an "input" key')
-    return job["input"]
+    return job["input"], []
 
 
 def _read(path: Path) -> str:
@@ -91,18 +93,17 @@ def run_locally(worker: Worker, argv: list[str]) -> int:
     """Run one job through the worker and print its output as JSON; returns the exit status."""
     args = local_arguments(argv)
     try:
-        job = job_input(args)
+        job, sources = job_input(args)
     except InputError as error:
         print(f"python handler.py: {error}", file=sys.stderr)
         return 2
     output = asyncio.run(worker.run(job))
-    if args.image and "results" in output:
+    if sources and "results" in output:
         # Which file or URL each result is (folders are walked in sorted order), as the client
         # says it; an error's "image 3" is then named too.
-        labels = [source.label for source in collect_sources(args.image)]
         output["results"] = [
-            {"source": label, **result}
-            for label, result in zip(labels, output["results"], strict=True)
+            {"source": source.label, **result}
+            for source, result in zip(sources, output["results"], strict=True)
         ]
     print(json.dumps(output, indent=2, ensure_ascii=False))
     return 1 if "error" in output else 0  # a failed job; per-image errors sit in "results"

@@ -96,12 +96,13 @@ def test_fetch_errors_keep_the_urls_port():
         fetcher.fetch("http://127.0.0.1:9/missing.png")
 
 
-def _readme_block() -> list[str]:
-    """The commands of the README's "Your own images, and other models" block."""
+def _readme_block(after: str = "Your own images, and other models:") -> list[str]:
+    """The commands of the README's first bash block after the text `after`, one per command
+    (continued lines joined), comments cut."""
     text = (ROOT / "README.md").read_text()
-    block = text.split("Your own images, and other models:", 1)[1].split("```bash", 1)[1]
-    lines = block.split("```", 1)[0].strip().splitlines()
-    return [line.split("  #")[0].strip() for line in lines]
+    block = text.split(after, 1)[1].split("```bash", 1)[1]
+    joined = block.split("```", 1)[0].strip().replace("\\\n", " ")
+    return [line.split("  #")[0].strip() for line in joined.splitlines()]
 
 
 def test_the_readmes_examples_run_as_written():
@@ -121,10 +122,11 @@ def test_the_readmes_examples_run_as_written():
             assert all(r["source"].startswith("examples/") for r in results)
 
 
-def _pod(model_dir, port: int, grace_s: int = 60) -> subprocess.Popen:
+def _pod(model_dir, port: int, grace_s: int = 60, arch: str = "resnet", **env) -> subprocess.Popen:
     environment = {
         **os.environ,
-        "MODEL_NAME": str(model_dir("resnet")),
+        **env,
+        "MODEL_NAME": str(model_dir(arch)),
         "SERVE_MODE": "pod",
         "ALLOW_PRIVATE_URLS": "true",
         "WARMUP": "false",
@@ -204,3 +206,51 @@ def test_an_idle_pod_stops_at_once_and_a_second_signal_does_not_wait(model_dir, 
 def test_a_list_option_given_as_a_word_shows_the_list_form(make_worker):
     output = run_job(make_worker("clip"), {"image": b64(photo("chelsea")), "labels": "cat"})
     assert """a list is JSON, e.g. -o 'labels=["cat"]'""" in output["error"]
+
+
+def test_the_readmes_pod_calls_run_as_written(model_dir):
+    """The pod block's curl commands, against the tiny CLIP pod it says they are for (with a
+    key, as on RunPod): every answer is a completed job with no error in it."""
+    from conftest import free_port
+
+    commands = _readme_block("A test runs this block against a local pod")
+    assert commands[0].startswith("POD=http://localhost:8000")
+    port = free_port()
+    pod = _pod(model_dir, port, arch="clip", POD_API_KEY="readme-key")
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", pod)
+        environment = {**os.environ, "POD": f"http://127.0.0.1:{port}", "POD_API_KEY": "readme-key"}
+        for command in commands[1:]:
+            done = subprocess.run(
+                ["bash", "-c", command],
+                cwd=ROOT,
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
+            answer = json.loads(done.stdout)
+            if "/health" in command:
+                assert answer["status"] == "ready"
+                continue
+            output = answer.get("output", answer)  # /runsync wraps it, /predict does not
+            assert answer.get("status", "COMPLETED") == "COMPLETED", (command, answer)
+            assert output["results"], (command, answer)
+            assert all("error" not in r for r in output["results"]), (command, answer)
+            assert all("labels" in r for r in output["results"])
+    finally:
+        pod.kill()
+
+
+def test_option_help_shows_the_limits_in_force(make_worker):
+    """The README shows the defaults; the served worker's form, OpenAPI and demo page show the
+    values it runs with, and each names the setting that changes it."""
+    from vision_worker.docs import render_tasks
+    from vision_worker.server import demo_html, predict_form_schema
+
+    assert "Candidate labels, 1 to 64 (MAX_LABELS)" in render_tasks()
+    task = make_worker("clip", MAX_LABELS=7).task
+    form = predict_form_schema(task)["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert "1 to 7 (MAX_LABELS)" in form["properties"]["labels"]["description"]
+    assert "1 to 7 (MAX_LABELS)" in demo_html(task)

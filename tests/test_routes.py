@@ -24,7 +24,11 @@ class FakeWorker:
         self.settings = load_settings(MODEL_NAME="fake/model", **settings)
         self.answer = answer
         self.broken: str | None = None
-        self.task = SimpleNamespace(name="classify", Options=ClassifyOptions)
+        self.task = SimpleNamespace(
+            name="classify",
+            Options=ClassifyOptions,
+            options_schema=ClassifyOptions.model_json_schema,
+        )
         self.task_name, self.model_name = "classify", "fake/model"
         self.metrics = Metrics(queue_depth=lambda: 0)
         self.jobs: list = []

@@ -510,7 +510,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         "/predict",
         tags=["jobs"],
         summary="Multipart upload: curl -F image=@cat.jpg",
-        openapi_extra=predict_form_schema(pod.worker.task.Options),
+        openapi_extra=predict_form_schema(pod.worker.task),
     )
     async def predict(request: Request) -> JSONResponse:
         if refused := pod.refusal():
@@ -618,7 +618,7 @@ def _errors_as_one_sentence(app: FastAPI) -> None:
 
 def demo_html(task: Any) -> str:
     """The demo page with the served task's options schema inlined (the page builds its form)."""
-    described = {"name": task.name, "options": task.Options.model_json_schema()}
+    described = {"name": task.name, "options": task.options_schema()}
     # "</" inside a <script> would end it; JSON allows the escaped form.
     inline = json.dumps(described).replace("</", "<\\/")
     return _DEMO_TEMPLATE.replace("__TASK__", inline)
@@ -657,7 +657,7 @@ def _form_value(text: str, is_list: bool) -> Any:
     return [value] if is_list and isinstance(value, str) else value
 
 
-def predict_form_schema(options_model: type[BaseModel]) -> dict[str, Any]:
+def predict_form_schema(task: Any) -> dict[str, Any]:
     """OpenAPI for /predict: the image files plus the served task's options as form fields."""
     properties: dict[str, Any] = {
         "image": {
@@ -666,7 +666,7 @@ def predict_form_schema(options_model: type[BaseModel]) -> dict[str, Any]:
             "description": "One or more image files.",
         },
     }
-    for name, schema in options_model.model_json_schema()["properties"].items():
+    for name, schema in task.options_schema()["properties"].items():
         properties[name] = schema
     return {
         "requestBody": {

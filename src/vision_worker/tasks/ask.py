@@ -48,7 +48,7 @@ class AskOptions(GenerationOptions):
         None,
         min_length=1,
         max_length=1_000_000,
-        description="One question for every image of the job (at most MAX_TEXT_CHARS characters).",
+        description="One question for every image of the job, at most MAX_TEXT_CHARS characters.",
     )
     questions: list[str] | None = Field(
         None, min_length=1, description="One question per image, in the images' order."

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -192,6 +193,26 @@ class Prepared:
     kind: str = "image"
 
 
+# A limit's name in an option's description, e.g. "1 to MAX_LABELS".
+_LIMIT_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+
+
+def with_limit_values(text: str, values: Mapping[str, Any]) -> str:
+    """`text` with each limit it names shown at its value, the name kept as the way to change
+    it: "1 to MAX_LABELS" -> "1 to 64 (MAX_LABELS)". Help shows what a job may send now."""
+
+    def shown(match: re.Match) -> str:
+        name = match[0]
+        return f"{values[name]} ({name})" if name in values else name
+
+    return _LIMIT_NAME.sub(shown, text)
+
+
+def limit_defaults(limits: type[TaskLimits]) -> dict[str, Any]:
+    """A task's limits at their defaults (what the README documents), whatever the environment."""
+    return {name: info.default for name, info in limits.model_fields.items()}
+
+
 class Task:
     """A loaded model behind one task. Subclasses fill in the contract described above."""
 
@@ -213,6 +234,16 @@ class Task:
     limits: TaskLimits
     # The image processor (set by tasks that have one): its target size bounds decoding.
     image_processor: Any = None
+
+    def options_schema(self) -> dict[str, Any]:
+        """The JSON schema of `Options` with the limits in force written into the descriptions:
+        what the /predict form, the OpenAPI document and the demo page show."""
+        schema = self.Options.model_json_schema()
+        values = self.limits.model_dump()
+        for field_schema in schema.get("properties", {}).values():
+            if "description" in field_schema:
+                field_schema["description"] = with_limit_values(field_schema["description"], values)
+        return schema
 
     def input_size(self) -> dict | None:
         """The image processor's target `size` ({"shortest_edge": 224}, {"height": ..}, ...)."""

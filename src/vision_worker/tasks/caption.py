@@ -40,7 +40,7 @@ class CaptionOptions(GenerationOptions):
         min_length=1,
         max_length=1_000_000,
         description="Conditional captioning (BLIP, GIT): the caption starts with this text, e.g. "
-        '"a photograph of" (at most MAX_TEXT_CHARS characters).',
+        '"a photograph of"; at most MAX_TEXT_CHARS characters.',
     )
 
 

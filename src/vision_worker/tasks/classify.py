@@ -44,7 +44,7 @@ _CLASSIFIER_ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_CLASSIFICATION_MAPP
 
 class ClassifyOptions(TaskOptions):
     top_k: int | None = Field(
-        None, ge=1, le=1_000_000, description="Labels returned, best first (default DEFAULT_TOP_K)."
+        None, ge=1, le=1_000_000, description="Labels returned, best first; default DEFAULT_TOP_K."
     )
     explain: bool = Field(
         False,

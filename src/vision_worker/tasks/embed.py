@@ -43,8 +43,8 @@ class EmbedOptions(TaskOptions):
     )
     texts: list[str] | None = Field(
         None,
-        description="CLIP/SigLIP only: texts to embed in the images' space (up to "
-        'MAX_TEXTS_PER_JOB), returned under "texts".',
+        description="CLIP/SigLIP only: texts to embed in the images' space, up to "
+        'MAX_TEXTS_PER_JOB, returned under "texts".',
     )
 
 

@@ -40,10 +40,10 @@ class GenerationOptions(TaskOptions):
         None,
         ge=1,
         le=1_000_000,
-        description="Tokens generated at most (default DEFAULT_MAX_NEW_TOKENS, "
-        "at most MAX_NEW_TOKENS_LIMIT).",
+        description="Tokens generated at most; default DEFAULT_MAX_NEW_TOKENS, "
+        "at most MAX_NEW_TOKENS_LIMIT.",
     )
-    num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width (at most MAX_NUM_BEAMS).")
+    num_beams: int = Field(1, ge=1, le=1_000_000, description="Beam width, at most MAX_NUM_BEAMS.")
 
 
 def checked_generation(options: GenerationOptions, limit: int, limits: GenerationLimits) -> int:

@@ -21,7 +21,7 @@ DEFAULT_TEMPLATE = "This is a photo of {}."
 
 class ZeroShotOptions(TaskOptions):
     labels: list[str] = Field(
-        ..., min_length=1, description='Candidate labels (1 to MAX_LABELS), e.g. ["cat", "dog"].'
+        ..., min_length=1, description='Candidate labels, 1 to MAX_LABELS, e.g. ["cat", "dog"].'
     )
     hypothesis_template: str = Field(
         DEFAULT_TEMPLATE,

@@ -39,7 +39,7 @@ class ZeroShotDetectOptions(DetectionOptions):
     labels: list[str] = Field(
         ...,
         min_length=1,
-        description='What to find (1 to MAX_LABELS text queries), e.g. ["a cat", "a remote"].',
+        description='What to find: 1 to MAX_LABELS text queries, e.g. ["a cat", "a remote"].',
     )
     # The zero-shot-object-detection pipeline's default: OWL scores sit far below a classifier's.
     threshold: float = Field(

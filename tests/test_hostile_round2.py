@@ -188,3 +188,25 @@ def test_the_aspect_ratio_limit_is_a_setting(make_worker):
     )
     relaxed = make_worker("resnet", MAX_ASPECT_RATIO=50)
     assert "labels" in run_job(relaxed, {"image": strip})["results"][0]
+
+
+def _never_answer(conn, stop) -> None:
+    stop.wait(60)
+
+
+def test_webhook_receivers_that_never_answer_do_not_hold_up_other_requests():
+    """Eight /run jobs whose receivers hold their deliveries open: a /runsync behind them is
+    answered at once (deliveries once shared the small pool that parses request bodies)."""
+    import requests
+
+    from conftest import running_server
+    from test_routes import FakeWorker, _labels
+
+    worker = FakeWorker(_labels, ALLOW_PRIVATE_URLS=True, URL_TIMEOUT_S=60)
+    with _raw_server(_never_answer) as receiver, running_server(worker) as (url, _):
+        for i in range(8):
+            job = {"input": {"image": "x"}, "webhook": f"{receiver}/hook{i}"}
+            assert requests.post(f"{url}/run", json=job, timeout=10).status_code == 200
+        time.sleep(0.5)  # the deliveries are under way, each holding a thread
+        answer = requests.post(f"{url}/runsync", json={"input": {"image": "y"}}, timeout=10)
+        assert answer.json()["status"] == "COMPLETED"

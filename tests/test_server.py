@@ -184,18 +184,20 @@ def test_cancel_and_shutdown_finish_or_cancel_every_job(model_dir):
 
 
 def test_finished_results_are_bounded_in_memory_and_age():
+    from vision_worker.jobs import RECORD_OVERHEAD_BYTES
     from vision_worker.server import COMPLETED, JobRecord, JobStore
 
-    store = JobStore(ttl_s=0.3, max_bytes=3000)
+    held = RECORD_OVERHEAD_BYTES + 915  # a record, and 915 bytes of JSON each
+    store = JobStore(ttl_s=0.3, max_bytes=3 * held + 100)
     records = [store.add(JobRecord(id=str(i), input="x" * 10_000)) for i in range(5)]
     for record in records:
-        record.output = {"results": ["y" * 900]}  # ~920 bytes of JSON each
+        record.output = {"results": ["y" * 900]}
         store.finish(record, COMPLETED)
     assert [store.get(str(i)) is not None for i in range(5)] == [False, False, True, True, True]
     assert all(r.input is None for r in records)
-    assert store.result_bytes <= 3000
+    assert store.result_bytes <= 3 * held + 100
     assert store.kept_s() < 0.3  # memory, not the TTL, bounds retention now: said in /health
-    small = JobStore(ttl_s=0.3, max_bytes=10**6)
+    small = JobStore(ttl_s=0.3, max_bytes=10**7)  # 1,000 records hold ~2 MB
     for i in range(1000):  # many small results all last the TTL
         record = small.add(JobRecord(id=str(i), input=None))
         record.output = {"labels": []}
@@ -281,3 +283,61 @@ def test_framework_errors_have_the_one_error_shape(server, http):
     assert malformed.status_code == 400
     assert set(malformed.json()) == {"error", "error_code"}
     assert malformed.json()["error_code"] == "invalid_input"
+
+
+RECORD_RSS_PROBE = """
+import asyncio, gc, json, uuid
+from vision_worker.jobs import FAILED, JobRecord, JobStore, JobStream
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+async def finished_run_jobs(store, count):
+    async def job():
+        return None
+    for i in range(count):  # as /run leaves them: a stream, a done task, a failed image
+        record = store.add(JobRecord(id=f"pod-{uuid.uuid4()}", input={"image": "A" * 100}))
+        record.stream, record.task = JobStream(), asyncio.create_task(job())
+        await record.task
+        record.error, record.error_code = f"image 0: not a supported image ({i})", "invalid_input"
+        store.finish(record, FAILED)
+
+store = JobStore(ttl_s=3600, max_bytes=10**12)
+asyncio.run(finished_run_jobs(store, 500))  # allocator and interpreter warm
+gc.collect()
+before, reported = rss(), store.result_bytes
+asyncio.run(finished_run_jobs(store, 20_000))
+gc.collect()
+print(json.dumps({"rss": rss() - before, "reported": store.result_bytes - reported}))
+"""
+
+
+def test_the_result_store_reports_the_memory_its_records_hold():
+    """20,000 failed /run jobs: what /health's result_store_mb counts is within 1.5x of the RSS
+    they add (it once counted 69 bytes a record of the 2.7 KB they held)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", RECORD_RSS_PROBE], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout)
+    assert measured["reported"] / 1.5 <= measured["rss"] <= measured["reported"] * 1.5, measured
+
+
+def test_admission_costs_the_same_however_full_the_store_is():
+    """/run's admission check counts jobs in flight without walking the finished ones."""
+    import timeit
+
+    from vision_worker.server import COMPLETED, JobRecord, JobStore
+
+    store = JobStore(ttl_s=3600, max_bytes=10**12)
+    empty = min(timeit.repeat(store.active_count, number=1000, repeat=5))
+    for i in range(20_000):
+        store.finish(store.add(JobRecord(id=str(i), input=None)), COMPLETED)
+    store.add(JobRecord(id="running", input=None))
+    assert store.active_count() == 1
+    full = min(timeit.repeat(store.active_count, number=1000, repeat=5))
+    assert full < empty * 20  # a walk over 20,000 records would be ~10,000x

@@ -49,6 +49,9 @@ _TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 class _Watchdog:
     """One thread that shuts down the sockets of downloads past their total deadline.
 
@@ -258,8 +261,13 @@ class UrlFetcher:
         raise ImageError("fetch_failed", f"more than {self.max_redirects} redirects")
 
     def post_json(self, url: str, body: Any) -> int:
-        """POST JSON through the same address guard (job webhooks); the HTTP status, or raises
-        ImageError. Redirects are not followed: a webhook that moved is a failed delivery."""
+        """POST JSON (a value, or bytes already encoded) through the same address guard (job
+        webhooks); the HTTP status, or raises ImageError. Redirects are not followed: a webhook
+        that moved is a failed delivery. Connect, headers and all are within URL_TIMEOUT_S."""
+        if isinstance(body, bytes):
+            payload: dict[str, Any] = {"data": body, "headers": _JSON_HEADERS}
+        else:
+            payload = {"json": body}
         check_url_shape(url)
         try:
             with _WATCHDOG.watching(time.monotonic() + self.timeout_s):
@@ -267,7 +275,7 @@ class UrlFetcher:
                 # an endless body is never read (it used to be, 2 GB of it).
                 response = self._session.post(
                     url,
-                    json=body,
+                    **payload,
                     allow_redirects=False,
                     stream=True,
                     timeout=(self.timeout_s, self.timeout_s),

@@ -16,10 +16,10 @@ import logging
 import re
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +35,30 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .config import Settings
 from .errors import JOB_ERROR_STATUS, ImageError, refusal
 from .fetch import UrlFetcher, check_url_shape
+from .jobs import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINISHED,
+    IN_PROGRESS,
+    IN_QUEUE,
+    JobRecord,
+    JobStore,
+    JobStream,
+    encode_output,
+)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openai_api import MAX_JSON_CONTAINERS, OpenAIService, openai_routes
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
-    "IN_QUEUE",
-    "IN_PROGRESS",
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-)
-FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
-
 
 # Bodies parsed at once, each on a thread: parsing a large body never stalls the event loop, and
 # the memory parsing takes is bounded by this many bodies, not by the number of clients.
 _PARALLEL_PARSES = 2
+# Webhook deliveries in flight at once; more wait for a free thread.
+_WEBHOOK_THREADS = 4
 # How long GET /stream/{id} waits for the next results of a running job before answering with
 # none (long polling, as RunPod's own /stream does): clients poll without spinning. Under the
 # runpod SDK's 10 s request timeout, so its Job.stream() works against a pod unchanged.
@@ -88,143 +93,6 @@ class JobRequest(BaseModel):
     input: Any = Field(..., description="The job input (see the README's input contract).")
 
 
-@dataclass
-class JobStream:
-    """The results of a /run job not yet read from /stream/{id}, in RunPod's stream contract:
-    chunks of {"results": [... each with "index"]}, then one chunk with the rest of the output
-    (the chunks Worker.stream yields on serverless)."""
-
-    pending: list[dict] = field(default_factory=list)
-    read: set[int] = field(default_factory=set)
-    summary_read: bool = False
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def add(self, index: int, result: dict) -> None:
-        self.pending.append({"index": index, **result})
-        self.arrived.set()
-
-    def take(self, record: JobRecord) -> list[dict]:
-        """Every chunk not read yet; a finished job's output supplies what was not streamed."""
-        results, self.pending = self.pending, []
-        self.arrived.clear()
-        ending = record.status == COMPLETED and not self.summary_read
-        if ending:
-            seen = self.read | {r["index"] for r in results}
-            results += [
-                {"index": i, **r} for i, r in enumerate(record.output["results"]) if i not in seen
-            ]
-        self.read.update(r["index"] for r in results)
-        chunks = [{"results": results}] if results else []
-        if ending:
-            self.summary_read = True
-            chunks.append({k: v for k, v in record.output.items() if k != "results"})
-        return chunks
-
-
-@dataclass
-class JobRecord:
-    id: str
-    input: Any
-    status: str = IN_QUEUE
-    output: Any = None
-    error: str | None = None
-    error_code: str | None = None  # a failed job's JobErrorCode (errors.py)
-    created: float = field(default_factory=time.monotonic)
-    started: float | None = None
-    finished: float | None = None
-    task: asyncio.Task | None = None
-    webhook: str | None = None  # RunPod's "webhook": POSTed the final job JSON
-    stream: JobStream | None = None  # /run jobs: results for /stream/{id} as batches finish
-    collected: bool = False  # a finished /run job's result has been read (/status, /stream)
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": self.id, "status": self.status}
-        if self.started is not None:
-            body["delayTime"] = round((self.started - self.created) * 1000)
-        if self.finished is not None and self.started is not None:
-            body["executionTime"] = round((self.finished - self.started) * 1000)
-        if self.status == COMPLETED:
-            body["output"] = self.output
-        elif self.error is not None:
-            body["error"] = self.error
-            if self.error_code is not None:  # where RunPod puts it: the rest of the output
-                body["output"] = {"error_code": self.error_code}
-        return body
-
-
-class JobStore:
-    """Jobs by id. Finished ones are kept for RESULT_TTL_S, within a memory budget.
-
-    The budget counts each result's JSON size, so small results (labels, captions) really last
-    the TTL under load, and only large ones (embeddings of many images) are evicted early,
-    oldest first; /health reports how long results are being kept right now.
-    """
-
-    def __init__(self, ttl_s: float, max_bytes: int) -> None:
-        self.ttl_s = ttl_s
-        self.max_bytes = max_bytes
-        self._jobs: OrderedDict[str, JobRecord] = OrderedDict()
-        self._finished: OrderedDict[str, int] = OrderedDict()  # id -> result bytes, oldest first
-        self.result_bytes = 0
-        self.counts = {COMPLETED: 0, FAILED: 0, CANCELLED: 0}
-
-    def add(self, record: JobRecord) -> JobRecord:
-        self._jobs[record.id] = record
-        return record
-
-    def get(self, job_id: str) -> JobRecord | None:
-        self.evict()
-        return self._jobs.get(job_id)
-
-    def finish(self, record: JobRecord, status: str) -> None:
-        record.status, record.finished = status, time.monotonic()
-        record.input = None  # only the output is kept; inputs can be 100s of MB of base64
-        if record.stream is not None:
-            record.stream.pending.clear()  # all in the output now; /stream reads it from there
-            record.stream.arrived.set()  # a waiting /stream answers with the end at once
-        self.counts[status] += 1
-        size = len(json.dumps(record.output if status == COMPLETED else record.error))
-        self._finished[record.id] = size
-        self.result_bytes += size
-        self.evict()
-
-    def evict(self) -> None:
-        now = time.monotonic()
-        while self._finished:
-            oldest_id, size = next(iter(self._finished.items()))
-            oldest = self._jobs[oldest_id]
-            expired = now - (oldest.finished or now) > self.ttl_s
-            if not expired and self.result_bytes <= self.max_bytes:
-                break
-            del self._finished[oldest_id], self._jobs[oldest_id]
-            self.result_bytes -= size
-
-    def forget(self, job_id: str) -> None:
-        """Drop a finished job whose result went out in its own response."""
-        self._jobs.pop(job_id, None)
-        self.result_bytes -= self._finished.pop(job_id, 0)
-
-    def kept_s(self) -> float:
-        """How long the oldest kept result has been kept: RESULT_TTL_S unless memory is short."""
-        if not self._finished:
-            return self.ttl_s
-        oldest = self._jobs[next(iter(self._finished))]
-        if self.result_bytes < self.max_bytes * 0.9:
-            return self.ttl_s
-        return round(time.monotonic() - (oldest.finished or time.monotonic()), 1)
-
-    def active(self) -> list[JobRecord]:
-        return [r for r in self._jobs.values() if r.status not in FINISHED]
-
-    def uncollected(self) -> list[JobRecord]:
-        """Finished /run jobs whose result nobody has read yet: what draining waits for."""
-        return [
-            r
-            for r in self._jobs.values()
-            if r.stream is not None and r.status in FINISHED and not r.collected
-        ]
-
-
 class PodServer:
     """Runs jobs for HTTP requests on one worker."""
 
@@ -234,6 +102,9 @@ class PodServer:
         self.store = JobStore(settings.RESULT_TTL_S, settings.RESULT_STORE_MB * 1024 * 1024)
         # Webhook receivers pass the image downloads' address guard: no private or metadata IPs.
         self.webhooks = UrlFetcher.from_settings(settings)
+        # Deliveries have threads of their own: receivers that drip or never answer (each cut
+        # at URL_TIMEOUT_S) queue behind each other, never in front of body parsing or images.
+        self._webhook_threads = ThreadPoolExecutor(_WEBHOOK_THREADS, thread_name_prefix="webhook")
         self._slots: asyncio.Semaphore | None = None
         self._parsing: asyncio.Semaphore | None = None
         # Set on SIGTERM: job routes answer 503, /status keeps answering (DrainingServer).
@@ -245,7 +116,7 @@ class PodServer:
             return _refused("worker is shutting down; send the job elsewhere", 503)
         if self.worker.broken:
             return _refused(f"worker is broken: {self.worker.broken}", 503)
-        if len(self.store.active()) >= self.settings.MAX_STORED_RESULTS:
+        if self.store.active_count() >= self.settings.MAX_STORED_RESULTS:
             return _refused("too many jobs in flight; retry later", 429)
         return None
 
@@ -302,7 +173,8 @@ class PodServer:
             record.error_code = output.get("error_code")
             self.store.finish(record, FAILED)
         else:
-            record.output = output
+            # Serialised once, off the event loop: every reader gets these bytes as they are.
+            record.output_json = await asyncio.to_thread(encode_output, output)
             self.store.finish(record, COMPLETED)
         return record
 
@@ -312,7 +184,7 @@ class PodServer:
         record = await self.execute(self.new_job(job_input))
         self.store.forget(record.id)  # answered in the response: nobody can ask for it by id
         if record.status == COMPLETED:
-            return record.output
+            return await asyncio.to_thread(lambda: record.output)
         return {"error": record.error, "error_code": record.error_code or "internal"}
 
     def new_job(self, job_input: Any) -> JobRecord:
@@ -342,8 +214,11 @@ class PodServer:
             if attempt:
                 await asyncio.sleep(self.settings.WEBHOOK_RETRY_S)
             try:
-                status = await asyncio.to_thread(
-                    self.webhooks.post_json, record.webhook, record.to_json()
+                status = await asyncio.get_running_loop().run_in_executor(
+                    self._webhook_threads,
+                    self.webhooks.post_json,
+                    record.webhook,
+                    record.to_json_bytes(),
                 )
             except ImageError as error:
                 log.warning("webhook for %s: %s", record.id, error.message)
@@ -451,7 +326,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         job = await pod.admit(request)
         if isinstance(job, JSONResponse):
             return job
-        return JSONResponse((await pod.execute(pod.new_job(job.input))).to_json())
+        return _job_json(await pod.execute(pod.new_job(job.input)))
 
     @router.post(
         "/run", tags=["jobs"], summary="Queue a job; poll /status/{id}", openapi_extra=job_body
@@ -468,7 +343,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         if record is None:
             return JSONResponse({"error": f"job {job_id} not found (or expired)"}, 404)
         record.collected = record.collected or record.status in FINISHED
-        return JSONResponse(record.to_json())
+        return _job_json(record)
 
     _get_and_post(router, "/status/{job_id}", status, "A job's state and, when done, its output")
 
@@ -485,7 +360,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         body = {
             "id": record.id,
             "status": record.status,
-            "stream": [{"output": chunk} for chunk in record.stream.take(record)],
+            "stream": [{"output": chunk} for chunk in await _taken(record)],
         }
         record.collected = record.collected or record.status in FINISHED
         if record.error is not None:
@@ -532,7 +407,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         }
         record = await pod.execute(pod.new_job(job_input))  # counted in /health like any job
         if record.status == COMPLETED:
-            return JSONResponse(record.output)
+            return Response(record.output_json, media_type="application/json")
         code = record.error_code or "internal"
         body = {"error": record.error, "error_code": code}
         return JSONResponse(body, status_code=JOB_ERROR_STATUS[code])
@@ -557,6 +432,19 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         return pod.health()
 
     return router
+
+
+def _job_json(record: JobRecord) -> Response:
+    """A job's JSON as kept: a large finished output is copied into the response, not
+    serialised again on the event loop."""
+    return Response(record.to_json_bytes(), media_type="application/json")
+
+
+async def _taken(record: JobRecord) -> list[dict]:
+    """A /stream call's chunks; the last one parses the kept output, off the event loop."""
+    if record.status == COMPLETED and record.stream and not record.stream.summary_read:
+        return await asyncio.to_thread(record.stream.take, record)
+    return record.stream.take(record)
 
 
 def _get_and_post(router: APIRouter, path: str, endpoint: Callable, summary: str) -> None:

@@ -142,6 +142,14 @@ class Settings(BaseSettings):
     # Slow clients: seconds to send a request's headers, then its body; open connections at once.
     HEADER_TIMEOUT_S: float = Field(10.0, gt=0, le=600)
     BODY_TIMEOUT_S: float = Field(120.0, gt=0, le=3600)
+    # A JSON request body (/run, /runsync, OpenAI routes): RunPod's own payload limit for
+    # load-balancing endpoints (the queue's is 10 MB for /run, 20 MB for /runsync). Large files go
+    # through /predict (multipart, up to MAX_IMAGES_PER_JOB files of MAX_IMAGE_BYTES) or as URLs.
+    MAX_BODY_MB: float = Field(30.0, gt=0, le=100_000)
+    # Memory all request bodies in flight may hold, process-wide, from their first byte to their
+    # job's end (a JSON body reserves 6x its size while parsed, then what the parsed input
+    # holds; an upload 3x its files): requests past it wait up to 10 s, then get 503.
+    REQUEST_MEMORY_MB: int = Field(1024, ge=1, le=1_000_000)
     MAX_CONNECTIONS: int = Field(512, ge=1, le=100_000)
     # Seconds between the three tries of a /run job's webhook (RunPod's own interval is 10).
     WEBHOOK_RETRY_S: float = Field(10.0, ge=0, le=600)

@@ -25,13 +25,14 @@ from typing import Any
 
 import h11
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request, UploadFile
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .bodies import BodyError, RequestBudget, Reservation, read_json, read_upload
 from .config import Settings
 from .errors import JOB_ERROR_STATUS, ImageError, refusal
 from .fetch import UrlFetcher, check_url_shape
@@ -48,7 +49,7 @@ from .jobs import (
     encode_output,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .openai_api import MAX_JSON_CONTAINERS, OpenAIService, openai_routes
+from .openai_api import OpenAIService, openai_routes
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -70,20 +71,13 @@ def _refused(message: str, status: int) -> JSONResponse:
     return JSONResponse(refusal(message, status), status)
 
 
-class BodyError(Exception):
-    """A request body that is not a job: answered with {"error": ...} and a 4xx status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass(frozen=True)
 class JobBody:
     """A job request's "input" and RunPod's optional top-level "webhook"."""
 
     input: Any
     webhook: str | None = None
+    reservation: Reservation | None = None  # its share of REQUEST_MEMORY_MB, until the job ends
 
 
 class JobRequest(BaseModel):
@@ -107,6 +101,8 @@ class PodServer:
         self._webhook_threads = ThreadPoolExecutor(_WEBHOOK_THREADS, thread_name_prefix="webhook")
         self._slots: asyncio.Semaphore | None = None
         self._parsing: asyncio.Semaphore | None = None
+        # What request bodies in flight may hold, from their first byte to their job's end.
+        self.request_memory = RequestBudget(settings.REQUEST_MEMORY_MB * 1024 * 1024)
         # Set on SIGTERM: job routes answer 503, /status keeps answering (DrainingServer).
         self.draining = False
 
@@ -131,18 +127,16 @@ class PodServer:
 
     async def read_job_body(self, request: Request) -> JobBody:
         """ "input" and "webhook" of a JSON body, parsed off the event loop; raises BodyError."""
-        body = await request.body()  # bounded by LimitBodySize
-        if body.count(b"{") + body.count(b"[") > MAX_JSON_CONTAINERS:
-            raise BodyError(400, f"request body has over {MAX_JSON_CONTAINERS} objects and arrays")
         if self._parsing is None:
             self._parsing = asyncio.Semaphore(_PARALLEL_PARSES)
-        async with self._parsing:
-            try:
-                parsed = await asyncio.to_thread(json.loads, body)
-            except RecursionError:
-                raise BodyError(400, "request body is nested too deeply") from None
-            except ValueError as error:  # never echoes the body, only where it broke
-                raise BodyError(400, f"request body is not valid JSON: {error}"[:200]) from None
+        parsed, reservation = await read_json(request, self.request_memory, self._parsing)
+        try:
+            return self._job_body(parsed, reservation)
+        except BodyError:
+            await reservation.release()
+            raise
+
+    def _job_body(self, parsed: Any, reservation: Reservation) -> JobBody:
         if not isinstance(parsed, dict) or "input" not in parsed:
             raise BodyError(400, 'request body must be a JSON object with an "input" key')
         webhook = parsed.get("webhook")
@@ -153,7 +147,7 @@ class PodServer:
                 check_url_shape(webhook)
             except ImageError as error:
                 raise BodyError(400, f'"webhook": {error.message}') from None
-        return JobBody(parsed["input"], webhook)
+        return JobBody(parsed["input"], webhook, reservation)
 
     async def execute(self, record: JobRecord) -> JobRecord:
         """Run one job to a final state; never raises."""
@@ -190,19 +184,24 @@ class PodServer:
     def new_job(self, job_input: Any) -> JobRecord:
         return self.store.add(JobRecord(id=f"pod-{uuid.uuid4()}", input=job_input))
 
-    def submit(self, job_input: Any, webhook: str | None = None) -> JobRecord:
-        """Start a job in the background; /status reports it, and `webhook` hears its end."""
-        record = self.new_job(job_input)
-        record.webhook = webhook
+    def submit(self, job: JobBody) -> JobRecord:
+        """Start a job in the background; /status reports it, and its webhook hears its end."""
+        record = self.new_job(job.input)
+        record.webhook = job.webhook
         record.stream = JobStream()
-        record.task = asyncio.create_task(self._execute_and_notify(record), name=f"job-{record.id}")
+        running = self._execute_and_notify(record, job.reservation)
+        record.task = asyncio.create_task(running, name=f"job-{record.id}")
         record.task.add_done_callback(_swallow_cancel)
         return record
 
-    async def _execute_and_notify(self, record: JobRecord) -> JobRecord:
+    async def _execute_and_notify(
+        self, record: JobRecord, reservation: Reservation | None
+    ) -> JobRecord:
         try:
             await self.execute(record)
         finally:
+            if reservation is not None:  # the input is gone with the job
+                await reservation.release()
             if record.webhook and record.status in FINISHED:
                 await self.deliver_webhook(record)
         return record
@@ -286,7 +285,11 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     _offline_docs(app)
     app.middleware("http")(_require_api_key(settings.POD_API_KEY))
     # Registered last, so it runs first: an oversized body is refused before anything reads it.
-    app.add_middleware(LimitBodySize, limit=max_request_bytes(settings))
+    app.add_middleware(
+        LimitBodySize,
+        limit=max_json_body_bytes(settings),
+        upload_limit=max_request_bytes(settings),
+    )
 
     # Registered before the /v2 copy of the routes so it wins over their /health.
     @app.get("/v2/{endpoint_id}/health", tags=["health"], summary="RunPod's endpoint health shape")
@@ -326,7 +329,10 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         job = await pod.admit(request)
         if isinstance(job, JSONResponse):
             return job
-        return _job_json(await pod.execute(pod.new_job(job.input)))
+        try:
+            return _job_json(await pod.execute(pod.new_job(job.input)))
+        finally:
+            await job.reservation.release()
 
     @router.post(
         "/run", tags=["jobs"], summary="Queue a job; poll /status/{id}", openapi_extra=job_body
@@ -335,7 +341,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         job = await pod.admit(request)
         if isinstance(job, JSONResponse):
             return job
-        record = pod.submit(job.input, webhook=job.webhook)
+        record = pod.submit(job)
         return JSONResponse({"id": record.id, "status": record.status})
 
     async def status(job_id: str) -> JSONResponse:
@@ -390,22 +396,27 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
     async def predict(request: Request) -> JSONResponse:
         if refused := pod.refusal():
             return refused
-        limit = settings.MAX_IMAGES_PER_JOB
-        form = await request.form(max_files=limit + 1, max_fields=1000)
-        uploads = [value for value in form.getlist("image") if not isinstance(value, str)]
-        if not uploads:
-            return _refused('no image: send files in the form field "image"', 400)
-        if len(uploads) > limit:
-            return _refused(f"too many images: {len(uploads)}, at most {limit}", 413)
         try:
-            options = form_options(pod.worker.task.Options, form, request.query_params)
-        except ValueError as error:
-            return _refused(str(error), 400)
-        job_input = {
-            "images": [await _upload_as_base64(f, settings.MAX_IMAGE_BYTES) for f in uploads],
-            **options,
-        }
-        record = await pod.execute(pod.new_job(job_input))  # counted in /health like any job
+            upload, reservation = await read_upload(
+                request,
+                pod.request_memory,
+                max_images=settings.MAX_IMAGES_PER_JOB,
+                max_image_bytes=settings.MAX_IMAGE_BYTES,
+            )
+        except BodyError as error:
+            return _refused(str(error), error.status)
+        try:
+            if not upload.images:
+                return _refused('no image: send files in the form field "image"', 400)
+            try:
+                options = form_options(pod.worker.task.Options, upload.form(), request.query_params)
+            except ValueError as error:
+                return _refused(str(error), 400)
+            images = await asyncio.to_thread(_as_base64, upload.images)
+            del upload  # the job carries the base64 form; the bytes are not needed twice
+            record = await pod.execute(pod.new_job({"images": images, **options}))
+        finally:
+            await reservation.release()
         if record.status == COMPLETED:
             return Response(record.output_json, media_type="application/json")
         code = record.error_code or "internal"
@@ -568,11 +579,6 @@ def predict_form_schema(task: Any) -> dict[str, Any]:
     }
 
 
-async def _upload_as_base64(upload: UploadFile, max_bytes: int) -> str:
-    # One byte over the limit is enough for the image stage to report too_large.
-    return base64.b64encode(await upload.read(max_bytes + 1)).decode()
-
-
 # Open without the key: health probes, the demo page (it asks for the key) and the API docs
 # (a browser cannot send the key for them; the schema is not a secret).
 _OPEN_PATHS = re.compile(
@@ -580,9 +586,18 @@ _OPEN_PATHS = re.compile(
 )
 
 
+def _as_base64(images: list[bytes]) -> list[str]:
+    return [base64.b64encode(image).decode() for image in images]
+
+
 def max_request_bytes(settings: Settings) -> int:
-    """The largest valid job: every image at the byte limit, base64-encoded, plus JSON slack."""
+    """The largest valid job: every image at the byte limit, base64-encoded, plus JSON slack.
+    What a /predict upload may send; a JSON body is also held to MAX_BODY_MB."""
     return settings.MAX_IMAGES_PER_JOB * (settings.MAX_IMAGE_BYTES * 4 // 3 + 1024) + 64 * 1024
+
+
+def max_json_body_bytes(settings: Settings) -> int:
+    return min(int(settings.MAX_BODY_MB * 1024 * 1024), max_request_bytes(settings))
 
 
 class _BodyTooLarge(Exception):
@@ -590,23 +605,25 @@ class _BodyTooLarge(Exception):
 
 
 class LimitBodySize:
-    """ASGI middleware: 413 once a request body passes `limit` bytes, counted as they arrive.
+    """ASGI middleware: 413 once a request body passes its limit, counted as it arrives:
+    `upload_limit` for /predict's multipart files, `limit` for every other (JSON) body.
 
     A declared Content-Length over the limit is refused before anything is read; a chunked body
     (no Content-Length) is cut off at the first byte over, so it is never read or spooled whole.
     """
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, upload_limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self.json_limit, self.upload_limit = limit, upload_limit
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_limit if scope["path"].endswith("/predict") else self.json_limit
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await _send_error(send, 413, f"request body over {self.limit} bytes")
+        if declared.isdigit() and int(declared) > limit:
+            await _send_error(send, 413, _over(limit))
             return
         received = 0
         responded = False
@@ -616,7 +633,7 @@ class LimitBodySize:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
@@ -635,7 +652,14 @@ class LimitBodySize:
             if not too_large:
                 raise
             if not responded:
-                await _send_error(send, 413, f"request body over {self.limit} bytes")
+                await _send_error(send, 413, _over(limit))
+
+
+def _over(limit: int) -> str:
+    return (
+        f"request body over {limit} bytes (MAX_BODY_MB for JSON; /predict takes each file up "
+        "to MAX_IMAGE_BYTES)"
+    )
 
 
 async def _send_error(send: Any, status: int, message: str) -> None:

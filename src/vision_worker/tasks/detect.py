@@ -57,8 +57,9 @@ class DetectTask(Task):
         }
     ]
 
-    def __init__(self, source: ModelSource, model: Any, processor: Any) -> None:
+    def __init__(self, source: ModelSource, model: Any, processor: Any, limits: Any) -> None:
         self.source = source
+        self.limits = limits  # options_schema reads them (the /predict form, OpenAPI, demo page)
         self.model = model
         self.processor = self.image_processor = processor
         self.labels = model.config.id2label
@@ -76,7 +77,7 @@ class DetectTask(Task):
     def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: Any) -> DetectTask:
         model, _ = load_weights(source, AutoModelForObjectDetection, cls.name, "detection head")
         processor = source.load_image_processor()
-        return cls(source, prepare_model(model, source), processor)
+        return cls(source, prepare_model(model, source), processor, limits)
 
     def batch_key(self, item: Prepared, options: DetectionOptions) -> Hashable:
         if self.takes_pixel_mask:

@@ -1,0 +1,161 @@
+"""What a request may cost, counted as a whole: JSON bodies held to MAX_BODY_MB and to a
+process-wide budget with what parsing makes of them, uploads parsed as they stream in with each
+file cut one byte past its limit. Refusals are sentences; the process stays within its bound."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from conftest import encode, free_port, noise_image, running_server
+from test_routes import FakeWorker, _labels
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
+PNG_BYTES = encode(noise_image(7))
+
+
+def _sizes(job_input) -> dict:
+    """An answer saying how many bytes each image of the job carried."""
+    images = job_input.get("images") or [job_input["image"]]
+    return {"results": [{"bytes": len(base64.b64decode(i))} for i in images]}
+
+
+def test_a_json_body_over_max_body_mb_is_refused_naming_the_setting():
+    worker = FakeWorker(_labels, MAX_BODY_MB=1)
+    with running_server(worker) as (url, _):
+        big = {"input": {"image": "A" * (2 * MIB)}}
+        answer = requests.post(f"{url}/runsync", json=big, timeout=30)
+        assert answer.status_code == 413
+        assert "MAX_BODY_MB" in answer.json()["error"]
+        small = requests.post(f"{url}/runsync", json={"input": {"image": "A"}}, timeout=30)
+        assert small.json()["status"] == "COMPLETED"
+    assert len(worker.jobs) == 1
+
+
+def test_a_body_of_a_million_small_values_is_refused_before_parsing():
+    worker = FakeWorker(_labels)
+    with running_server(worker) as (url, _):
+        body = b'{"input": {"image": "A", "x": "' + b'"ab",' * 300_000 + b'"ab"}}'
+        answer = requests.post(f"{url}/runsync", data=body, timeout=30)
+        assert answer.status_code == 400
+        assert "over 200000 values" in answer.json()["error"]
+    assert worker.jobs == []
+
+
+def test_a_body_that_can_never_fit_the_request_budget_is_413_and_one_that_must_wait_is_503():
+    worker = FakeWorker(_labels, REQUEST_MEMORY_MB=8)
+    with running_server(worker) as (url, _):
+        answer = requests.post(
+            f"{url}/runsync", json={"input": {"image": "A" * (2 * MIB)}}, timeout=30
+        )  # 6x of 2 MB is over 8 MB
+        assert answer.status_code == 413
+        assert "REQUEST_MEMORY_MB" in answer.json()["error"]
+        fits = requests.post(f"{url}/runsync", json={"input": {"image": "A" * MIB}}, timeout=30)
+        assert fits.json()["status"] == "COMPLETED"
+
+
+def test_an_oversized_upload_part_costs_its_limit_and_fails_its_image_alone():
+    """A 40 MB file with MAX_IMAGE_BYTES of 1 MiB: the job gets one byte over the limit of it
+    (the image stage then fails that image as too_large) and the next file whole; nothing of
+    it is spooled to disk."""
+    worker = FakeWorker(_sizes, MAX_IMAGE_BYTES=MIB)
+    spooled_before = _spooled_files()
+    with running_server(worker) as (url, _):
+        files = [
+            ("image", ("huge.jpg", b"\xff" * (40 * MIB), "image/jpeg")),
+            ("image", ("cat.png", PNG_BYTES, "image/png")),
+        ]
+        answer = requests.post(f"{url}/predict", files=files, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"] == [{"bytes": MIB + 1}, {"bytes": len(PNG_BYTES)}]
+    assert _spooled_files() <= spooled_before
+
+
+def test_form_fields_are_bounded_in_number_and_size():
+    worker = FakeWorker(_labels)
+    with running_server(worker) as (url, _):
+        image = [("image", ("cat.png", PNG_BYTES, "image/png"))]
+        many = [(f"f{i}", (None, "x")) for i in range(65)]
+        answer = requests.post(f"{url}/predict", files=image + many, timeout=30)
+        assert answer.status_code == 400
+        assert "too many form fields: at most 64" in answer.json()["error"]
+        long = [("top_k", (None, "1" * (300 * 1024)))]
+        answer = requests.post(f"{url}/predict", files=image + long, timeout=30)
+        assert answer.status_code == 413
+        assert 'form field "top_k" over' in answer.json()["error"]
+    assert worker.jobs == []
+
+
+def _spooled_files() -> int:
+    import tempfile
+
+    return len(os.listdir(tempfile.gettempdir()))
+
+
+def _vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+# The worst legal JSON body: 30 MB of base64 behind one escaped emoji, which makes Python hold
+# the whole string at four bytes a character (126 MB parsed).
+WORST_BODY = b'{"input": {"image": "\\ud83d\\ude00' + b"A" * (30 * MIB - 64) + b'"}}'
+
+
+def test_many_worst_legal_bodies_at_once_stay_within_the_request_budget(model_dir):
+    """Six of the worst 30 MB bodies at once: without a budget they parse to ~1 GB together;
+    with REQUEST_MEMORY_MB=400 at most two are held at a time, the others wait their turn
+    (or get 503), every one is answered and the pod's peak RSS stays within the budget."""
+    from test_newcomer import _wait_ready
+
+    port = free_port()
+    environment = {
+        **os.environ,
+        "MODEL_NAME": str(model_dir("resnet")),
+        "SERVE_MODE": "pod",
+        "WARMUP": "false",
+        "REQUEST_MEMORY_MB": "400",
+    }
+    pod = subprocess.Popen(
+        [sys.executable, "handler.py", "--serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, pod)
+        requests.post(f"{url}/runsync", json={"input": {"image": "A"}}, timeout=60)
+        idle = _vm(pod.pid, "VmRSS")
+
+        def send(_: int) -> requests.Response:
+            headers = {"Content-Type": "application/json"}
+            return requests.post(f"{url}/runsync", data=WORST_BODY, headers=headers, timeout=120)
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(send, range(6)))
+        peak = _vm(pod.pid, "VmHWM")
+        assert pod.poll() is None
+    finally:
+        pod.kill()
+    statuses = sorted(a.status_code for a in answers)
+    assert set(statuses) <= {200, 503}, [a.text[:200] for a in answers]
+    assert statuses.count(200) >= 2
+    for answer in answers:
+        if answer.status_code == 200:  # the job ran; its one image is not an image
+            error = answer.json()["output"]["results"][0]["error"]
+            assert error["code"] in {"invalid_image", "too_large"}
+        else:
+            assert "REQUEST_MEMORY_MB" in answer.json()["error"]
+    print(f"peak over idle: {(peak - idle) / MIB:.0f} MiB, statuses {statuses}")
+    assert peak - idle < (400 + 150) * MIB, (peak - idle) / MIB

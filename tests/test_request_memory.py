@@ -159,3 +159,13 @@ def test_many_worst_legal_bodies_at_once_stay_within_the_request_budget(model_di
             assert "REQUEST_MEMORY_MB" in answer.json()["error"]
     print(f"peak over idle: {(peak - idle) / MIB:.0f} MiB, statuses {statuses}")
     assert peak - idle < (400 + 150) * MIB, (peak - idle) / MIB
+
+
+def test_openai_routes_share_the_request_budget():
+    worker = FakeWorker(_labels, REQUEST_MEMORY_MB=8)
+    with running_server(worker) as (url, _):
+        body = {"model": "m", "messages": [{"role": "user", "content": "x" * (2 * MIB)}]}
+        answer = requests.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert answer.status_code == 413
+    assert "REQUEST_MEMORY_MB" in answer.json()["error"]["message"]
+    assert worker.jobs == []

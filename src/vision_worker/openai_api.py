@@ -13,7 +13,6 @@ chunk. Parameters `generate` cannot honour are refused by name, as OpenAI refuse
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -23,13 +22,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
+
+from .bodies import BodyError, Reservation
 
 # A job's "input" to its output dict: Worker.run, or the pod's admitted and counted run.
 RunJob = Callable[[dict], Awaitable[dict]]
-# Objects and arrays one request body may hold (the pod's job routes use it too). A real request
-# has about ten; `[{},{},...]` costs ~70 bytes of memory per 3 bytes sent, so the count is
-# checked on the raw bytes before parsing.
-MAX_JSON_CONTAINERS = 10_000
+# A request's parsed JSON body and its share of the pod's request memory (bodies.read_json).
+ReadBody = Callable[[Request], Awaitable[tuple[Any, Reservation]]]
 
 _STATUS_OF_CODE = {"invalid_input": 400, "too_large": 413, "unavailable": 503, "internal": 500}
 _TYPE_OF_STATUS = {
@@ -404,9 +404,12 @@ def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def openai_routes(service: OpenAIService, refusal: Callable[[], Response | None]) -> APIRouter:
+def openai_routes(
+    service: OpenAIService, refusal: Callable[[], Response | None], read_body: ReadBody
+) -> APIRouter:
     """The pod's /v1 routes (mounted at /v1 and /openai/v1, behind POD_API_KEY as a Bearer key,
-    which is what the openai client sends); `refusal` is the pod's admission rule."""
+    which is what the openai client sends); `refusal` is the pod's admission rule, `read_body`
+    its JSON reader, within its request memory budget."""
     router = APIRouter(tags=["openai"])
 
     @router.get("/models", summary="The served model")
@@ -419,13 +422,23 @@ def openai_routes(service: OpenAIService, refusal: Callable[[], Response | None]
             message = json.loads(bytes(refused.body)).get("error", "refused")
             return JSONResponse(OpenAIError(message, status).body(), status)
         try:
-            body = await _json_body(request)
+            body, reservation = await read_body(request)
+        except BodyError as error:
+            return JSONResponse(OpenAIError(str(error), error.status).body(), error.status)
+        try:
             result = await service.handle(route, body)
         except OpenAIError as error:
+            await reservation.release()
             return JSONResponse(error.body(), error.status)
+        except BaseException:
+            await reservation.release()
+            raise
         if isinstance(result, dict):
+            await reservation.release()
             return JSONResponse(result)
-        return StreamingResponse(result, media_type="text/event-stream")
+        # The input is held until the stream has been sent.
+        done = BackgroundTask(reservation.release)
+        return StreamingResponse(result, media_type="text/event-stream", background=done)
 
     @router.post("/chat/completions", summary="Chat about an image (ask)")
     async def chat(request: Request) -> Response:
@@ -436,18 +449,3 @@ def openai_routes(service: OpenAIService, refusal: Callable[[], Response | None]
         return await answer(request, "/v1/embeddings")
 
     return router
-
-
-# Bodies parsed at once (off the event loop): parsing is CPU work proportional to the body.
-_PARSING = asyncio.Semaphore(2)
-
-
-async def _json_body(request: Request) -> Any:
-    body = await request.body()  # bounded by the pod's body limit
-    if body.count(b"{") + body.count(b"[") > MAX_JSON_CONTAINERS:
-        raise OpenAIError(f"the request body has over {MAX_JSON_CONTAINERS} objects and arrays")
-    async with _PARSING:
-        try:
-            return await asyncio.to_thread(json.loads, body)
-        except (ValueError, RecursionError):
-            raise OpenAIError("the request body is not JSON (or nests too deeply)") from None

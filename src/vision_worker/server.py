@@ -127,14 +127,18 @@ class PodServer:
 
     async def read_job_body(self, request: Request) -> JobBody:
         """ "input" and "webhook" of a JSON body, parsed off the event loop; raises BodyError."""
-        if self._parsing is None:
-            self._parsing = asyncio.Semaphore(_PARALLEL_PARSES)
-        parsed, reservation = await read_json(request, self.request_memory, self._parsing)
+        parsed, reservation = await self.read_json(request)
         try:
             return self._job_body(parsed, reservation)
         except BodyError:
             await reservation.release()
             raise
+
+    async def read_json(self, request: Request) -> tuple[Any, Reservation]:
+        """A JSON body parsed off the event loop (two at a time) within the request budget."""
+        if self._parsing is None:
+            self._parsing = asyncio.Semaphore(_PARALLEL_PARSES)
+        return await read_json(request, self.request_memory, self._parsing)
 
     def _job_body(self, parsed: Any, reservation: Reservation) -> JobBody:
         if not isinstance(parsed, dict) or "input" not in parsed:
@@ -302,7 +306,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     openai = OpenAIService(
         pod.run_to_output, worker.task_name, settings.MODEL_NAME, settings.SERVED_MODEL_NAME
     )
-    openai_router = openai_routes(openai, pod.refusal)
+    openai_router = openai_routes(openai, pod.refusal, pod.read_json)
     app.include_router(openai_router, prefix="/v1")
     # RunPod's OpenAI base URL ends in /openai/v1: the same routes there, for one client config.
     app.include_router(openai_router, prefix="/openai/v1", include_in_schema=False)

@@ -210,3 +210,63 @@ def test_webhook_receivers_that_never_answer_do_not_hold_up_other_requests():
         time.sleep(0.5)  # the deliveries are under way, each holding a thread
         answer = requests.post(f"{url}/runsync", json={"input": {"image": "y"}}, timeout=10)
         assert answer.json()["status"] == "COMPLETED"
+
+
+def test_a_host_that_drops_the_handshake_holds_a_download_only_its_deadline():
+    """A listener whose accept queue is full drops every new SYN, as a blackholed host does:
+    connect retries stay within URL_TIMEOUT_S (they once took it three times over)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    try:
+        for _ in range(4):  # fill the accept queue; later handshakes go unanswered
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            queued.append(filler)
+        time.sleep(0.2)
+        fetcher = UrlFetcher(timeout_s=1.0, max_bytes=1_000_000, allow_private=True, retries=2)
+        started = time.perf_counter()
+        with pytest.raises(ImageError) as failed:
+            fetcher.fetch(f"http://127.0.0.1:{port}/a.png")
+        took = time.perf_counter() - started
+    finally:
+        for filler in queued:
+            filler.close()
+        listener.close()
+    assert failed.value.code == "fetch_failed"
+    assert took < 2.0, took  # one deadline, not three connect timeouts
+
+
+def test_polling_a_large_result_never_serialises_it_again(monkeypatch):
+    """Eight clients polling one finished 7.6 MB result: each answer copies the kept bytes; the
+    output is not serialised per request on the event loop (that took /health from 4 to 240 ms)."""
+    import concurrent.futures
+
+    import requests
+
+    from conftest import running_server
+    from test_routes import FakeWorker
+    from vision_worker import jobs
+
+    big = {"results": [{"embedding": [0.123456789] * 640} for _ in range(1000)]}
+    worker = FakeWorker(lambda _input: big)
+    serialised: list[int] = []
+    real = jobs.encode_output
+    monkeypatch.setattr(jobs, "encode_output", lambda v: serialised.append(1) or real(v))
+    with running_server(worker) as (url, _):
+        job_id = requests.post(f"{url}/run", json={"input": {"image": "x"}}, timeout=10).json()
+        job_id = job_id["id"]
+        deadline = time.monotonic() + 10
+        while requests.get(f"{url}/status/{job_id}", timeout=10).json()["status"] != "COMPLETED":
+            assert time.monotonic() < deadline
+        serialised.clear()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda _: requests.get(f"{url}/status/{job_id}", timeout=30), range(16))
+            )
+    assert all(a.json()["output"] == big for a in answers)
+    assert len(answers[0].content) > 7_000_000
+    assert len(serialised) == 16  # each answer's small envelope, never the output again

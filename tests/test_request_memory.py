@@ -4,7 +4,6 @@ file cut one byte past its limit. Refusals are sentences; the process stays with
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import os
 import subprocess
@@ -22,9 +21,8 @@ PNG_BYTES = encode(noise_image(7))
 
 
 def _sizes(job_input) -> dict:
-    """An answer saying how many bytes each image of the job carried."""
-    images = job_input.get("images") or [job_input["image"]]
-    return {"results": [{"bytes": len(base64.b64decode(i))} for i in images]}
+    """An answer saying how many bytes each uploaded image of the job carried."""
+    return {"results": [{"bytes": len(data)} for data in job_input["files"]]}
 
 
 def test_a_json_body_over_max_body_mb_is_refused_naming_the_setting():
@@ -169,3 +167,18 @@ def test_openai_routes_share_the_request_budget():
     assert answer.status_code == 413
     assert "REQUEST_MEMORY_MB" in answer.json()["error"]["message"]
     assert worker.jobs == []
+
+
+def test_uploaded_files_reach_the_worker_as_bytes_and_answer_as_base64_does(make_worker):
+    from conftest import _LOOP, b64, encode, photo
+
+    worker = make_worker("resnet")
+    image = encode(photo("chelsea"))
+    as_files = _LOOP.run_until_complete(worker.run({"top_k": 2}, files=[image, b"junk"]))
+    as_base64 = _LOOP.run_until_complete(
+        worker.run({"images": [b64(image), b64(b"junk")], "top_k": 2})
+    )
+    assert as_files["results"] == as_base64["results"]
+    assert as_files["results"][1]["error"]["code"] == "invalid_image"
+    both = _LOOP.run_until_complete(worker.run({"image": b64(image)}, files=[image]))
+    assert both["error"] == 'give images as uploaded files or in "images", not both'

@@ -33,7 +33,9 @@ class FakeWorker:
         self.metrics = Metrics(queue_depth=lambda: 0)
         self.jobs: list = []
 
-    async def run(self, job_input, progress=None, on_result=None) -> dict:
+    async def run(self, job_input, progress=None, on_result=None, files=()) -> dict:
+        if files:  # uploaded images, handed over as bytes
+            job_input = {**job_input, "files": list(files)}
         self.jobs.append(job_input)
         return self.answer(job_input)
 

@@ -33,8 +33,9 @@ MAX_JSON_VALUES = 200_000
 # Python store a whole string at the width of its widest character). Measured: 31 MB of
 # base64 behind one escaped emoji parses to 126 MB.
 JSON_PARSE_FACTOR = 6
-# Reserved per uploaded byte: the part as received, and the base64 form the job carries.
-UPLOAD_FACTOR = 3
+# Reserved per uploaded byte: the chunk as received and the part it is copied into (the job
+# then carries the part's bytes as they are).
+UPLOAD_FACTOR = 2
 # How long a request waits for room in the budget before it is refused with 503.
 BUDGET_WAIT_S = 10.0
 # Form fields (options) a /predict upload may carry besides its images, and bytes in each.

@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     MAX_BODY_MB: float = Field(30.0, gt=0, le=100_000)
     # Memory all request bodies in flight may hold, process-wide, from their first byte to their
     # job's end (a JSON body reserves 6x its size while parsed, then what the parsed input
-    # holds; an upload 3x its files): requests past it wait up to 10 s, then get 503.
+    # holds; an upload 2x its files): requests past it wait up to 10 s, then get 503.
     REQUEST_MEMORY_MB: int = Field(1024, ge=1, le=1_000_000)
     MAX_CONNECTIONS: int = Field(512, ge=1, le=100_000)
     # Seconds between the three tries of a /run job's webhook (RunPod's own interval is 10).

@@ -50,7 +50,9 @@ MAX_JPEG_SCANS = 100
 _TIFF_TILE_SLACK_PIXELS = 1 << 20
 
 
-def is_url(source: str) -> bool:
+def is_url(source: str | bytes) -> bool:
+    if isinstance(source, bytes):  # an uploaded file's bytes
+        return False
     head = source[:16].lower()
     return "://" in head and not head.startswith("data:")
 
@@ -287,8 +289,10 @@ class ImageLoader:
     def load(self, source: str) -> Image.Image:
         return decode_image(self.load_bytes(source), self.limits)
 
-    def load_bytes(self, source: str) -> bytes:
-        """The encoded image: downloaded, or decoded from base64 / a data URI."""
+    def load_bytes(self, source: str | bytes) -> bytes:
+        """The encoded image: downloaded, decoded from base64 / a data URI, or as uploaded."""
+        if isinstance(source, bytes):
+            return source
         if is_url(source):
             return self.fetcher.fetch(source.strip())
         return decode_base64_source(source, self.limits.max_bytes)

@@ -73,6 +73,7 @@ class JobStream:
 class JobRecord:
     id: str
     input: Any
+    files: list[bytes] | None = None  # images uploaded as files (/predict), beside "input"
     status: str = IN_QUEUE
     output_json: bytes | None = None  # a completed job's output, as sent (encode_output)
     error: str | None = None
@@ -143,7 +144,7 @@ class JobStore:
 
     def finish(self, record: JobRecord, status: str) -> None:
         record.status, record.finished = status, time.monotonic()
-        record.input = None  # only the output is kept; inputs can be 100s of MB of base64
+        record.input = record.files = None  # only the output is kept; inputs can be 100s of MB
         record.task = None  # a finished task keeps its coroutine's frame alive
         self._active.pop(record.id, None)
         if record.stream is not None:

@@ -6,6 +6,7 @@ fields are checked here; everything else goes to the task's own `Options` model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,16 +37,24 @@ class ImagesInput(BaseModel):
 
 @dataclass(frozen=True)
 class JobRequest:
-    """A validated job: its image strings in input order and the task's checked options."""
+    """A validated job: its images in input order (strings as sent, or the bytes of uploaded
+    files) and the task's checked options."""
 
-    sources: list[str]
+    sources: list[str | bytes]
     options: TaskOptions
 
 
-def parse_job_input(raw: Any, max_images: int, task: Task) -> JobRequest:
-    """Validate a job's "input" for the served task, or raise JobError with one clear sentence."""
+def parse_job_input(
+    raw: Any, max_images: int, task: Task, files: Sequence[bytes] = ()
+) -> JobRequest:
+    """Validate a job's "input" for the served task, or raise JobError with one clear sentence.
+    `files` are images uploaded as bytes (pod /predict): the input then carries options only."""
     if not isinstance(raw, dict):
         raise JobError(f'"input" must be a JSON object, got {_json_type(raw)}')
+    if files:
+        if "images" in raw or "image" in raw:
+            raise JobError('give images as uploaded files or in "images", not both')
+        raw = {**raw, "images": list(files)}
     images = raw.get("images")
     # Checked before pydantic walks the list, so a million-entry list is refused cheaply.
     if isinstance(images, list) and len(images) > max_images:
@@ -55,6 +64,8 @@ def parse_job_input(raw: Any, max_images: int, task: Task) -> JobRequest:
             "too_large",
         )
     job_fields = {key: value for key, value in raw.items() if key in JOB_FIELDS}
+    if files:
+        job_fields["images"] = []  # validated as files already; the head checks the rest
     given_options = {key: value for key, value in raw.items() if key not in JOB_FIELDS}
     head = _validated(ImagesInput, job_fields)
     if head.task is not None and head.task != task.name:
@@ -64,7 +75,7 @@ def parse_job_input(raw: Any, max_images: int, task: Task) -> JobRequest:
         )
     _refuse_foreign_options(given_options, task)
     options = task.check(_validated(task.Options, given_options))
-    sources = head.images if head.images is not None else [head.image]
+    sources = list(files) or (head.images if head.images is not None else [head.image])
     if not sources and not task.job_texts(options):
         # Only a job of texts (text embeddings) may come without images.
         raise JobError('"images" is empty; send at least one image')

@@ -9,7 +9,6 @@ HTTP clients share forward passes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
 import logging
@@ -21,20 +20,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import h11
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .bodies import BodyError, RequestBudget, Reservation, read_json, read_upload
 from .config import Settings
-from .errors import JOB_ERROR_STATUS, ImageError, refusal
+from .errors import JOB_ERROR_STATUS, ErrorBody, ImageError, refusal
 from .fetch import UrlFetcher, check_url_shape
 from .jobs import (
     CANCELLED,
@@ -161,7 +160,10 @@ class PodServer:
             async with self._slots:
                 record.status, record.started = IN_PROGRESS, time.monotonic()
                 listener = record.stream.add if record.stream is not None else None
-                output = await self.worker.run(record.input, on_result=listener)
+                # Uploaded files go to the worker as bytes (no base64 round trip); a worker face
+                # without files (a stand-in in tests) is called as for any JSON job.
+                more = {"files": record.files} if record.files else {}
+                output = await self.worker.run(record.input, on_result=listener, **more)
         except asyncio.CancelledError:
             record.error = "job was cancelled"
             self.store.finish(record, CANCELLED)
@@ -296,7 +298,12 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     )
 
     # Registered before the /v2 copy of the routes so it wins over their /health.
-    @app.get("/v2/{endpoint_id}/health", tags=["health"], summary="RunPod's endpoint health shape")
+    @app.get(
+        "/v2/{endpoint_id}/health",
+        tags=["health"],
+        summary="RunPod's endpoint health shape",
+        responses=_errors(),
+    )
     async def runpod_health(endpoint_id: str) -> dict:
         return pod.runpod_health()
 
@@ -311,6 +318,54 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     # RunPod's OpenAI base URL ends in /openai/v1: the same routes there, for one client config.
     app.include_router(openai_router, prefix="/openai/v1", include_in_schema=False)
     return app
+
+
+JobStatus = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"]
+
+
+class JobState(BaseModel):
+    """A job as /runsync, /run, /status and /cancel answer it: RunPod's shape (OpenAPI)."""
+
+    id: str
+    status: JobStatus
+    delayTime: int | None = Field(None, description="Milliseconds the job waited to start.")
+    executionTime: int | None = Field(None, description="Milliseconds the job ran.")
+    output: Any = Field(None, description="A completed job's output; a failed one's error_code.")
+    error: str | None = Field(None, description="Why the job failed or was cancelled.")
+
+
+class StreamState(BaseModel):
+    """A /stream answer: the results finished since the last call, as RunPod streams (OpenAPI)."""
+
+    id: str
+    status: JobStatus
+    stream: list[dict[str, Any]]
+    error: str | None = None
+    error_code: str | None = None
+
+
+# Why a route answers each error status (OpenAPI); every one has the ErrorBody shape.
+_ERROR_WHY: dict[int | str, str] = {
+    400: 'Not a job: the body is not JSON, has no "input", or a field is refused',
+    401: "Missing or wrong API key (when POD_API_KEY is set)",
+    404: "No such job, or its result has expired (RESULT_TTL_S)",
+    413: "The body or one of its images is over its limit",
+    429: "Too many jobs in flight (MAX_STORED_RESULTS); retry later",
+    500: "The job failed inside the worker",
+    503: "The worker is shutting down, broken, or still loading its model",
+    "4XX": "Any other client error, e.g. 405 for a method the route does not take",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, plus 4XX: every route also answers the
+    framework's errors (405, or 413 for a body over the limit), in the same shape. The 4XX also
+    replaces FastAPI's 422, which this API never answers (its validation errors are 400s)."""
+    return {s: {"model": ErrorBody, "description": _ERROR_WHY[s]} for s in (*statuses, "4XX")}
+
+
+# What the job routes answer: RunPod's job JSON, or a refusal before the job runs.
+_JOB_RESPONSES = {200: {"model": JobState}, **_errors(400, 401, 413, 429, 503)}
 
 
 def _routes(pod: PodServer, settings: Settings) -> APIRouter:
@@ -328,6 +383,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         tags=["jobs"],
         summary="Run a job and wait for its output",
         openapi_extra=job_body,
+        responses=_JOB_RESPONSES,
     )
     async def runsync(request: Request) -> JSONResponse:
         job = await pod.admit(request)
@@ -339,7 +395,11 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
             await job.reservation.release()
 
     @router.post(
-        "/run", tags=["jobs"], summary="Queue a job; poll /status/{id}", openapi_extra=job_body
+        "/run",
+        tags=["jobs"],
+        summary="Queue a job; poll /status/{id}",
+        openapi_extra=job_body,
+        responses=_JOB_RESPONSES,
     )
     async def run(request: Request) -> JSONResponse:
         job = await pod.admit(request)
@@ -355,7 +415,13 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         record.collected = record.collected or record.status in FINISHED
         return _job_json(record)
 
-    _get_and_post(router, "/status/{job_id}", status, "A job's state and, when done, its output")
+    _get_and_post(
+        router,
+        "/status/{job_id}",
+        status,
+        "A job's state and, when done, its output",
+        {200: {"model": JobState}, **_errors(401, 404)},
+    )
 
     async def stream(job_id: str) -> JSONResponse:
         """A /run job's results as its batches finish; each call returns what is new."""
@@ -379,9 +445,17 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
                 body["error_code"] = record.error_code
         return JSONResponse(body)
 
-    _get_and_post(router, "/stream/{job_id}", stream, "A /run job's new results, as RunPod streams")
+    _get_and_post(
+        router,
+        "/stream/{job_id}",
+        stream,
+        "A /run job's new results, as RunPod streams",
+        {200: {"model": StreamState}, **_errors(400, 401, 404)},
+    )
 
-    @router.post("/cancel/{job_id}", tags=["jobs"])
+    @router.post(
+        "/cancel/{job_id}", tags=["jobs"], responses={200: {"model": JobState}, **_errors(401, 404)}
+    )
     async def cancel(job_id: str) -> JSONResponse:
         record = pod.store.get(job_id)
         if record is None:
@@ -396,6 +470,10 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         tags=["jobs"],
         summary="Multipart upload: curl -F image=@cat.jpg",
         openapi_extra=predict_form_schema(pod.worker.task),
+        responses={
+            200: {"description": 'The job\'s output: {"results": [...]}, one per image'},
+            **_errors(400, 401, 413, 429, 500, 503),
+        },
     )
     async def predict(request: Request) -> JSONResponse:
         if refused := pod.refusal():
@@ -416,9 +494,9 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
                 options = form_options(pod.worker.task.Options, upload.form(), request.query_params)
             except ValueError as error:
                 return _refused(str(error), 400)
-            images = await asyncio.to_thread(_as_base64, upload.images)
-            del upload  # the job carries the base64 form; the bytes are not needed twice
-            record = await pod.execute(pod.new_job({"images": images, **options}))
+            record = pod.new_job(options)
+            record.files, upload.images = upload.images, []  # the job holds the only copy
+            record = await pod.execute(record)
         finally:
             await reservation.release()
         if record.status == COMPLETED:
@@ -427,22 +505,39 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         body = {"error": record.error, "error_code": code}
         return JSONResponse(body, status_code=JOB_ERROR_STATUS[code])
 
-    @router.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    # Prometheus' text format, not JSON: declared so (a scraper checks the content type).
+    @router.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses=_errors(401),
+    )
     async def metrics() -> Response:
         return Response(pod.worker.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
-    @router.get("/", include_in_schema=False)
+    @router.get(
+        "/", tags=["pages"], summary="Demo page: try the model", response_class=HTMLResponse
+    )
     async def demo_page() -> HTMLResponse:
         """The pod template's front door: try the served model from a browser."""
         return HTMLResponse(demo_html(pod.worker.task))
 
-    @router.get("/ping", tags=["health"], summary="Load-balancer probe: 200 once ready")
+    @router.get(
+        "/ping",
+        tags=["health"],
+        summary="Load-balancer probe: 200 once ready",
+        responses={
+            204: {"description": "The model is still loading (no body)"},
+            **_errors(503),
+        },
+    )
     async def ping() -> JSONResponse:
         if pod.worker.broken:  # the load balancer takes this worker out of rotation
             return JSONResponse({"status": "broken", "error": pod.worker.broken}, 503)
         return JSONResponse({"status": "healthy"})
 
-    @router.get("/health", tags=["health"])
+    @router.get("/health", tags=["health"], responses=_errors(503))
     async def health() -> dict:
         return pod.health()
 
@@ -462,7 +557,9 @@ async def _taken(record: JobRecord) -> list[dict]:
     return record.stream.take(record)
 
 
-def _get_and_post(router: APIRouter, path: str, endpoint: Callable, summary: str) -> None:
+def _get_and_post(
+    router: APIRouter, path: str, endpoint: Callable, summary: str, responses: dict
+) -> None:
     """RunPod answers /status and /stream on GET and POST; two routes keep OpenAPI operation ids
     unique."""
     name = path.strip("/").split("/")[0]
@@ -474,6 +571,7 @@ def _get_and_post(router: APIRouter, path: str, endpoint: Callable, summary: str
             tags=["jobs"],
             summary=summary,
             operation_id=f"{name}_{method.lower()}",
+            responses=responses,
         )
 
 
@@ -493,7 +591,9 @@ def _offline_docs(app: FastAPI) -> None:
     async def swagger_schema() -> dict:
         return {**app.openapi(), "openapi": "3.0.3"}
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(
+        "/docs", tags=["pages"], summary="This API, in Swagger UI", response_class=HTMLResponse
+    )
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url="/openapi-swagger.json",
@@ -566,6 +666,7 @@ def predict_form_schema(task: Any) -> dict[str, Any]:
         "image": {
             "type": "array",
             "items": {"type": "string", "format": "binary"},
+            "minItems": 1,  # none is a 400
             "description": "One or more image files.",
         },
     }
@@ -588,10 +689,6 @@ def predict_form_schema(task: Any) -> dict[str, Any]:
 _OPEN_PATHS = re.compile(
     r"(/v2/[^/]+)?/health/?|/ping/?|/|/docs|/openapi\.json|/openapi-swagger\.json|/static/swagger/.*"
 )
-
-
-def _as_base64(images: list[bytes]) -> list[str]:
-    return [base64.b64encode(image).decode() for image in images]
 
 
 def max_request_bytes(settings: Settings) -> int:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -164,14 +164,16 @@ class Worker:
         job_input: Any,
         progress: Callable[[str], None] | None = None,
         on_result: ResultListener | None = None,
+        files: Sequence[bytes] = (),
     ) -> dict[str, Any]:
         """The output for one job's "input": results per image, or {"error": "..."} for the job.
 
         `progress` hears "N/M images" as a job of more than one batch completes batches;
-        `on_result` hears (index, result) for each image as soon as its batch has run.
+        `on_result` hears (index, result) for each image as soon as its batch has run; `files`
+        are the job's images as uploaded bytes (its "input" then carries options only).
         """
         started = time.perf_counter()
-        output = await self._run_safely(job_input, progress, on_result)
+        output = await self._run_safely(job_input, progress, on_result, files)
         self.metrics.job_done(output, time.perf_counter() - started)
         return output
 
@@ -210,9 +212,10 @@ class Worker:
         job_input: Any,
         progress: Callable[[str], None] | None,
         on_result: ResultListener | None,
+        files: Sequence[bytes] = (),
     ) -> dict[str, Any]:
         try:
-            return await self._run(job_input, progress, on_result)
+            return await self._run(job_input, progress, on_result, files)
         except JobError as error:
             return job_failure(str(error), error.code)
         except Exception as error:  # never a traceback to the caller; the worker keeps serving
@@ -225,13 +228,14 @@ class Worker:
         job_input: Any,
         progress: Callable[[str], None] | None,
         on_result: ResultListener | None,
+        files: Sequence[bytes] = (),
     ) -> dict[str, Any]:
         started = time.perf_counter()
         if self.broken:
             raise JobError(
                 f"this worker's GPU failed ({self.broken}); send the job again", "unavailable"
             )
-        request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task)
+        request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task, files)
         options = request.options
         texts = self.task.job_texts(options)
         per_image = self.task.options_per_image(options, len(request.sources))
@@ -242,7 +246,7 @@ class Worker:
         report = _ProgressReport(len(request.sources), self.batcher.working_batch_size, progress)
         meter = OutputMeter(self.settings)
 
-        async def prepare_then_predict(index: int, source: str) -> dict:
+        async def prepare_then_predict(index: int, source: str | bytes) -> dict:
             nonlocal loaded
             options = per_image[index]
             try:
@@ -314,7 +318,7 @@ class Worker:
             finally:
                 del image, opened  # released before the reservation is, not at the next GC
 
-    async def _prepare(self, source: str, options: Any) -> Prepared | ImageError:
+    async def _prepare(self, source: str | bytes, options: Any) -> Prepared | ImageError:
         loop = asyncio.get_running_loop()
         # Only the download is under the URL deadline: waiting for decode memory under load
         # slows a job down but must not fail it.

@@ -28,7 +28,7 @@ def curve(arch: str) -> list[dict]:
     pin_caption_length(worker)
     task = worker.task
     options = task.check(task.Options())
-    pixels = [task.prepare(worker.loader.load(b), options) for b in images_b64(max(SIZES))]
+    pixels = [worker.prepare_now(b, options) for b in images_b64(max(SIZES))]
     points = []
     for size in SIZES:
         batch = pixels[:size]

@@ -22,7 +22,8 @@ def stages(arch: str) -> dict:
     encoded = images_b64(BATCH)
 
     started = time.perf_counter()
-    images = [worker.loader.load(source) for source in encoded]
+    target = task.decode_target(options)  # decoded as serving decodes: scaled where it can be
+    images = [worker.images.prepared(source, lambda image: image, target) for source in encoded]
     decode = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -76,7 +77,7 @@ def stages(arch: str) -> dict:
     # One client, one image: the worker against the same stages called directly in one thread
     # (decode, preprocess, model). The batcher must add no wait when the model is idle.
     def direct() -> None:
-        item = task.prepare(worker.loader.load(encoded[0]), options)
+        item = worker.prepare_now(encoded[0], options)
         task.predict([item], [options])
 
     direct_runs, lone_runs = [], []

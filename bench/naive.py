@@ -48,7 +48,9 @@ def compare(arch: str) -> dict:
         for image in images[:LOAD_PER_REQUEST_SAMPLES]:
             task = load_task(load_settings(MODEL_NAME=str(full_model(arch))))  # what seed 001 does
             options = task.check(task.Options())
-            task.predict([task.prepare(ours.loader.load(image), options)], [options])
+            target = task.decode_target(options)
+            item = ours.images.prepared(image, lambda im: task.prepare(im, options), target)  # noqa: B023
+            task.predict([item], [options])
 
     rates = {
         "per_request_load": LOAD_PER_REQUEST_SAMPLES / timed(per_request_load),

@@ -8,15 +8,21 @@ import io
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from .errors import ImageError
 from .fetch import UrlFetcher
+from .memory import DecodeBudget, decoded_cost
+
+T = TypeVar("T")
+# A task's prepare of one decoded image, e.g. lambda image: task.prepare(image, options).
+Prepare = Callable[[Image.Image], T]
 
 # Formats decoded by Pillow's own code. Others Pillow can open are left out on purpose: EPS calls
 # Ghostscript, and rarely used scientific formats are attack surface with no caption use. ICO is
@@ -279,20 +285,43 @@ def _unidentified_reason(data: bytes) -> str:
     return f"not a decodable image (supported: {', '.join(SUPPORTED_FORMATS)})"
 
 
-class ImageLoader:
-    """Turns one image string into an RGB image, fetching URLs with the safe fetcher."""
+class ImageStage:
+    """An image's way from a job to model inputs, the one path serving and the benchmarks run:
+    its bytes (downloaded with the safe fetcher, decoded from base64, or as uploaded), the
+    header checks, a scaled JPEG decode down to what the model needs, then the task's `prepare`,
+    all within the process-wide decoded-memory budget. Blocking: callers run it on a thread."""
 
-    def __init__(self, limits: ImageLimits, fetcher: UrlFetcher) -> None:
-        self.limits = limits
-        self.fetcher = fetcher
+    def __init__(
+        self, limits: ImageLimits, fetcher: UrlFetcher, budget: DecodeBudget, jpeg_draft: str
+    ) -> None:
+        self.limits, self.fetcher, self.budget = limits, fetcher, budget
+        self.jpeg_draft = jpeg_draft
 
-    def load(self, source: str) -> Image.Image:
-        return decode_image(self.load_bytes(source), self.limits)
-
-    def load_bytes(self, source: str | bytes) -> bytes:
+    def encoded(self, source: str | bytes) -> bytes:
         """The encoded image: downloaded, decoded from base64 / a data URI, or as uploaded."""
         if isinstance(source, bytes):
             return source
         if is_url(source):
             return self.fetcher.fetch(source.strip())
         return decode_base64_source(source, self.limits.max_bytes)
+
+    def model_input(self, data: bytes, prepare: Prepare[T], target: dict | None) -> T:
+        """`prepare` of the decoded, upright RGB image; `target` is the size the decode must keep
+        (Task.decode_target). Raises ImageError for this image alone."""
+        opened = open_image(data, self.limits)
+        draft_for(opened, target, self.jpeg_draft)
+        with self.budget.reserve(decoded_cost(*opened.size, opened.mode)):
+            image = finish_decode(opened)
+            try:
+                return prepare(image)
+            except ImageError:  # the task's own verdict on this image
+                raise
+            except Exception as error:  # e.g. a 1x1 image the processor cannot resize
+                message = f"cannot preprocess image: {error}"[:300]
+                raise ImageError("invalid_image", message) from None
+            finally:
+                del image, opened  # released before the reservation is, not at the next GC
+
+    def prepared(self, source: str | bytes, prepare: Prepare[T], target: dict | None) -> T:
+        """Both steps at once (benchmarks, warm-up): what a job's image goes through."""
+        return self.model_input(self.encoded(source), prepare, target)

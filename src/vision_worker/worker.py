@@ -17,8 +17,8 @@ from .config import Settings
 from .device import is_device_fault, is_out_of_memory, release_cached_memory
 from .errors import ImageError, JobError, job_failure
 from .fetch import UrlFetcher
-from .images import ImageLimits, ImageLoader, draft_for, finish_decode, is_url, open_image
-from .memory import DecodeBudget, decoded_cost, default_budget_bytes, limit_malloc_arenas
+from .images import ImageLimits, ImageStage, is_url
+from .memory import DecodeBudget, default_budget_bytes, limit_malloc_arenas
 from .metrics import Metrics
 from .outputs import ImageOutputs, OutputMeter
 from .schema import parse_job_input
@@ -40,11 +40,16 @@ class Worker:
     def __init__(self, settings: Settings, task: Task) -> None:
         self.settings = settings
         self.task = task
-        self.loader = ImageLoader(
+        self.decode_budget = DecodeBudget(
+            settings.DECODE_MEMORY_MB * 1024 * 1024 or default_budget_bytes()
+        )
+        self.images = ImageStage(
             ImageLimits(
                 settings.MAX_IMAGE_BYTES, settings.MAX_IMAGE_PIXELS, settings.MAX_ASPECT_RATIO
             ),
             UrlFetcher.from_settings(settings),
+            self.decode_budget,
+            settings.JPEG_DRAFT,
         )
         self.batcher = DynamicBatcher(
             task.forward,
@@ -81,9 +86,6 @@ class Worker:
             self.image_thread_count, thread_name_prefix="encode"
         )
         self.image_outputs = ImageOutputs(settings)
-        self.decode_budget = DecodeBudget(
-            settings.DECODE_MEMORY_MB * 1024 * 1024 or default_budget_bytes()
-        )
 
     @classmethod
     def start(cls, settings: Settings) -> Worker:
@@ -303,20 +305,15 @@ class Worker:
         return self.task.encode_text(output, item.meta, options)
 
     def _model_input(self, data: bytes, options: Any) -> Prepared:
-        """Decode and prepare one image on an image thread, within the decoded-memory budget."""
-        opened = open_image(data, self.loader.limits)
-        draft_for(opened, self.task.decode_target(options), self.settings.JPEG_DRAFT)
-        with self.decode_budget.reserve(decoded_cost(*opened.size, opened.mode)):
-            image = finish_decode(opened)
-            try:
-                return self.task.prepare(image, options)
-            except ImageError:  # the task's own verdict on this image
-                raise
-            except Exception as error:  # e.g. a 1x1 image the processor cannot resize
-                message = f"cannot preprocess image: {error}"[:300]
-                raise ImageError("invalid_image", message) from None
-            finally:
-                del image, opened  # released before the reservation is, not at the next GC
+        """Decode and prepare one image on an image thread (the image stage)."""
+        return self.images.model_input(
+            data, lambda image: self.task.prepare(image, options), self.task.decode_target(options)
+        )
+
+    def prepare_now(self, source: str | bytes, options: Any) -> Prepared:
+        """One image through the same image stage as a job's, on the calling thread: bytes,
+        checks, scaled decode, decode budget, the task's prepare (benchmarks)."""
+        return self._model_input(self.images.encoded(source), options)
 
     async def _prepare(self, source: str | bytes, options: Any) -> Prepared | ImageError:
         loop = asyncio.get_running_loop()
@@ -324,7 +321,7 @@ class Worker:
         # slows a job down but must not fail it.
         limit = self.settings.URL_TIMEOUT_S + _FETCH_GRACE_S if is_url(source) else None
         try:
-            fetching = loop.run_in_executor(self._image_threads, self.loader.load_bytes, source)
+            fetching = loop.run_in_executor(self._image_threads, self.images.encoded, source)
             data = await asyncio.wait_for(fetching, timeout=limit)
             return await loop.run_in_executor(self._image_threads, self._model_input, data, options)
         except ImageError as error:

@@ -13,6 +13,9 @@ jobs, on full-size architectures with random weights (true compute, no Hub), sam
     mask              SAM ViT-B (1024 px), 4 point prompts per image: one embedding per image
 
 BENCH_TASK_IMAGES sets N (default 8: the largest models take seconds per image on a CPU).
+Then SAM's prompts: one image embedding, every prompt of the job through the mask decoder; a
+1-prompt job against a BENCH_MASK_PROMPTS-prompt one (default 32, MAX_PROMPTS) on the same
+image gives the embedding's seconds and the decoder's prompts/s, and so what a prompt costs.
 Last, streaming: when the first results of a 4N-image ResNet-50 job arrive, against its end.
 """
 
@@ -29,9 +32,11 @@ from common import (
     report,
     run,
     save,
+    timed,
 )
 
 IMAGES = int(os.environ.get("BENCH_TASK_IMAGES", "8"))
+PROMPTS = int(os.environ.get("BENCH_MASK_PROMPTS", "32"))
 CASES = {
     "detect": ("yolos", {"threshold": 0.5}, "detections"),
     "zero_shot_detect": ("owlvit", {"labels": ["a cat", "a rocket", "a cup"]}, "detections"),
@@ -73,6 +78,27 @@ def first_results_vs_whole_job(worker, images: list[str]) -> dict:
     }
 
 
+def prompts_per_second(worker, image: str, prompts: int = PROMPTS) -> dict:
+    """SAM with one embedding per image: seconds of a 1-prompt and a `prompts`-prompt job on
+    the same image; the difference is the mask decoder's (and the masks' post-processing)."""
+
+    def job(count: int) -> None:
+        points = [{"points": [[4.0 + 2 * i, 4.0 + 2 * i]]} for i in range(count)]
+        output = run(worker.run({"image": image, "prompts": points}))
+        assert len(output["results"][0]["prompts"]) == count, output
+
+    job(prompts)  # warm-up at this many prompts
+    one, many = timed(lambda: job(1), repeat=3), timed(lambda: job(prompts), repeat=3)
+    return {
+        "prompts": prompts,
+        "one_prompt_job_s": one,
+        f"{prompts}_prompt_job_s": many,
+        "prompts_per_s": (prompts - 1) / max(many - one, 1e-9),
+        "jobs_per_s_at_one_prompt": 1 / one,
+        "prompts_per_s_in_one_job": prompts / many,
+    }
+
+
 def main() -> dict:
     images = images_b64(IMAGES)
     results: dict[str, dict] = {}
@@ -100,11 +126,19 @@ def main() -> dict:
     report("classify time with explain / without", explain_cost, unit="x")
     streaming = first_results_vs_whole_job(workers[CASE_NAMES.index("classify")], images * 4)
     report("streamed job: first results at / whole job", streaming["first_vs_whole"], unit="x")
+    mask_prompts = prompts_per_second(workers[CASE_NAMES.index("mask")], images[0])
+    report(
+        "mask: one-prompt job (s, mostly the embedding)", mask_prompts["one_prompt_job_s"], unit="s"
+    )
+    report(
+        f"mask: decoder prompts/s (1 vs {PROMPTS} prompts)", mask_prompts["prompts_per_s"], unit=""
+    )
     result = {
         "images": IMAGES,
         "tasks": results,
         "explain_cost": explain_cost,
         "streaming": streaming,
+        "mask_prompts": mask_prompts,
     }
     save("tasks", result)
     return result

@@ -83,23 +83,26 @@ def test_phone_jpegs_get_maps_at_the_photos_upright_size(make_worker, model_dir,
     """The 12 MP JPEG (and its EXIF-6 twin, stored turned) comes back at 4032x3024 upright;
     decoded in full (JPEG_DRAFT=false) the map is the pipeline's."""
     data = rotated_twin("chelsea") if twin else phone_jpeg("chelsea")
-    worker = make_worker("depth-anything", JPEG_DRAFT="false")
+    # A 12 MP map can be 32 MB inline: a limit it fits (see test_output_size.py).
+    worker = make_worker("depth-anything", JPEG_DRAFT="false", MAX_OUTPUT_MB=40)
     result = run_job(worker, {"image": b64(data)})["results"][0]
     assert (result["depth"]["width"], result["depth"]["height"]) == (4032, 3024)
     opened = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     expected = pipeline("depth-estimation", model=str(model_dir("depth-anything")))(opened)
     assert_same_depth(depth_of(result), expected["predicted_depth"].numpy())
-    drafted = run_job(make_worker("depth-anything"), {"image": b64(data)})["results"][0]
+    drafted = run_job(make_worker("depth-anything", MAX_OUTPUT_MB=40), {"image": b64(data)})
+    drafted = drafted["results"][0]
     assert (drafted["depth"]["width"], drafted["depth"]["height"]) == (4032, 3024)
 
 
 def test_a_job_over_the_payload_limit_fails_and_stops_keeping_maps(make_worker):
-    """Past MAX_OUTPUT_MB the job will fail: later maps are measured and dropped, not held."""
+    """Past MAX_OUTPUT_MB the job will fail: later maps are measured and dropped, not held.
+    (Each 150x110 map fits alone, so none is refused before the model runs.)"""
     from vision_worker.errors import JobError
     from vision_worker.outputs import OutputMeter
 
     worker = make_worker("depth-anything", MAX_OUTPUT_MB=0.05)
-    images = [b64(photo("chelsea", size=(400, 300)))] * 4
+    images = [b64(photo("chelsea", size=(150, 110)))] * 8
     output = run_job(worker, {"images": images})
     assert output["error_code"] == "too_large"
     assert "depth maps" in output["error"]

@@ -1,6 +1,7 @@
 """mask on a tiny SAM built offline, against its model card's recipe (processor with the
 prompts, the model, post_process_masks): the same masks and IoU scores, in the photo's pixels,
-one image embedding for all of a job's prompts, prompts checked."""
+one image embedding for all of a job's prompts, prompts checked; automatic masks against the
+mask-generation pipeline."""
 
 from __future__ import annotations
 
@@ -10,22 +11,27 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from transformers import AutoModelForMaskGeneration, AutoProcessor
+from transformers import AutoModelForMaskGeneration, AutoProcessor, pipeline
 
 from conftest import b64, phone_jpeg, photo, rotated_twin, run_job
 from test_segment import decoded
 
 
 def card_recipe(model_dir, image: Image.Image, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(masks (prompts, 3, H, W), IoU scores (prompts, 3)) as the SAM model card computes them."""
+    """(masks (prompts, 3, H, W), IoU scores (prompts, 3)) as the model cards compute them: SAM
+    and SAM-HQ's post-processing takes the resized size (to remove the padding), SAM 2's
+    processor post-processes with the original size alone."""
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForMaskGeneration.from_pretrained(model_dir).eval()
-    inputs = processor(image, return_tensors="pt", **prompts)
+    inputs = processor(images=image, return_tensors="pt", **prompts)
     with torch.no_grad():
         outputs = model(**inputs)
-    masks = processor.image_processor.post_process_masks(
-        outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
-    )
+    if "reshaped_input_sizes" in inputs:
+        masks = processor.image_processor.post_process_masks(
+            outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )
+    else:
+        masks = processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"])
     return masks[0], outputs.iou_scores[0]
 
 
@@ -41,21 +47,28 @@ def assert_same_masks(result: dict, masks: torch.Tensor, scores: torch.Tensor) -
             np.testing.assert_array_equal(decoded(mine["mask"]), theirs.numpy())
 
 
-def test_point_prompts_equal_the_model_cards_recipe(make_worker, model_dir):
-    worker = make_worker("sam")
+# SAM, SAM-HQ (SAM's decoder with a high-quality token that reads the ViT's early layers) and
+# SAM 2 (a Hiera encoder's feature pyramid; the photo resized to a square, not padded).
+ARCHS = ["sam", "sam-hq", "sam2"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_point_prompts_equal_the_model_cards_recipe(make_worker, model_dir, arch):
+    worker = make_worker(arch)
     assert worker.task.name == "mask"
     image = photo("chelsea", size=None).convert("RGB")
     points = [[[200.0, 150.0]], [[300.0, 100.0]], [[50.0, 250.0]]]
     result = run_job(worker, {"image": b64(image), "prompts": [{"points": p} for p in points]})
     masks, scores = card_recipe(
-        model_dir("sam"), image, input_points=[points], input_labels=[[[1], [1], [1]]]
+        model_dir(arch), image, input_points=[points], input_labels=[[[1], [1], [1]]]
     )
     assert_same_masks(result["results"][0], masks, scores)
     assert decoded(result["results"][0]["prompts"][0]["masks"][0]["mask"]).shape == (300, 451)
 
 
-def test_boxes_with_points_and_background_points_equal_the_recipe(make_worker, model_dir):
-    worker = make_worker("sam")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_boxes_with_points_and_background_points_equal_the_recipe(make_worker, model_dir, arch):
+    worker = make_worker(arch)
     image = photo("astronaut", size=None).convert("RGB")
     prompts = [
         {"box": [40, 30, 300, 400], "points": [[150, 200], [60, 60]], "labels": [1, 0]},
@@ -63,7 +76,7 @@ def test_boxes_with_points_and_background_points_equal_the_recipe(make_worker, m
     ]
     result = run_job(worker, {"image": b64(image), "prompts": prompts})
     masks, scores = card_recipe(
-        model_dir("sam"),
+        model_dir(arch),
         image,
         input_boxes=[[p["box"] for p in prompts]],
         input_points=[[p["points"] for p in prompts]],
@@ -104,17 +117,18 @@ def test_bad_prompts_fail_with_what_is_wrong(make_worker):
 
 
 @pytest.mark.parametrize("twin", [False, True])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_phone_jpegs_take_prompts_and_give_masks_in_the_upright_photos_pixels(
-    make_worker, model_dir, twin
+    make_worker, model_dir, arch, twin
 ):
     data = rotated_twin("chelsea") if twin else phone_jpeg("chelsea")
     opened = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     points = [[[2000.0, 1500.0]], [[600.0, 2500.0]]]
     result = run_job(
-        make_worker("sam"), {"image": b64(data), "prompts": [{"points": p} for p in points]}
+        make_worker(arch), {"image": b64(data), "prompts": [{"points": p} for p in points]}
     )
     masks, scores = card_recipe(
-        model_dir("sam"), opened, input_points=[points], input_labels=[[[1], [1]]]
+        model_dir(arch), opened, input_points=[points], input_labels=[[[1], [1]]]
     )
     assert_same_masks(result["results"][0], masks, scores)
     assert masks.shape[-2:] == (3024, 4032)
@@ -132,3 +146,100 @@ def test_a_prompts_masks_do_not_depend_on_the_jobs_other_prompts(make_worker):
     )
     for a, b in zip(first["masks"], again["masks"], strict=True):
         np.testing.assert_array_equal(decoded(a["mask"]), decoded(b["mask"]))
+
+
+# --- automatic masks: the mask-generation pipeline's point grid --------------------------------
+# The tiny SAM's random masks are neither confident nor stable: filters low enough to keep some.
+EVERY_MASK = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "crops_nms_thresh": 1.0}
+AUTOMATIC = [
+    EVERY_MASK,  # every grid mask not touching a crop edge, in score order
+    {"pred_iou_thresh": 0.0001, "stability_score_thresh": 0.0},  # IoU filter, default NMS
+    # The stability filter: stable at a lower logit cutoff.
+    {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.5, "mask_threshold": -1.0},
+]
+
+
+def assert_same_automatic_masks(ours: list[dict], theirs: dict) -> None:
+    assert len(ours) == len(theirs["masks"])
+    assert [m["score"] for m in ours] == pytest.approx(theirs["scores"].tolist(), abs=1e-6)
+    for mine, expected in zip(ours, theirs["masks"], strict=True):
+        np.testing.assert_array_equal(decoded(mine["mask"]), np.asarray(expected))
+
+
+@pytest.mark.parametrize("thresholds", AUTOMATIC)
+def test_automatic_masks_equal_the_mask_generation_pipeline(make_worker, model_dir, thresholds):
+    worker = make_worker("sam")
+    reference = pipeline("mask-generation", model=str(model_dir("sam")))
+    found = 0
+    for name in ("chelsea", "astronaut"):
+        image = photo(name, size=None).convert("RGB")
+        job = {"image": b64(image), "points_per_side": 4, "points_per_batch": 5, **thresholds}
+        ours = run_job(worker, job)["results"][0]["masks"]
+        theirs = reference(image, points_per_crop=4, points_per_batch=5, **thresholds)
+        assert_same_automatic_masks(ours, theirs)
+        found += len(ours)
+    assert found >= 2
+
+
+def test_automatic_masks_of_a_phone_jpeg_are_in_the_upright_photos_pixels(make_worker, model_dir):
+    data = rotated_twin("chelsea")
+    opened = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    job = {"image": b64(data), "points_per_side": 2, **EVERY_MASK}
+    ours = run_job(make_worker("sam"), job)["results"][0]["masks"]
+    reference = pipeline("mask-generation", model=str(model_dir("sam")))
+    assert_same_automatic_masks(ours, reference(opened, points_per_crop=2, **EVERY_MASK))
+    assert decoded(ours[0]["mask"]).shape == (3024, 4032)
+
+
+def test_automatic_masks_batched_equal_alone_and_come_as_png(make_worker):
+    worker = make_worker("sam", MAX_BATCH_SIZE=4, BATCH_WAIT_MS=200)
+    images = [b64(photo(n, size=(120, 90))) for n in ("chelsea", "coffee", "rocket")]
+    job = {"points_per_side": 3, **EVERY_MASK}
+    together = run_job(worker, {"images": images, **job})["results"]
+    for image, batched in zip(images, together, strict=True):
+        alone = run_job(worker, {"image": image, **job, "mask_format": "png"})["results"][0]
+        assert len(batched["masks"]) == len(alone["masks"]) > 0
+        for a, b in zip(batched["masks"], alone["masks"], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+            assert a["box"] == b["box"]
+            assert (decoded(a["mask"]) == decoded(b["mask"])).mean() > 0.999
+
+
+def test_automatic_masks_are_bounded_and_exclusive_of_prompts(make_worker):
+    worker = make_worker("sam")
+    image = b64(photo("chelsea", size=(120, 90)))
+    too_many = run_job(worker, {"image": image, "points_per_side": 33})
+    assert too_many["error_code"] == "invalid_input"
+    assert "points_per_side" in too_many["error"]
+    assert "less than or equal to 32" in too_many["error"]
+    both = {"image": image, "points_per_side": 2, "prompts": [{"points": [[1, 1]]}]}
+    for job in (both, {"image": image}):
+        output = run_job(worker, job)
+        assert output["error_code"] == "invalid_input"
+        assert 'give "prompts", or "points_per_side" for automatic masks' in output["error"]
+
+
+def test_sam_hq_automatic_masks_equal_the_mask_generation_pipeline(make_worker, model_dir):
+    image = photo("coffee", size=None).convert("RGB")
+    job = {"image": b64(image), "points_per_side": 4, **EVERY_MASK}
+    ours = run_job(make_worker("sam-hq"), job)["results"][0]["masks"]
+    reference = pipeline("mask-generation", model=str(model_dir("sam-hq")))
+    assert_same_automatic_masks(ours, reference(image, points_per_crop=4, **EVERY_MASK))
+    assert ours
+
+
+def test_sam2_refuses_automatic_masks_and_batches_equal_alone(make_worker):
+    worker = make_worker("sam2", MAX_BATCH_SIZE=4, BATCH_WAIT_MS=200)
+    image = b64(photo("chelsea", size=(120, 90)))
+    refused = run_job(worker, {"image": image, "points_per_side": 4})
+    assert refused["error_code"] == "invalid_input"
+    assert "needs SAM or SAM-HQ" in refused["error"]
+    images = [image, b64(photo("rocket", size=(90, 120)))]
+    job = {"prompts": [{"points": [[60, 45]]}, {"points": [[10, 20], [70, 80]], "labels": [1, 0]}]}
+    together = run_job(worker, {"images": images, **job})["results"]
+    for one, batched in zip(images, together, strict=True):
+        alone = run_job(worker, {"image": one, **job})["results"][0]
+        for a, b in zip(batched["prompts"], alone["prompts"], strict=True):
+            for x, y in zip(a["masks"], b["masks"], strict=True):
+                assert x["score"] == pytest.approx(y["score"], abs=1e-5)
+                assert (decoded(x["mask"]) == decoded(y["mask"])).mean() > 0.999

@@ -1,6 +1,7 @@
-"""segment on tiny SegFormer and Mask2Former models built offline, against transformers'
-image-segmentation pipeline on real photos and 12 MP phone JPEGs: labels, scores and masks
-equal (masks decoded from COCO RLE with pycocotools), in the photo's pixels; cut-outs."""
+"""segment on tiny SegFormer, Mask2Former, OneFormer and DETR panoptic models built offline,
+against transformers' image-segmentation pipeline on real photos and 12 MP phone JPEGs: labels,
+scores and masks equal (masks decoded from COCO RLE with pycocotools), in the photo's pixels;
+cut-outs."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from PIL import Image, ImageOps
 from pycocotools import mask as coco_mask
 from transformers import pipeline
 
-from conftest import PHOTOS, b64, phone_jpeg, photo, png_of, rotated_twin, run_job
+from conftest import PHOTOS, b64, phone_jpeg, photo, png_of, rotated_twin, run_job, run_jobs
 
 # The tiny Mask2Former's queries score low: thresholds low enough to keep several segments.
 LOOSE = {"threshold": 0.3, "overlap_mask_area_threshold": 0.3}
-CASES = [
-    ("segformer", "semantic", {}),
-    ("mask2former", "panoptic", LOOSE),
-    ("mask2former", "instance", LOOSE),
-    ("mask2former", "semantic", {}),
+MASK_CLASSIFIERS = ("mask2former", "oneformer", "detr-panoptic")
+CASES = [("segformer", "semantic", {})] + [
+    (arch, subtask, LOOSE if subtask != "semantic" else {})
+    for arch in MASK_CLASSIFIERS
+    for subtask in ("panoptic", "instance", "semantic")
 ]
 
 
@@ -59,7 +60,7 @@ def test_segments_equal_the_pipeline_on_real_photos(make_worker, model_dir, arch
 
 def test_the_default_subtask_is_the_pipelines(make_worker, model_dir):
     image = photo("chelsea", size=None).convert("RGB")
-    for arch in ("segformer", "mask2former"):
+    for arch in ("segformer", *MASK_CLASSIFIERS):
         reference = pipeline("image-segmentation", model=str(model_dir(arch)))
         ours = run_job(make_worker(arch), {"image": b64(image), **LOOSE})["results"][0]
         assert_same_segments(ours["segments"], reference(image, **LOOSE))
@@ -105,9 +106,10 @@ def test_bad_subtasks_and_labels_fail_the_job_with_what_is_possible(make_worker)
 
 
 def test_photos_of_different_shapes_batched_equal_alone(make_worker):
-    """Mask2Former keeps each photo's aspect ratio, so shapes batch apart; SegFormer's fixed
-    input batches them all. Either way each result equals the one made alone."""
-    for arch in ("mask2former", "segformer"):
+    """Mask2Former, OneFormer and DETR keep each photo's aspect ratio, so shapes batch apart;
+    SegFormer's fixed input batches them all. Either way each result equals the one made
+    alone."""
+    for arch in (*MASK_CLASSIFIERS, "segformer"):
         worker = make_worker(arch, MAX_BATCH_SIZE=8, BATCH_WAIT_MS=200)
         images = [
             b64(photo(name, size=size))
@@ -125,12 +127,26 @@ def test_photos_of_different_shapes_batched_equal_alone(make_worker):
 
 
 @pytest.mark.parametrize("twin", [False, True])
-def test_phone_jpegs_are_segmented_in_the_photos_upright_pixels(make_worker, model_dir, twin):
+@pytest.mark.parametrize("arch", ["segformer", *MASK_CLASSIFIERS])
+def test_phone_jpegs_are_segmented_in_the_photos_upright_pixels(make_worker, model_dir, arch, twin):
     data = rotated_twin("chelsea") if twin else phone_jpeg("chelsea")
     opened = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    for arch, options in (("segformer", {}), ("mask2former", LOOSE)):
-        worker = make_worker(arch, JPEG_DRAFT="false")
-        ours = run_job(worker, {"image": b64(data), **options})["results"][0]["segments"]
-        expected = pipeline("image-segmentation", model=str(model_dir(arch)))(opened, **options)
-        assert_same_segments(ours, expected)
-        assert decoded(ours[0]["mask"]).shape == (3024, 4032)
+    options = LOOSE if arch in MASK_CLASSIFIERS else {}
+    worker = make_worker(arch, JPEG_DRAFT="false")
+    ours = run_job(worker, {"image": b64(data), **options})["results"][0]["segments"]
+    expected = pipeline("image-segmentation", model=str(model_dir(arch)))(opened, **options)
+    assert_same_segments(ours, expected)
+    assert decoded(ours[0]["mask"]).shape == (3024, 4032)
+
+
+def test_oneformer_jobs_of_different_subtasks_at_once_equal_alone(make_worker, model_dir):
+    """OneFormer's subtask is a model input (a task token): jobs asking for different subtasks
+    share no forward pass, and each equals the pipeline's answer."""
+    worker = make_worker("oneformer", MAX_BATCH_SIZE=8, BATCH_WAIT_MS=200)
+    image = photo("coffee", size=None).convert("RGB")
+    reference = pipeline("image-segmentation", model=str(model_dir("oneformer")))
+    jobs = [{"image": b64(image), "subtask": s, **LOOSE} for s in ("panoptic", "instance")]
+    jobs.append({"image": b64(image), "subtask": "semantic"})
+    for job, output in zip(jobs, run_jobs(worker, jobs), strict=True):
+        options = {key: value for key, value in job.items() if key != "image"}
+        assert_same_segments(output["results"][0]["segments"], reference(image, **options))

@@ -6,6 +6,11 @@ The map is the `depth-estimation` pipeline's `predicted_depth`: the checkpoint's
 and Depth Anything; ZoeDepth also removes its padding). It comes back as a 16-bit PNG with the
 `min` and `max` it spans, so `min + pixel / 65535 * (max - min)` gives the model's values back
 within 1/131070 of their range; on request also the model's own output, unresized, as float32.
+`max_side` makes a smaller map (the same post-processing, to a smaller target size).
+
+A map returned inline counts towards MAX_OUTPUT_MB: one that could be over it on its own (a
+16-bit PNG is up to 2 bytes a pixel: 32 MB of base64 at 12 MP) fails before the model runs,
+naming the `max_side` that fits.
 """
 
 from __future__ import annotations
@@ -32,13 +37,26 @@ from .base import (
     prepare_model,
     stack_pixels,
 )
-from .dense import batch_rows, depth_png, float32_base64, float_map_bytes
+from .dense import (
+    OutputLimits,
+    batch_rows,
+    check_inline_size,
+    depth_png,
+    float32_base64,
+    float_map_bytes,
+    inline_bytes,
+    largest_fitting_side,
+    png_bound,
+    scaled_size,
+)
 from .detections import target_size
 
 _ARCHITECTURES = architectures_in(MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
 # Working copies of the photo-sized map while it is made: the bicubic output, the levels
 # (uint16) and the PNG's own buffer, in float32 units.
 _MAP_COPIES = 3
+# A depth result's JSON besides its PNG: keys, min, max, sizes.
+_RESULT_JSON_BYTES = 200
 
 
 class DepthOptions(TaskOptions):
@@ -46,6 +64,13 @@ class DepthOptions(TaskOptions):
         False,
         description="Also the model's own output before resizing, as base64 little-endian "
         'float32 under "raw" (its size is the model\'s, e.g. 518 px for Depth Anything).',
+    )
+    max_side: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="The map's longest side at most this (px), aspect kept; default the "
+        "photo's size. A smaller map is a smaller PNG (a 12 MP one can be 32 MB inline).",
     )
 
 
@@ -57,6 +82,7 @@ class DepthTask(Task):
     )
     summary: ClassVar[str] = "a depth map per image, at the photo's size (16-bit PNG)"
     Options: ClassVar = DepthOptions
+    Limits: ClassVar = OutputLimits
     architectures_doc: ClassVar[str] = (
         "any `*ForDepthEstimation` checkpoint (Depth Anything / V2, DPT, GLPN, ZoeDepth, ...)"
     )
@@ -73,9 +99,12 @@ class DepthTask(Task):
         }
     ]
 
-    def __init__(self, source: ModelSource, model: Any, processor: Any) -> None:
+    def __init__(
+        self, source: ModelSource, model: Any, processor: Any, limits: OutputLimits
+    ) -> None:
         self.source = source
         self.model = model
+        self.limits = limits
         self.processor = self.image_processor = processor
         post_process = inspect.signature(processor.post_process_depth_estimation)
         self.takes_source_sizes = "source_sizes" in post_process.parameters
@@ -85,9 +114,9 @@ class DepthTask(Task):
         return checkpoint.saved_as(_ARCHITECTURES, MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: Any) -> DepthTask:
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: OutputLimits) -> DepthTask:
         model, _ = load_weights(source, AutoModelForDepthEstimation, cls.name, "depth head")
-        return cls(source, prepare_model(model, source), source.load_image_processor())
+        return cls(source, prepare_model(model, source), source.load_image_processor(), limits)
 
     def batch_key(self, item: Prepared, options: DepthOptions) -> Hashable:
         # Processors that keep the aspect ratio (Depth Anything, DPT) give each photo shape its
@@ -95,8 +124,28 @@ class DepthTask(Task):
         return (item.kind, tuple(item.inputs["pixel_values"].shape))
 
     def prepare(self, image: Image.Image, options: DepthOptions) -> Prepared:
+        size = target_size(image)
+        map_size = scaled_size(size, options.max_side)
         pixels = self.processor(images=[image], return_tensors="pt").pixel_values[0]
-        return Prepared({"pixel_values": pixels}, meta={"size": target_size(image)})
+        self._check_inline_size(map_size, pixels.shape[-2:], options)
+        return Prepared({"pixel_values": pixels}, meta={"size": size, "map_size": map_size})
+
+    def _check_inline_size(
+        self, map_size: tuple[int, int], model_size: Sequence[int], options: DepthOptions
+    ) -> None:
+        """Fail this photo before the model runs if its result could be over MAX_OUTPUT_MB: the
+        PNG at most, plus the raw map (the model's output is its input's size)."""
+        raw = inline_bytes(4 * int(model_size[0]) * int(model_size[1])) if options.raw else 0
+
+        def inline(size: tuple[int, int]) -> int:
+            return inline_bytes(png_bound(*size, 2)) + raw + _RESULT_JSON_BYTES
+
+        limit = self.limits.MAX_OUTPUT_MB * 1_000_000
+        side = largest_fitting_side(map_size, lambda size: inline(size) <= limit)
+        fits = f'set "max_side" to {side} or less, ' if side else ""
+        height, width = map_size
+        what = f"a {width}x{height} depth map (16-bit PNG)"
+        check_inline_size(self.limits, what, inline(map_size), fits)
 
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> dict:
         with torch.inference_mode():
@@ -112,17 +161,20 @@ class DepthTask(Task):
         return batch_rows(raw, len(items))  # resized per image in encode (see tasks/dense.py)
 
     def result_memory(self, output: dict, meta: dict, options: DepthOptions) -> int:
-        return float_map_bytes(*meta["size"], maps=_MAP_COPIES)
+        return float_map_bytes(*meta["map_size"], maps=_MAP_COPIES)
 
     def encode(self, output: dict, meta: dict, options: DepthOptions) -> dict:
         batch_of_one = SimpleNamespace(**{name: value[None] for name, value in output.items()})
-        sizes = [meta["size"]]
+        targets = [meta["map_size"]]
         # ZoeDepth's post-processing takes the photo's size as `source_sizes` (to remove its
         # padding) and resizes only to `target_sizes`; the others take `target_sizes` first.
-        extra = {"target_sizes": sizes} if self.takes_source_sizes else {}
-        (resized,) = self.processor.post_process_depth_estimation(batch_of_one, sizes, **extra)
+        post_process = self.processor.post_process_depth_estimation
+        if self.takes_source_sizes:
+            (resized,) = post_process(batch_of_one, [meta["size"]], target_sizes=targets)
+        else:
+            (resized,) = post_process(batch_of_one, targets)
         depth = resized["predicted_depth"].numpy()
-        height, width = depth.shape  # the map's own size: the photo's, as asked
+        height, width = depth.shape  # the map's own size: the photo's (or max_side's), as asked
         png, low, high = depth_png(depth)
         del resized, depth
         result = {"png": png, "min": low, "max": high, "width": width, "height": height}

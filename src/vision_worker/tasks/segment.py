@@ -1,7 +1,7 @@
 """Image segmentation: semantic heads (SegFormer, BEiT, DPT, MobileViT, UperNet, ...) and the
-MaskFormer family (Mask2Former, MaskFormer: semantic, instance, panoptic), masks at the photo's
-own size; and background removal (`cutout`): the photo with an alpha channel from the kept
-segments.
+mask classifiers (Mask2Former, MaskFormer, OneFormer, DETR panoptic: semantic, instance,
+panoptic), masks at the photo's own size; and background removal (`cutout`): the photo with an
+alpha channel from the kept segments.
 
 Answers are the `image-segmentation` pipeline's (same subtask defaults, thresholds, labels,
 scores and masks), made with less memory. The pipeline brings every class's (or every query's)
@@ -9,9 +9,15 @@ map to the photo's size at once: a 150-class SegFormer on a 12 MP photo is 7.2 G
 Here the maps are resized a few at a time, keeping a running argmax, which gives the same
 labels because each map is interpolated on its own; a few hundred MB at 12 MP.
 
-Not served: OneFormer (task-conditioned inputs), DETR panoptic and EoMT (post-processing of
-their own), and remote-code matting models (BiRefNet, RMBG: `trust_remote_code` runs code from
-the checkpoint's repository, which a serving worker does not do).
+The mask classifiers share one post-processing (each query a class and a mask) with family
+quirks, each as its processor has it: Mask2Former first brings masks to 384 px; OneFormer takes
+the subtask as a token input ("the task is panoptic", as the pipeline tokenizes it), resizes
+with antialiasing, and picks instances by (query, class) score from their mask logits; DETR's
+instances are its panoptic segments.
+
+Not served: EoMT (its processor cuts large photos into crops and merges their masks back), and
+remote-code matting models (BiRefNet, RMBG: `trust_remote_code` runs code from the checkpoint's
+repository, which a serving worker does not do).
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pydantic import Field
-from transformers import AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
+from transformers import (
+    AutoModelForSemanticSegmentation,
+    AutoModelForUniversalSegmentation,
+    AutoTokenizer,
+)
 from transformers.models.auto import modeling_auto
 
 from ..errors import JobError
@@ -38,15 +48,31 @@ from .base import (
     architectures_in,
     load_weights,
     prepare_model,
+    stack_on_device,
     stack_pixels,
 )
-from .dense import MaskOutputOptions, batch_rows, mask_output
+from .dense import (
+    MaskOutputOptions,
+    OutputLimits,
+    batch_rows,
+    check_inline_size,
+    inline_bytes,
+    mask_output,
+)
 from .detections import target_size
 
 _SEMANTIC_HEADS = architectures_in(modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)
 _MASK_CLASSIFIERS = frozenset(
-    {"Mask2FormerForUniversalSegmentation", "MaskFormerForInstanceSegmentation"}
+    {
+        "Mask2FormerForUniversalSegmentation",
+        "MaskFormerForInstanceSegmentation",
+        "OneFormerForUniversalSegmentation",
+        "DetrForSegmentation",
+    }
 )
+# The two outputs a mask classifier's post-processing reads: (class logits, mask logits).
+_QUERY_OUTPUTS = {"detr": ("logits", "pred_masks")}
+_DEFAULT_QUERY_OUTPUTS = ("class_queries_logits", "masks_queries_logits")
 # Mask2Former's post-processing first brings the query masks to this size (MaskFormer's keeps
 # the model's own).
 _MASK2FORMER_MASK_SIZE = (384, 384)
@@ -101,9 +127,11 @@ class SegmentTask(Task):
     )
     summary: ClassVar[str] = "labelled masks per image (semantic, instance, panoptic), cut-outs"
     Options: ClassVar = SegmentOptions
+    Limits: ClassVar = OutputLimits
     architectures_doc: ClassVar[str] = (
         "any `*ForSemanticSegmentation` checkpoint (SegFormer, BEiT, DPT, MobileViT, UperNet, "
-        "...), `Mask2FormerForUniversalSegmentation`, `MaskFormerForInstanceSegmentation`"
+        "...), `Mask2FormerForUniversalSegmentation`, `MaskFormerForInstanceSegmentation`, "
+        "`OneFormerForUniversalSegmentation`, `DetrForSegmentation`"
     )
     example_input: ClassVar[dict] = {"image": "<image>", "labels": ["cat"], "cutout": True}
     example_output: ClassVar[list] = [
@@ -118,15 +146,26 @@ class SegmentTask(Task):
         }
     ]
 
-    def __init__(self, source: ModelSource, model: Any, processor: Any) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        model: Any,
+        processor: Any,
+        limits: OutputLimits,
+        tokenizer: Any = None,
+    ) -> None:
         self.source = source
         self.model = model
+        self.limits = limits
         self.processor = self.image_processor = processor
         self.labels = model.config.id2label
         self.queries = type(model).__name__ in _MASK_CLASSIFIERS
-        self.query_mask_size = (
-            _MASK2FORMER_MASK_SIZE if model.config.model_type == "mask2former" else None
-        )
+        self.family = model.config.model_type
+        self.query_mask_size = _MASK2FORMER_MASK_SIZE if self.family == "mask2former" else None
+        self.query_outputs = _QUERY_OUTPUTS.get(self.family, _DEFAULT_QUERY_OUTPUTS)
+        # OneFormer's processor resizes with torchvision's resize: antialiased.
+        self.antialias = self.family == "oneformer"
+        self.task_tokens = _task_tokens(tokenizer, model.config) if tokenizer else None
         self.subtasks: tuple[Subtask, ...] = (
             ("panoptic", "instance", "semantic") if self.queries else ("semantic",)
         )
@@ -136,13 +175,19 @@ class SegmentTask(Task):
         return checkpoint.saved_as(_SEMANTIC_HEADS | _MASK_CLASSIFIERS, ())
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: Any) -> SegmentTask:
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: OutputLimits) -> SegmentTask:
         semantic = checkpoint.saved_as(_SEMANTIC_HEADS, ())
         auto_class = (
             AutoModelForSemanticSegmentation if semantic else AutoModelForUniversalSegmentation
         )
         model, _ = load_weights(source, auto_class, cls.name, "segmentation head")
-        return cls(source, prepare_model(model, source), source.load_image_processor())
+        tokenizer = (
+            source.load_processor(AutoTokenizer.from_pretrained, "tokenizer")
+            if model.config.model_type == "oneformer"
+            else None
+        )
+        processor = source.load_image_processor()
+        return cls(source, prepare_model(model, source), processor, limits, tokenizer)
 
     def check(self, options: SegmentOptions) -> SegmentOptions:
         subtask = options.subtask or self.subtasks[0]
@@ -161,8 +206,12 @@ class SegmentTask(Task):
 
     def batch_key(self, item: Prepared, options: SegmentOptions) -> Hashable:
         # The pipeline runs each image unpadded; processors that keep the aspect ratio
-        # (Mask2Former) give each photo shape its own size, so equal shapes batch together.
-        return (item.kind, tuple(item.inputs["pixel_values"].shape))
+        # (Mask2Former) give each photo shape its own size, so equal shapes batch together;
+        # OneFormer's task token is an input too.
+        return (item.kind, tuple(item.inputs["pixel_values"].shape), self._task_of(options))
+
+    def _task_of(self, options: SegmentOptions) -> str | None:
+        return options.subtask if self.task_tokens is not None else None
 
     def decode_target(self, options: SegmentOptions) -> dict | None:
         # A cut-out is the photo itself: decoded in full, not drafted to the model's size.
@@ -171,23 +220,37 @@ class SegmentTask(Task):
     def prepare(self, image: Image.Image, options: SegmentOptions) -> Prepared:
         pixels = self.processor(images=[image], return_tensors="pt").pixel_values[0]
         prepared = Prepared({"pixel_values": pixels}, meta={"size": target_size(image)})
+        if self.task_tokens is not None:
+            prepared.inputs["task_inputs"] = self.task_tokens[options.subtask]
         if options.cutout:
             # Kept until the result is made, outside the decode budget, losslessly (a cut-out
             # is the photo's own pixels): PNG at level 1 is about half the decoded photo.
             png = io.BytesIO()
             image.convert("RGB").save(png, "PNG", compress_level=1)
             prepared.meta["photo_png"] = png.getvalue()
+            self._check_cutout_size(len(prepared.meta["photo_png"]), image.size)
         return prepared
 
+    def _check_cutout_size(self, photo_png: int, size: tuple[int, int]) -> None:
+        """Fail this photo before the model runs if its cut-out cannot fit MAX_OUTPUT_MB: the
+        cut-out is these same pixels with an alpha channel, PNG-encoded the same way, so the
+        photo's own PNG is (about) the least it can be. Masks are not sized here: they
+        compress by 100x or more, and the job's output meter still counts them."""
+        what = f"the {size[0]}x{size[1]} cut-out (RGBA PNG)"
+        fits = 'send a smaller photo, or leave out "cutout" for the masks alone, '
+        check_inline_size(self.limits, what, inline_bytes(photo_png), fits, certain=True)
+
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> dict:
+        inputs = {"pixel_values": stack_pixels(items, self.source)}
+        if self.task_tokens is not None:
+            tokens = [item.inputs["task_inputs"] for item in items]
+            inputs["task_inputs"] = stack_on_device(tokens, self.source, torch.long)
         with torch.inference_mode():
-            outputs = self.model(pixel_values=stack_pixels(items, self.source))
+            outputs = self.model(**inputs)
         if not self.queries:
             return {"logits": outputs.logits.float().cpu()}
-        return {
-            "classes": outputs.class_queries_logits.float().cpu(),
-            "masks": outputs.masks_queries_logits.float().cpu(),
-        }
+        classes, masks = self.query_outputs
+        return {"classes": outputs[classes].float().cpu(), "masks": outputs[masks].float().cpu()}
 
     def split(self, raw: dict, items: Sequence[Prepared], options: Sequence[Any]) -> list:
         return batch_rows(raw, len(items))  # brought to the photo's size in encode
@@ -222,12 +285,14 @@ class SegmentTask(Task):
         """(a map of segment ids at `size`, [{"id", "label", "score"}]) in the pipeline's order."""
         if options.subtask == "semantic":
             scores = output["logits"] if not self.queries else self._semantic_scores(output)
-            labels = _argmax_resized(scores, size, mode="bilinear")[1].numpy()
+            labels = _argmax_resized(scores, size, "bilinear", self.antialias)[1].numpy()
             found = np.unique(labels)
             return labels, [{"id": i, "label": self.labels[int(i)], "score": None} for i in found]
-        if options.subtask == "instance":
-            return self._instances(output, size, options.threshold)
-        return self._panoptic(output, size, options)
+        if options.subtask == "panoptic" or (options.subtask, self.family) == ("instance", "detr"):
+            return self._panoptic(output, size, options)
+        if self.family == "oneformer":
+            return self._oneformer_instances(output, size, options)
+        return self._instances(output, size, options.threshold)
 
     def _instances(
         self, output: dict, size: tuple[int, int], threshold: float
@@ -260,22 +325,47 @@ class SegmentTask(Task):
     def _panoptic(
         self, output: dict, size: tuple[int, int], options: SegmentOptions
     ) -> tuple[np.ndarray, list[dict]]:
-        """Mask2Former's post_process_panoptic_segmentation (compute_segments), without the
-        (kept queries, height, width) tensor: maps resized a few at a time, twice."""
+        """post_process_panoptic_segmentation: each query its best class, kept above the
+        threshold (and not "no object")."""
         probabilities = self._query_masks(output).sigmoid()
         scores, labels = output["classes"].softmax(-1).max(-1)
         null = output["classes"].shape[-1] - 1
         keep = labels.ne(null) & (scores > options.threshold)
-        probabilities, scores, labels = probabilities[keep], scores[keep], labels[keep]
+        return self._segments(probabilities[keep], scores[keep], labels[keep], size, options)
+
+    def _oneformer_instances(
+        self, output: dict, size: tuple[int, int], options: SegmentOptions
+    ) -> tuple[np.ndarray, list[dict]]:
+        """OneFormer's post_process_instance_segmentation: the best (query, class) pairs above
+        the threshold, segmented from the masks' logits (its code passes logits, not
+        probabilities, so `mask_threshold` applies to logits times score)."""
+        classes = output["classes"].softmax(-1)[:, :-1]
+        queries, labels = classes.shape
+        scores, top = classes.flatten().topk(queries, sorted=False)
+        keep = scores > options.threshold
+        logits = self._query_masks(output)[torch.div(top, labels, rounding_mode="floor")]
+        return self._segments(logits[keep], scores[keep], (top % labels)[keep], size, options)
+
+    def _segments(
+        self,
+        maps: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        size: tuple[int, int],
+        options: SegmentOptions,
+    ) -> tuple[np.ndarray, list[dict]]:
+        """The processors' compute_segments, without the (kept queries, height, width) tensor:
+        maps resized a few at a time, twice."""
         segmentation = np.zeros(size, dtype=np.int32)
         if not len(scores):
             return segmentation - 1, []
         # Resized, then weighed by the query's score: the pipeline's order of operations.
-        best = _argmax_resized(probabilities, size, mode="bilinear", scales=scores)[1]
+        best = _argmax_resized(maps, size, "bilinear", self.antialias, scales=scores)[1]
         segments = []
-        for k, maps in enumerate(_resized(probabilities, size, "bilinear", 1, scores)):
+        weighted = _resized(maps, size, "bilinear", self.antialias, 1, scores)
+        for k, one_map in enumerate(weighted):
             mine = best == k
-            area, original = mine.sum(), (maps[0] >= options.mask_threshold).sum()
+            area, original = mine.sum(), (one_map[0] >= options.mask_threshold).sum()
             if not (area > 0 and original > 0):
                 continue
             if not (area / original).item() > options.overlap_mask_area_threshold:
@@ -318,6 +408,20 @@ class SegmentTask(Task):
         return torch.einsum("qc,qhw->chw", classes, self._query_masks(output).sigmoid())
 
 
+def _task_tokens(tokenizer: Any, config: Any) -> dict[str, torch.Tensor]:
+    """OneFormer's task input per subtask, as the pipeline makes it: its processor's sentence
+    ("the task is panoptic"), tokenized and padded to the model's task_seq_len."""
+    return {
+        subtask: tokenizer(
+            [f"the task is {subtask}"],
+            padding="max_length",
+            max_length=config.task_seq_len,
+            return_tensors="pt",
+        )["input_ids"][0]
+        for subtask in ("panoptic", "instance", "semantic")
+    }
+
+
 def _maps_at_once(size: tuple[int, int]) -> int:
     return max(1, _RESIZED_BYTES // (4 * size[0] * size[1]))
 
@@ -326,6 +430,7 @@ def _resized(
     maps: torch.Tensor,
     size: tuple[int, int],
     mode: str,
+    antialias: bool = False,
     at_once: int | None = None,
     scales: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
@@ -334,7 +439,11 @@ def _resized(
     at_once = at_once or _maps_at_once(size)
     for start in range(0, maps.shape[0], at_once):
         chunk = F.interpolate(
-            maps[start : start + at_once][None], size=size, mode=mode, align_corners=False
+            maps[start : start + at_once][None],
+            size=size,
+            mode=mode,
+            align_corners=False,
+            antialias=antialias,
         )[0]
         if scales is not None:
             chunk *= scales[start : start + at_once].view(-1, 1, 1)
@@ -342,14 +451,18 @@ def _resized(
 
 
 def _argmax_resized(
-    maps: torch.Tensor, size: tuple[int, int], mode: str, scales: torch.Tensor | None = None
+    maps: torch.Tensor,
+    size: tuple[int, int],
+    mode: str,
+    antialias: bool = False,
+    scales: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(best value, index of the first best map) per pixel of `maps` resized to `size`,
     updated in place chunk by chunk (the photo-sized buffers exist once)."""
     best_value = torch.full(size, -torch.inf)
     best_index = torch.zeros(size, dtype=torch.int32)
     start = 0
-    for chunk in _resized(maps, size, mode, scales=scales):
+    for chunk in _resized(maps, size, mode, antialias, scales=scales):
         if chunk.shape[0] == 1:
             value, index = chunk[0], None
         else:

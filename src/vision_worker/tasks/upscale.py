@@ -4,7 +4,9 @@ to the photo's own size times the scale (the processor pads the bottom and right
 of the window, and the padding's reconstruction is not part of the photo).
 
 The output size is checked before any model work: a 12 MP photo upscaled 4x is 194 MP, past any
-payload and most GPUs, so photos whose output would be over MAX_UPSCALED_PIXELS fail alone.
+payload and most GPUs, so photos whose output would be over MAX_UPSCALED_PIXELS fail alone; and
+so do those whose PNG, returned inline, could be over MAX_OUTPUT_MB on its own (an 8-bit RGB PNG
+is up to 3 bytes a pixel: 2.5 MP upscaled fits the default 10 MB, 4 MP may not).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from PIL import Image
 from pydantic import Field
 from transformers import AutoModelForImageToImage
 
-from ..config import TaskLimits
 from ..errors import ImageError
 from ..outputs import OutputImage
 from .base import (
@@ -31,12 +32,21 @@ from .base import (
     prepare_model,
     stack_pixels,
 )
-from .dense import batch_rows
+from .dense import (
+    OutputLimits,
+    batch_rows,
+    check_inline_size,
+    inline_bytes,
+    largest_fitting_side,
+    png_bound,
+)
 
 _ARCHITECTURES = frozenset({"Swin2SRForImageSuperResolution"})
+# An upscale result's JSON besides its PNG: keys and sizes.
+_RESULT_JSON_BYTES = 100
 
 
-class UpscaleLimits(TaskLimits):
+class UpscaleLimits(OutputLimits):
     # Pixels of one upscaled image at most (16 MP: a 2000x2000 photo at 2x, 1000x1000 at 4x).
     MAX_UPSCALED_PIXELS: int = Field(16_000_000, ge=1024, le=400_000_000)
 
@@ -96,8 +106,23 @@ class UpscaleTask(Task):
                 f"{width}x{height} upscaled {self.scale}x is {upscaled:,} pixels, over "
                 f"MAX_UPSCALED_PIXELS={self.limits.MAX_UPSCALED_PIXELS:,}: send a smaller image",
             )
+        self._check_inline_size(height, width)
         pixels = self.processor(images=[image], return_tensors="pt").pixel_values[0]
         return Prepared({"pixel_values": pixels}, meta={"size": (height, width)})
+
+    def _check_inline_size(self, height: int, width: int) -> None:
+        """Fail this photo before the model runs if its upscaled PNG could be over
+        MAX_OUTPUT_MB, naming the photo size that fits."""
+
+        def inline(size: tuple[int, int]) -> int:
+            upscaled = png_bound(size[0] * self.scale, size[1] * self.scale, 3)
+            return inline_bytes(upscaled) + _RESULT_JSON_BYTES
+
+        limit = self.limits.MAX_OUTPUT_MB * 1_000_000
+        side = largest_fitting_side((height, width), lambda size: inline(size) <= limit)
+        fits = f"send a photo of at most {side} px on its longest side, " if side else ""
+        what = f"{width}x{height} upscaled {self.scale}x (an RGB PNG)"
+        check_inline_size(self.limits, what, inline((height, width)), fits)
 
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> torch.Tensor:
         with torch.inference_mode():

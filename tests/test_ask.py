@@ -12,7 +12,7 @@ from conftest import PHOTOS, b64, photo, run_job, run_jobs
 QUESTIONS = ["what is in the photo?", "is there a cat on the couch?", "what colour is the sky?"]
 
 
-@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl"])
+@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl", "smolvlm"])
 def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, model_dir, arch):
     worker = make_worker(arch)
     assert worker.task.name == "ask"  # chosen from the checkpoint's architecture
@@ -34,7 +34,7 @@ def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, mod
         assert 1 <= result["usage"]["completion_tokens"] <= 8
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2-vl"])
+@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "smolvlm"])
 def test_different_questions_batched_equal_one_at_a_time(make_worker, arch):
     """Qwen2-VL's processor also returns a per-token mm_token_type_ids: it is left-padded with
     input_ids (padded on the right it shifted which tokens are image tokens: 2 of 3 answers
@@ -58,11 +58,12 @@ def test_different_questions_batched_equal_one_at_a_time(make_worker, arch):
     ]
 
 
-@pytest.mark.parametrize("arch", ["llava-next", "qwen2-vl"])
+@pytest.mark.parametrize("arch", ["llava-next", "qwen2-vl", "smolvlm"])
 def test_images_of_different_token_counts_batched_equal_one_at_a_time(make_worker, arch):
     """LLaVA-NeXT tiles each image on the grid that fits its shape: a square, a wide and a tall
     photo become 97, 43 and 49 prompt tokens and 5, 3 and 3 tiles, in one batch. Qwen2-VL cuts
-    each into as many patches as its size gives (its patch lists are joined)."""
+    each into as many patches as its size gives (its patch lists are joined). SmolVLM splits
+    each into tiles of its tower's size plus a global view (zero-padded to the batch's most)."""
     worker = make_worker(arch, MAX_BATCH_SIZE=8, BATCH_WAIT_MS=100)
     images = [
         b64(photo(name, size=size))

@@ -714,6 +714,115 @@ def build_qwen2_vl(out: Path, full: bool) -> None:
     _save(out, model, None, None)
 
 
+# SmolVLM's own template: "User:<image>question<end_of_utterance>\nAssistant:".
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def build_smolvlm(out: Path, full: bool) -> None:
+    """SmolVLM (Idefics3's architecture): a SigLIP-style vision tower, pixel shuffle and a Llama
+    decoder; each photo is split into tiles of the tower's size plus a downscaled global view,
+    so photos of different shapes become different token counts. Full size: SmolVLM-256M's."""
+    from transformers import (
+        LlamaConfig,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+        SmolVLMVisionConfig,
+    )
+
+    grid = [f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)]
+    specials = [
+        "<pad>",
+        "<unk>",
+        "<|im_start|>",
+        "<end_of_utterance>",
+        "<image>",
+        "<fake_token_around_image>",
+        "<global-img>",
+        *grid,
+    ]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(specials, 400),
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={
+            "image_token": "<image>",
+            "fake_image_token": "<fake_token_around_image>",
+            "global_image_token": "<global-img>",
+        },
+        padding_side="left",
+    )
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    tile, patch = (512, 16) if full else (32, 8)
+    vision = _dims(
+        full,
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            initializer_range=TINY_INIT,
+        ),
+        dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+    )
+    text = _dims(
+        full,
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=8192,
+        ),
+    )
+    scale = 4 if full else 2
+    config = SmolVLMConfig(
+        vision_config=SmolVLMVisionConfig(image_size=tile, patch_size=patch, **vision).to_dict(),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), **text, **ids).to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=scale,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = SmolVLMForConditionalGeneration(config)
+    model.generation_config.update(**ids)
+    image_processor = SmolVLMImageProcessor(
+        size={"longest_edge": tile * (4 if full else 2)}, max_image_size={"longest_edge": tile}
+    )
+    processor = SmolVLMProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=SmolVLMVideoProcessor(),
+        image_seq_len=(tile // patch // scale) ** 2,
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
 def build_llava(out: Path, full: bool) -> None:
     """LLaVA-1.5: each image becomes a fixed number of <image> tokens (one per patch)."""
     _llava(out, full, "Llava", None)
@@ -1148,6 +1257,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "sam-hq": build_sam_hq,
     "sam2": build_sam2,
     "qwen2-vl": build_qwen2_vl,
+    "smolvlm": build_smolvlm,
 }
 
 

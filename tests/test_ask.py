@@ -12,7 +12,7 @@ from conftest import PHOTOS, b64, photo, run_job, run_jobs
 QUESTIONS = ["what is in the photo?", "is there a cat on the couch?", "what colour is the sky?"]
 
 
-@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl", "smolvlm"])
+@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl", "smolvlm", "paligemma"])
 def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, model_dir, arch):
     worker = make_worker(arch)
     assert worker.task.name == "ask"  # chosen from the checkpoint's architecture
@@ -34,7 +34,7 @@ def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, mod
         assert 1 <= result["usage"]["completion_tokens"] <= 8
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "smolvlm"])
+@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "smolvlm", "paligemma"])
 def test_different_questions_batched_equal_one_at_a_time(make_worker, arch):
     """Qwen2-VL's processor also returns a per-token mm_token_type_ids: it is left-padded with
     input_ids (padded on the right it shifted which tokens are image tokens: 2 of 3 answers

@@ -823,6 +823,97 @@ def build_smolvlm(out: Path, full: bool) -> None:
     _save(out, model, None, None)
 
 
+# PaliGemma is prompted, not chatted: its mix checkpoints take a task prefix ("answer en ...",
+# "caption en"); this template renders a user turn's text as that prompt, the image tokens and
+# <bos> are the processor's.
+PALIGEMMA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endfor %}"
+)
+
+
+def build_paligemma(out: Path, full: bool) -> None:
+    """PaliGemma: a SigLIP vision tower, a linear projector and a Gemma decoder attending to the
+    image and the prompt as one prefix (its processor's token_type_ids). Full size: PaliGemma
+    3B at 224 px."""
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], 400),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+    )
+    size, patch = (224, 14) if full else (32, 8)
+    image_processor = SiglipImageProcessor(size={"height": size, "width": size})
+    image_processor.image_seq_length = (size // patch) ** 2
+    # The processor adds PaliGemma's 1,024 location and 128 segmentation tokens to the vocabulary.
+    processor = PaliGemmaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=PALIGEMMA_CHAT_TEMPLATE
+    )
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = _dims(
+        full,
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16
+        ),
+    )
+    text = _dims(
+        full,
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=512,
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            hidden_size=2048,
+            intermediate_size=16384,
+            num_hidden_layers=18,
+            num_attention_heads=8,
+            num_key_value_heads=1,
+            head_dim=256,
+            max_position_embeddings=8192,
+        ),
+    )
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(image_size=size, patch_size=patch, **vision).to_dict(),
+        text_config=GemmaConfig(vocab_size=len(processor.tokenizer), **text, **ids).to_dict(),
+        image_token_id=processor.image_token_id,
+        projection_dim=text["hidden_size"],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = PaliGemmaForConditionalGeneration(config)
+    model.generation_config.update(**ids)
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
 def build_llava(out: Path, full: bool) -> None:
     """LLaVA-1.5: each image becomes a fixed number of <image> tokens (one per patch)."""
     _llava(out, full, "Llava", None)
@@ -1258,6 +1349,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "sam2": build_sam2,
     "qwen2-vl": build_qwen2_vl,
     "smolvlm": build_smolvlm,
+    "paligemma": build_paligemma,
 }
 
 
@@ -1305,6 +1397,8 @@ _REQUIRED_OPTIONS = {
     "llava": """-o 'question="What is in the image?"'""",
     "llava-next": """-o 'question="What is in the image?"'""",
     "qwen2-vl": """-o 'question="What is in the image?"'""",
+    "smolvlm": """-o 'question="What is in the image?"'""",
+    "paligemma": """-o 'question="answer en what is in the image?"'""",
     "sam": """-o 'prompts=[{"points": [[100, 100]]}]'""",
 }
 

@@ -24,7 +24,7 @@ from vision_worker.server import create_app, server_config
 from vision_worker.settings import load_settings
 from vision_worker.worker import Worker
 
-CAPTION_ARCHS = ("vit-gpt2", "git", "blip")
+CAPTION_ARCHS = ("vit-gpt2", "git", "blip", "trocr")
 CLASSIFY_ARCHS = ("resnet", "vit")
 
 # One loop for every test: the batcher binds to the loop that first submits to it.

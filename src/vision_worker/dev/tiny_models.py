@@ -197,6 +197,55 @@ def build_vit_gpt2(out: Path, full: bool) -> None:
     _save(out, model, tokenizer, processor)
 
 
+def build_trocr(out: Path, full: bool) -> None:
+    """TrOCR: a vision encoder-decoder whose decoder reads text lines out of the image (OCR),
+    served by caption as ViT-GPT2 is. Full size: TrOCR-base's decoder over a ViT-B/16 at 384 px."""
+    from transformers import TrOCRConfig, TrOCRProcessor
+
+    tokenizer = gpt2_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids(GPT2_SPECIAL)
+    decoder = TrOCRConfig(
+        vocab_size=50265 if full else len(tokenizer),
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        decoder_start_token_id=eos,
+        use_learned_position_embeddings=True,
+        layernorm_embedding=True,
+        **_dims(
+            full,
+            dict(
+                d_model=32,
+                decoder_layers=2,
+                decoder_attention_heads=2,
+                decoder_ffn_dim=64,
+                max_position_embeddings=64,
+                cross_attention_hidden_size=32,
+                init_std=TINY_INIT,
+            ),
+            dict(
+                d_model=1024,
+                decoder_layers=12,
+                decoder_attention_heads=16,
+                decoder_ffn_dim=4096,
+                max_position_embeddings=512,
+                cross_attention_hidden_size=768,
+            ),
+        ),
+    )
+    size = 384 if full else 32
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        ViTConfig(**_vision(full, size)), decoder
+    )
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = eos
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config.decoder_start_token_id = eos
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = eos
+    image_processor = processor_class("ViTImageProcessor")(size={"height": size, "width": size})
+    TrOCRProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    _save(out, model, None, None)
+
+
 def build_git(out: Path, full: bool) -> None:
     tokenizer = bert_tokenizer()
     ids = dict(
@@ -1350,6 +1399,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "qwen2-vl": build_qwen2_vl,
     "smolvlm": build_smolvlm,
     "paligemma": build_paligemma,
+    "trocr": build_trocr,
 }
 
 

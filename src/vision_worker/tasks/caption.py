@@ -59,7 +59,8 @@ class CaptionTask(Task):
     Options: ClassVar = CaptionOptions
     Limits: ClassVar = GenerationLimits
     architectures_doc: ClassVar[str] = (
-        "`VisionEncoderDecoderModel` (ViT-GPT2), `GitForCausalLM`, `BlipForConditionalGeneration`"
+        "`VisionEncoderDecoderModel` (ViT-GPT2, TrOCR), `GitForCausalLM`, "
+        "`BlipForConditionalGeneration`"
     )
     example_input: ClassVar[dict] = {"images": ["<image>", "<image>"], "max_new_tokens": 20}
     example_output: ClassVar[list] = [

@@ -15,6 +15,8 @@ from transformers import AutoModelForMaskGeneration, AutoProcessor, pipeline
 
 from conftest import b64, phone_jpeg, photo, rotated_twin, run_job
 from test_segment import decoded
+from vision_worker.tasks import mask
+from vision_worker.tasks.mask import MaskTask
 
 
 def card_recipe(model_dir, image: Image.Image, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,3 +245,73 @@ def test_sam2_refuses_automatic_masks_and_batches_equal_alone(make_worker):
             for x, y in zip(a["masks"], b["masks"], strict=True):
                 assert x["score"] == pytest.approx(y["score"], abs=1e-5)
                 assert (decoded(x["mask"]) == decoded(y["mask"])).mean() > 0.999
+
+
+# The worst legal automatic job: every mask of the largest grid passes every filter and NMS.
+WORST_AUTOMATIC = {"points_per_side": 32, **EVERY_MASK}
+
+
+def held_bytes(value) -> int:
+    """Bytes a stage's output keeps alive: its tensors' and arrays' whole buffers (a view holds
+    all of what it views)."""
+    if isinstance(value, dict):
+        return sum(held_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(held_bytes(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.untyped_storage().nbytes()
+    if isinstance(value, np.ndarray):
+        return value.nbytes if value.base is None else held_bytes(value.base)
+    return 0
+
+
+def test_the_worst_automatic_job_holds_one_images_masks_per_batch_and_64_mb_after_split(
+    make_worker, model_dir, monkeypatch
+):
+    """Low-resolution masks (3 per grid point; SAM's are 256 x 256 float32, 805 MB for a 32 x 32
+    grid) wait for split one image at a time, whatever MAX_BATCH_SIZE; what waits for encode is
+    the chosen masks' runs, at most 64 MiB an image, all of it reserved before encode."""
+    batches, held, reserved = [], [], []
+    split, result_memory = MaskTask.split, MaskTask.result_memory
+
+    def measured_split(self, raw, items, options):
+        batches.append((len(items), held_bytes(raw), raw[0]["automatic"].shape))
+        outputs = split(self, raw, items, options)
+        held.extend(held_bytes(output) for output in outputs)
+        return outputs
+
+    def measured_memory(self, output, meta, options):
+        reserved.append((held_bytes(output), result_memory(self, output, meta, options)))
+        return reserved[-1][1]
+
+    monkeypatch.setattr(MaskTask, "split", measured_split)
+    monkeypatch.setattr(MaskTask, "result_memory", measured_memory)
+    worker = make_worker("sam", MAX_BATCH_SIZE=4, BATCH_WAIT_MS=200, MAX_OUTPUT_MB=100)
+    images = [photo(n, size=(120, 90)) for n in ("chelsea", "coffee", "rocket")]
+    results = run_job(worker, {"images": [b64(i) for i in images], **WORST_AUTOMATIC})["results"]
+
+    assert [len(r["masks"]) for r in results] == [3 * 32**2] * 3  # none filtered, none edged
+    for count, raw_bytes, (masks, height, width) in batches:
+        assert count == 1  # one image a batch
+        assert masks == 3 * 32**2  # its masks, every one
+        assert raw_bytes <= masks * height * width * 4 + 64 * 1024  # and their scores
+    assert len(batches) == 3
+    assert max(held) <= mask._AUTOMATIC_HELD_BYTES == 64 * 1024 * 1024
+    assert max(held) < 20 * 1024 * 1024  # these photos': ~16 MB of runs each
+    assert len(reserved) == 3
+    assert all(kept <= memory for kept, memory in reserved)  # encode reserves what it holds
+    reference = pipeline("mask-generation", model=str(model_dir("sam")))
+    theirs = reference(images[0], points_per_crop=32, **EVERY_MASK)
+    assert_same_automatic_masks(results[0]["masks"], theirs)
+
+
+def test_automatic_masks_over_what_an_image_may_hold_fail_alone_as_too_large(
+    make_worker, monkeypatch
+):
+    worker = make_worker("sam")
+    monkeypatch.setattr(mask, "_AUTOMATIC_HELD_BYTES", 4096)
+    images = [b64(photo("chelsea", size=(120, 90)))] * 2
+    results = run_job(worker, {"images": images, "points_per_side": 4, **EVERY_MASK})["results"]
+    for result in results:
+        assert result["error"]["code"] == "too_large"
+        assert 'raise "pred_iou_thresh" or "stability_score_thresh"' in result["error"]["message"]

@@ -15,8 +15,12 @@ Automatic masks (`points_per_side` instead of prompts) are the `mask-generation`
 grid of points over the photo, each a one-point prompt with three masks, filtered by predicted
 IoU and stability, then non-maximum suppression over their boxes. The pipeline's filters are
 each mask's own, so they are applied in the same order but a few masks at a time: the IoU test
-on the device (only masks that can pass leave it), the photo-sized steps (`filter_masks`) in
-encode, one mask of 12 MP at a time, kept as run-length encoding until NMS chooses.
+on the device (only masks that can pass leave it), the photo-sized steps (`filter_masks`) and
+NMS in split, so what waits for encode is the chosen masks' runs (int32), not their
+low-resolution logits: those are 3 x 256 x 256 float32 per grid point, 805 MB for a 32 x 32 grid
+with pred_iou_thresh 0, so an automatic image runs alone in its batch (a batch holds one such
+image, and at most three batches are in flight), and an image whose masks' runs pass
+_AUTOMATIC_HELD_BYTES fails alone as too_large rather than wait with them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Annotated, Any, ClassVar
 
+import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
@@ -60,8 +65,17 @@ class MaskLimits(TaskLimits):
     MAX_PROMPTS: int = Field(32, ge=1, le=1024)
 
 
-# Automatic masks: photo-sized float masks made at once in encode (at least one).
+# Automatic masks: photo-sized float masks made at once in split (at least one), and at most
+# the pipeline's own 3 x 64 per `filter_masks` call (its run-length step looks for each mask's
+# runs among all of the call's: 3,072 masks at once took minutes).
 _AUTOMATIC_BYTES = 256 * 1024 * 1024
+_AUTOMATIC_MASKS_AT_ONCE = 3 * 64
+# Automatic masks: the most one image's filtered masks may hold as runs (int32, 4 bytes a run)
+# from split until encode; past it the image fails alone as too_large. A mask upscaled from the
+# decoder's 256 x 256 logits has a few runs per photo column it spans (an object across a 12 MP
+# photo: ~8,000 runs, 32 KB), and its COCO RLE is about half of that in the job's output, so the
+# cap is far over what MAX_OUTPUT_MB lets a job return inline.
+_AUTOMATIC_HELD_BYTES = 64 * 1024 * 1024
 # The pipeline's stability score offset: the mask is thresholded at mask_threshold +- this.
 _STABILITY_OFFSET = 1
 
@@ -110,7 +124,7 @@ class MaskOptions(MaskOutputOptions):
         '"points_per_side".',
     )
     # At most the pipeline's default, 32: 1,024 decoder prompts and up to 3,072 masks per image
-    # (with pred_iou_thresh 0, 805 MB of low-resolution masks wait for encode).
+    # (with pred_iou_thresh 0, 805 MB of low-resolution masks wait for split: one image a batch).
     points_per_side: int | None = Field(
         None,
         ge=1,
@@ -215,6 +229,10 @@ class MaskTask(Task):
         return options
 
     def batch_key(self, item: Prepared, options: MaskOptions) -> Hashable:
+        if options.points_per_side is not None:
+            # Up to 805 MB of low-resolution masks wait for split per automatic image: one
+            # image per batch (a key of its own while it is queued), whatever MAX_BATCH_SIZE.
+            return (item.kind, "automatic", id(item))
         return item.kind  # every image is resized and padded to the same square
 
     def decode_target(self, options: MaskOptions) -> dict | None:
@@ -339,17 +357,21 @@ class MaskTask(Task):
         return scaled.view(len(corners), -1, 2)
 
     def split(self, raw: list[dict], items: Sequence[Prepared], options: Sequence[Any]) -> list:
-        return batch_rows(raw, len(items))  # brought to the photo's size in encode
+        """Prompted masks come to the photo's size in encode; automatic ones are filtered and
+        chosen here, so only the chosen masks' runs wait for encode."""
+        return [
+            self._chosen(output, item.meta, job) if "automatic" in output else output
+            for output, item, job in zip(batch_rows(raw, len(items)), items, options, strict=True)
+        ]
 
     def result_memory(self, output: dict, meta: dict, options: MaskOptions) -> int:
-        if "automatic" in output:  # a few float masks at once, and the kept ones' runs
-            at_once = _automatic_at_once(meta["size"])
-            return float_map_bytes(*meta["size"], maps=at_once) * 2
+        if "runs" in output:  # the held runs, the masks made of them (as long), one photo mask
+            return _held_bytes(output) * 3 + float_map_bytes(*meta["size"])
         per_prompt = output["masks"].shape[1]  # masks of one prompt, at the photo's size
         return float_map_bytes(*meta["size"], maps=per_prompt) * 5 // 4  # float and boolean
 
     def encode(self, output: dict, meta: dict, options: MaskOptions) -> dict:
-        if "automatic" in output:
+        if "runs" in output:
             return {"masks": self._automatic_masks(output, meta, options)}
         prompts = []
         for masks, scores in zip(output["masks"], output["scores"], strict=True):
@@ -368,34 +390,44 @@ class MaskTask(Task):
         return {"prompts": prompts}
 
     def _automatic_masks(self, output: dict, meta: dict, options: MaskOptions) -> list[dict]:
-        """The masks that pass the pipeline's filters, then its NMS over their boxes (best
-        first, as the pipeline returns them)."""
-        runs, scores, boxes = self._filtered(output, meta, options)
-        if not runs:
-            return []
-        chosen = batched_nms(
-            boxes.float(), scores, torch.zeros(len(boxes)), iou_threshold=options.crops_nms_thresh
-        )
+        """The chosen masks, best first, as the pipeline returns them."""
         height, width = meta["size"]
         return [
             {
-                "score": round(float(scores[i]), 6),
-                "box": pixel_box(boxes[i].tolist()),
-                "mask": self._runs_output(runs[i], height, width, options),
+                "score": round(float(score), 6),
+                "box": pixel_box(box.tolist()),
+                "mask": self._runs_output(runs, height, width, options),
             }
-            for i in chosen.tolist()
+            for runs, score, box in zip(
+                output["runs"], output["scores"], output["boxes"], strict=True
+            )
         ]
+
+    def _chosen(self, output: dict, meta: dict, options: MaskOptions) -> dict | ImageError:
+        """One image's masks that pass the pipeline's filters, then its NMS over their boxes
+        (best first): their runs, scores and boxes, or ImageError("too_large")."""
+        filtered = self._filtered(output, meta, options)
+        if isinstance(filtered, ImageError):
+            return filtered
+        runs, scores, boxes = filtered
+        if runs:
+            chosen = batched_nms(
+                boxes.float(), scores, torch.zeros(len(boxes)), options.crops_nms_thresh
+            ).tolist()
+            runs, scores, boxes = [runs[i] for i in chosen], scores[chosen], boxes[chosen]
+        return {"runs": runs, "scores": scores, "boxes": boxes}
 
     def _filtered(
         self, output: dict, meta: dict, options: MaskOptions
-    ) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor] | ImageError:
         """(runs, scores, boxes) of the masks the pipeline's `filter_masks` keeps, called on a
         few photo-sized masks at a time (its tests are each mask's own: stability, touching the
-        crop's edge); the runs are its uncompressed RLE, small where the masks were not."""
+        crop's edge); the runs are its uncompressed RLE as int32, small where the masks were
+        not; ImageError("too_large") once they pass _AUTOMATIC_HELD_BYTES."""
         height, width = meta["size"]
         whole_photo = torch.tensor([0, 0, width, height], dtype=torch.float32)
         at_once = _automatic_at_once(meta["size"])
-        runs, scores, boxes = [], [], []
+        runs, scores, boxes, held = [], [], [], 0
         for start in range(0, len(output["scores"]), at_once):
             low = output["automatic"][start : start + at_once, None]
             masks = self._at_photo_size(low, meta, options.mask_threshold, False)
@@ -410,7 +442,12 @@ class MaskTask(Task):
                 _STABILITY_OFFSET,
             )
             del masks
-            runs += [rle["counts"] for rle in kept]
+            chunk_runs = [np.asarray(rle["counts"], dtype=np.int32) for rle in kept]
+            del kept  # Python ints: 36 bytes a run
+            runs += chunk_runs
+            held += sum(r.nbytes for r in chunk_runs)
+            if held > _AUTOMATIC_HELD_BYTES:
+                return _too_many_runs()
             scores.append(kept_scores)
             boxes.append(kept_boxes)
         if not runs:
@@ -429,7 +466,7 @@ class MaskTask(Task):
         return at_photo_size
 
     @staticmethod
-    def _runs_output(runs: list[int], height: int, width: int, options: MaskOptions) -> Any:
+    def _runs_output(runs: np.ndarray, height: int, width: int, options: MaskOptions) -> Any:
         if options.mask_format == "rle":
             return coco_rle_of_runs(runs, height, width)
         return mask_output(mask_of_runs(runs, height, width), "png")
@@ -459,4 +496,18 @@ def _image_inputs(embeddings: Any, row: int) -> dict[str, Any]:
 
 
 def _automatic_at_once(size: tuple[int, int]) -> int:
-    return max(1, _AUTOMATIC_BYTES // float_map_bytes(*size))
+    return max(1, min(_AUTOMATIC_MASKS_AT_ONCE, _AUTOMATIC_BYTES // float_map_bytes(*size)))
+
+
+def _held_bytes(output: dict) -> int:
+    """Bytes an automatic image's chosen masks hold from split until encode."""
+    tensors = (output["scores"], output["boxes"])
+    return sum(r.nbytes for r in output["runs"]) + sum(t.nbytes for t in tensors)
+
+
+def _too_many_runs() -> ImageError:
+    return ImageError(
+        "too_large",
+        f"this photo's automatic masks pass {_AUTOMATIC_HELD_BYTES // 2**20} MB of run-length "
+        'masks: raise "pred_iou_thresh" or "stability_score_thresh", or send a smaller photo',
+    )

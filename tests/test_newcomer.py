@@ -247,7 +247,7 @@ def test_option_help_shows_the_limits_in_force(make_worker):
     """The README shows the defaults; the served worker's form, OpenAPI and demo page show the
     values it runs with, and each names the setting that changes it."""
     from vision_worker.docs import render_tasks
-    from vision_worker.server import demo_html, predict_form_schema
+    from vision_worker.forms import demo_html, predict_form_schema
 
     assert "Candidate labels, 1 to 64 (MAX_LABELS)" in render_tasks()
     task = make_worker("clip", MAX_LABELS=7).task

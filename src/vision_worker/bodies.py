@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -225,6 +226,9 @@ async def read_upload(
         if form.files > max_images:
             raise BodyError(413, f"too many images: {form.files}, at most {max_images}")
         return form.upload, reservation
+    except MultipartParseError as error:  # the client's malformed body: a 400, not a 500
+        await reservation.release()
+        raise BodyError(400, f"the multipart body does not parse: {error}"[:200]) from None
     except BaseException:
         await reservation.release()
         raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import BaseModel, Field
+
 ImageErrorCode = Literal[
     "invalid_image", "too_large", "fetch_failed", "forbidden_url", "inference_failed"
 ]
@@ -46,6 +48,16 @@ def refusal(message: str, status: int) -> dict:
     """The body of an HTTP error that stands for a whole-job failure: the sentence and the code
     of its status."""
     return {"error": message, "error_code": _CODE_OF_STATUS[status]}
+
+
+class ErrorBody(BaseModel):
+    """The body of every HTTP error the pod answers (`refusal`, and the framework's own errors,
+    in the same shape): what OpenAPI declares for each error status."""
+
+    error: str = Field(description="One sentence saying what was wrong; never echoes input.")
+    error_code: JobErrorCode | None = Field(
+        None, description="For a refused job: retry elsewhere, fix the input, or report it."
+    )
 
 
 class JobError(Exception):

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
 from .bodies import BodyError, Reservation
+from .errors import ErrorBody
 
 # A job's "input" to its output dict: Worker.run, or the pod's admitted and counted run.
 RunJob = Callable[[dict], Awaitable[dict]]
@@ -404,6 +405,53 @@ def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error shape, as OpenAIError.body() writes it (OpenAPI)."""
+
+    error: OpenAIErrorDetail
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses`: these statuses in OpenAI's shape. What the pod answers before the
+    route runs is in its own shape (ErrorBody): 401 from the key check, 413 from the body limit
+    (a 413 after reading is OpenAI's), and any other 4XX (405); 4XX also replaces FastAPI's 422,
+    never answered here."""
+    return {
+        **{status: {"model": OpenAIErrorBody} for status in statuses},
+        401: {"model": ErrorBody, "description": "Missing or wrong API key (POD_API_KEY)"},
+        413: {"model": OpenAIErrorBody | ErrorBody, "description": "Over a size limit"},
+        "4XX": {"model": ErrorBody, "description": "Any other client error, e.g. 405"},
+    }
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """openapi_extra declaring `model` as the route's JSON body (the route reads it itself)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:  # an operation's schema cannot refer to the model's $defs
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(item) for item in node] if isinstance(node, list) else node
+
+    content = {"application/json": {"schema": inline(schema)}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+# Refusals of the pod's admission rule (429, 503) and of the request (400, 404: a model or
+# route not served here), and failures of the job (500).
+_ROUTE_ERRORS = (400, 404, 429, 500, 503)
+
+
 def openai_routes(
     service: OpenAIService, refusal: Callable[[], Response | None], read_body: ReadBody
 ) -> APIRouter:
@@ -412,7 +460,7 @@ def openai_routes(
     its JSON reader, within its request memory budget."""
     router = APIRouter(tags=["openai"])
 
-    @router.get("/models", summary="The served model")
+    @router.get("/models", summary="The served model", responses=_errors())
     async def models() -> JSONResponse:
         return JSONResponse(service.models())
 
@@ -440,11 +488,27 @@ def openai_routes(
         done = BackgroundTask(reservation.release)
         return StreamingResponse(result, media_type="text/event-stream", background=done)
 
-    @router.post("/chat/completions", summary="Chat about an image (ask)")
+    @router.post(
+        "/chat/completions",
+        summary="Chat about an image (ask)",
+        openapi_extra=_json_body(ChatRequest),
+        responses={
+            200: {
+                "description": 'The answer; with "stream": true, as server-sent events',
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_errors(*_ROUTE_ERRORS),
+        },
+    )
     async def chat(request: Request) -> Response:
         return await answer(request, "/v1/chat/completions")
 
-    @router.post("/embeddings", summary="Embeddings of images or texts (embed)")
+    @router.post(
+        "/embeddings",
+        summary="Embeddings of images or texts (embed)",
+        openapi_extra=_json_body(EmbeddingsRequest),
+        responses=_errors(*_ROUTE_ERRORS),
+    )
     async def embeddings(request: Request) -> Response:
         return await answer(request, "/v1/embeddings")
 

@@ -9,32 +9,34 @@ HTTP clients share forward passes.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import h11
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .bodies import BodyError, RequestBudget, Reservation, read_json, read_upload
 from .config import Settings
 from .errors import JOB_ERROR_STATUS, ErrorBody, ImageError, refusal
 from .fetch import UrlFetcher, check_url_shape
+from .forms import demo_html, form_options, predict_form_schema
+from .guards import (
+    DeadlineH11Protocol,
+    LimitBodySize,
+    max_json_body_bytes,
+    max_request_bytes,
+    require_api_key,
+)
 from .jobs import (
     CANCELLED,
     COMPLETED,
@@ -289,7 +291,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     app.state.pod = pod
     _errors_as_one_sentence(app)
     _offline_docs(app)
-    app.middleware("http")(_require_api_key(settings.POD_API_KEY))
+    app.middleware("http")(require_api_key(settings.POD_API_KEY))
     # Registered last, so it runs first: an oversized body is refused before anything reads it.
     app.add_middleware(
         LimitBodySize,
@@ -361,7 +363,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error statuses, plus 4XX: every route also answers the
     framework's errors (405, or 413 for a body over the limit), in the same shape. The 4XX also
     replaces FastAPI's 422, which this API never answers (its validation errors are 400s)."""
-    return {s: {"model": ErrorBody, "description": _ERROR_WHY[s]} for s in (*statuses, "4XX")}
+    # The schema inline, not as a model: FastAPI would file a model under the route's own media
+    # type (text/plain for /metrics), and errors are JSON on every route.
+    content = {"application/json": {"schema": ErrorBody.model_json_schema()}}
+    return {s: {"description": _ERROR_WHY[s], "content": content} for s in (*statuses, "4XX")}
 
 
 # What the job routes answer: RunPod's job JSON, or a refusal before the job runs.
@@ -469,7 +474,7 @@ def _routes(pod: PodServer, settings: Settings) -> APIRouter:
         "/predict",
         tags=["jobs"],
         summary="Multipart upload: curl -F image=@cat.jpg",
-        openapi_extra=predict_form_schema(pod.worker.task),
+        openapi_extra=predict_form_schema(pod.worker.task, settings.MAX_IMAGES_PER_JOB),
         responses={
             200: {"description": 'The job\'s output: {"results": [...]}, one per image'},
             **_errors(400, 401, 413, 429, 500, 503),
@@ -619,175 +624,6 @@ def _errors_as_one_sentence(app: FastAPI) -> None:
         return JSONResponse({"error": f"invalid request: {where}: {first.get('msg')}"[:200]}, 400)
 
 
-def demo_html(task: Any) -> str:
-    """The demo page with the served task's options schema inlined (the page builds its form)."""
-    described = {"name": task.name, "options": task.options_schema()}
-    # "</" inside a <script> would end it; JSON allows the escaped form.
-    inline = json.dumps(described).replace("</", "<\\/")
-    return _DEMO_TEMPLATE.replace("__TASK__", inline)
-
-
-_DEMO_TEMPLATE = (Path(__file__).parent / "static" / "demo.html").read_text()
-
-
-def form_options(options_model: type[BaseModel], form: Any, query: Any) -> dict[str, Any]:
-    """The task options in a multipart form or the query string, as a JSON job would carry them.
-
-    Form values are strings: each is read as JSON when it parses ("3" -> 3, "true" -> True,
-    '["cat", "dog"]' -> a list) and as text otherwise; a list option may also repeat its field.
-    The job's own validation then applies, so errors read the same as for JSON jobs.
-    """
-    options: dict[str, Any] = {}
-    for source in (query, form):
-        for key in {k for k in source if k != "image"}:
-            values = [v for v in source.getlist(key) if isinstance(v, str)]
-            if key in options:
-                raise ValueError(f'option "{key}" is given twice (query string and form)')
-            field = options_model.model_fields.get(key)
-            is_list = field is not None and "list" in str(field.annotation)
-            if is_list and len(values) > 1:
-                options[key] = values
-            elif values:
-                options[key] = _form_value(values[-1], is_list)
-    return options
-
-
-def _form_value(text: str, is_list: bool) -> Any:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return [text] if is_list else text
-    return [value] if is_list and isinstance(value, str) else value
-
-
-def predict_form_schema(task: Any) -> dict[str, Any]:
-    """OpenAPI for /predict: the image files plus the served task's options as form fields."""
-    properties: dict[str, Any] = {
-        "image": {
-            "type": "array",
-            "items": {"type": "string", "format": "binary"},
-            "minItems": 1,  # none is a 400
-            "description": "One or more image files.",
-        },
-    }
-    for name, schema in task.options_schema()["properties"].items():
-        properties[name] = schema
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "required": ["image"], "properties": properties}
-                }
-            },
-        }
-    }
-
-
-# Open without the key: health probes, the demo page (it asks for the key) and the API docs
-# (a browser cannot send the key for them; the schema is not a secret).
-_OPEN_PATHS = re.compile(
-    r"(/v2/[^/]+)?/health/?|/ping/?|/|/docs|/openapi\.json|/openapi-swagger\.json|/static/swagger/.*"
-)
-
-
-def max_request_bytes(settings: Settings) -> int:
-    """The largest valid job: every image at the byte limit, base64-encoded, plus JSON slack.
-    What a /predict upload may send; a JSON body is also held to MAX_BODY_MB."""
-    return settings.MAX_IMAGES_PER_JOB * (settings.MAX_IMAGE_BYTES * 4 // 3 + 1024) + 64 * 1024
-
-
-def max_json_body_bytes(settings: Settings) -> int:
-    return min(int(settings.MAX_BODY_MB * 1024 * 1024), max_request_bytes(settings))
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class LimitBodySize:
-    """ASGI middleware: 413 once a request body passes its limit, counted as it arrives:
-    `upload_limit` for /predict's multipart files, `limit` for every other (JSON) body.
-
-    A declared Content-Length over the limit is refused before anything is read; a chunked body
-    (no Content-Length) is cut off at the first byte over, so it is never read or spooled whole.
-    """
-
-    def __init__(self, app: Any, limit: int, upload_limit: int) -> None:
-        self.app = app
-        self.json_limit, self.upload_limit = limit, upload_limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.upload_limit if scope["path"].endswith("/predict") else self.json_limit
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            await _send_error(send, 413, _over(limit))
-            return
-        received = 0
-        responded = False
-
-        async def counting_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal responded
-            responded = responded or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except Exception as error:
-            # Middlewares built on task groups re-raise it inside an ExceptionGroup.
-            too_large = isinstance(error, _BodyTooLarge) or (
-                isinstance(error, BaseExceptionGroup) and error.subgroup(_BodyTooLarge)
-            )
-            if not too_large:
-                raise
-            if not responded:
-                await _send_error(send, 413, _over(limit))
-
-
-def _over(limit: int) -> str:
-    return (
-        f"request body over {limit} bytes (MAX_BODY_MB for JSON; /predict takes each file up "
-        "to MAX_IMAGE_BYTES)"
-    )
-
-
-async def _send_error(send: Any, status: int, message: str) -> None:
-    body = json.dumps(refusal(message, status)).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _require_api_key(api_key: str | None):
-    expected = f"Bearer {api_key}".encode()
-
-    async def check(request: Request, call_next):
-        if api_key is None or _OPEN_PATHS.fullmatch(request.url.path):
-            return await call_next(request)
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return JSONResponse({"error": "missing or wrong API key"}, 401)
-        return await call_next(request)
-
-    return check
-
-
 def _swallow_cancel(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background job crashed: %r", task.exception())
@@ -839,55 +675,11 @@ class DrainingServer(uvicorn.Server):
         return time.monotonic() - self._idle_since >= self.grace_s
 
 
-class _DeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with read deadlines, which uvicorn lacks: a client gets
-    HEADER_TIMEOUT_S to send a request's headers and BODY_TIMEOUT_S more for its body, or the
-    connection is closed. Without them ~1,100 clients sending a byte now and then held every
-    file descriptor and locked everyone else out."""
-
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 120.0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._deadline: asyncio.TimerHandle | None = None
-        self._await_headers()
-
-    def handle_events(self) -> None:
-        waiting_for_headers = self.conn.their_state is h11.IDLE
-        super().handle_events()
-        if waiting_for_headers and self.conn.their_state is h11.SEND_BODY:
-            self._set_deadline(self.body_timeout_s)
-        if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
-            self._set_deadline(None)  # the request is in; the response takes its own time
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._await_headers()  # the next request on this connection gets the same deadline
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._set_deadline(None)
-        super().connection_lost(exc)
-
-    def _await_headers(self) -> None:
-        self._set_deadline(self.header_timeout_s)
-
-    def _set_deadline(self, seconds: float | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = None if seconds is None else self.loop.call_later(seconds, self._expire)
-
-    def _expire(self) -> None:
-        if not self.transport.is_closing():
-            log.info("closing a connection that did not send its request in time")
-            self.transport.close()
-
-
 def server_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvicorn.Config:
     """The uvicorn settings pod mode runs with (tests start servers with the same ones)."""
     protocol = type(
         "DeadlineH11Protocol",
-        (_DeadlineH11Protocol,),
+        (DeadlineH11Protocol,),
         {"header_timeout_s": settings.HEADER_TIMEOUT_S, "body_timeout_s": settings.BODY_TIMEOUT_S},
     )
     return uvicorn.Config(

@@ -99,6 +99,14 @@ class ClassifyTask(Task):
         processor = source.load_image_processor()
         return cls(source, prepare_model(model, source), processor, limits)
 
+    def options_schema(self) -> dict[str, Any]:
+        """As the base's, with top_k bounded by this model's labels too, as `check` bounds it."""
+        schema = super().options_schema()
+        for branch in schema["properties"]["top_k"].get("anyOf", []):
+            if branch.get("type") == "integer":
+                branch["maximum"] = len(self.labels)
+        return schema
+
     def check(self, options: ClassifyOptions) -> ClassifyOptions:
         top_k = options.top_k or min(self.limits.DEFAULT_TOP_K, len(self.labels))
         if top_k > len(self.labels):

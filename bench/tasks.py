@@ -47,6 +47,7 @@ CASES = {
     "segment": ("segformer", {}, "segments"),
     "segment_panoptic": ("mask2former", {"threshold": 0.5}, "segments"),
     "depth": ("depth-anything", {}, "depth"),
+    "upscale": ("swin2sr", {}, "image"),
     "mask": (
         "sam",
         {"prompts": [{"points": [[8 * i + 4, 8 * i + 4]]} for i in range(4)]},

@@ -21,7 +21,9 @@ from typing import Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import FormData
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+
+from .memory import return_free_memory
 
 _MIB = 1024 * 1024
 # Objects and arrays one JSON body may hold; counted on the raw bytes, before parsing.
@@ -37,6 +39,8 @@ JSON_PARSE_FACTOR = 6
 # Reserved per uploaded byte: the chunk as received and the part it is copied into (the job
 # then carries the part's bytes as they are).
 UPLOAD_FACTOR = 2
+# A request that held this much gives the heap back to the system when it is done.
+_TRIM_AFTER_BYTES = 16 * _MIB
 # How long a request waits for room in the budget before it is refused with 503.
 BUDGET_WAIT_S = 10.0
 # Form fields (options) a /predict upload may carry besides its images, and bytes in each.
@@ -118,7 +122,10 @@ class Reservation:
             self.nbytes = nbytes
 
     async def release(self) -> None:
+        large = self.nbytes >= _TRIM_AFTER_BYTES
         await self.resize(0)
+        if large:  # its chunks were heap allocations glibc would otherwise keep
+            await asyncio.to_thread(return_free_memory)
 
 
 async def read_json(
@@ -149,9 +156,12 @@ async def read_json(
 
 
 async def _chunks(request: Request) -> AsyncIterator[bytes]:
-    async for chunk in request.stream():
-        if chunk:
-            yield chunk
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:  # a client cut off mid-body (e.g. by the body deadline): no traceback
+        raise BodyError(400, "the client went away before sending its whole body") from None
 
 
 def _check_shape(body: bytes) -> None:

@@ -111,9 +111,6 @@ class JobRecord:
             return envelope[:-1] + b',"output":' + self.output_json + b"}"
         return envelope
 
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(self.to_json_bytes())
-
 
 class JobStore:
     """Jobs by id. Finished ones are kept for RESULT_TTL_S, within a memory budget.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BlipConfig,
     BlipForConditionalGeneration,
@@ -72,16 +72,21 @@ def processor_class(name: str) -> Any:
 
 
 def _train_tokenizer(specials: list[str], vocab_size: int) -> Tokenizer:
-    tokenizer = Tokenizer(
-        models.WordPiece(unk_token=specials[1] if len(specials) > 1 else specials[0])
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=specials, show_progress=False
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    """A WordPiece tokenizer over _CORPUS: the specials, every character (word-initial and
+    "##" continuation) and every corpus word, in sorted order. Built rather than trained:
+    tokenizers' WordPieceTrainer breaks ties in hash order, so each build had a different
+    vocabulary, hence different random answers (a tiny VLM answered "" in 1 CI run of 3)."""
     from tokenizers import decoders
 
+    whitespace = pre_tokenizers.Whitespace()
+    words = sorted({word for line in _CORPUS for word, _ in whitespace.pre_tokenize_str(line)})
+    characters = sorted({character for word in words for character in word})
+    pieces = characters + ["##" + c for c in characters] + [w for w in words if len(w) > 1]
+    vocab = list(dict.fromkeys(specials + pieces))
+    assert len(vocab) <= vocab_size, f"{len(vocab)} tokens exceed {vocab_size}"
+    unk = specials[1] if len(specials) > 1 else specials[0]
+    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=unk))
+    tokenizer.pre_tokenizer = whitespace
     tokenizer.decoder = decoders.WordPiece()
     return tokenizer
 
@@ -122,26 +127,52 @@ CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 
 def clip_tokenizer() -> Any:
     """A CLIPTokenizer (BPE over bytes, "</w>" word ends) whose merges are learned here."""
-    from tokenizers import models as tok_models
     from transformers import CLIPTokenizer
 
-    trainer_model = Tokenizer(tok_models.BPE(end_of_word_suffix="</w>"))
-    trainer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=CLIP_SPECIALS,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    trainer_model.train_from_iterator([s.lower() for s in _CORPUS + LABELS], trainer=trainer)
-    state = json.loads(trainer_model.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = _learn_bpe_merges([s.lower() for s in _CORPUS + LABELS], 142)
+    ordinary = [*alphabet, *(a + "</w>" for a in alphabet), *("".join(m) for m in merges)]
     # Special tokens last, as in CLIP's vocabulary: OWL-ViT reads a query whose first id is 0
     # as padding, and CLIP pools at the highest id when its config predates eos_token_id.
-    ordinary = [t for t in sorted(state["vocab"], key=state["vocab"].get) if t not in CLIP_SPECIALS]
-    vocab = {token: i for i, token in enumerate([*ordinary, *CLIP_SPECIALS])}
-    return CLIPTokenizer(vocab=vocab, merges=merges)
+    tokens = list(dict.fromkeys([*ordinary, *CLIP_SPECIALS]))
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+
+
+def _learn_bpe_merges(lines: list[str], count: int) -> list[tuple[str, str]]:
+    """BPE merges over the lines' words, each word ending in "</w>" as CLIP's do: the most
+    frequent adjacent pair is merged first, ties broken by the pair itself (tokenizers'
+    BpeTrainer breaks them in hash order: every build learned different merges)."""
+    import collections
+    import itertools
+
+    words = collections.Counter(word for line in lines for word in line.split())
+    spelled = {word: [*word[:-1], word[-1] + "</w>"] for word in words}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < count:
+        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+        for word, symbols in spelled.items():
+            for pair in itertools.pairwise(symbols):
+                pairs[pair] += words[word]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for word, symbols in spelled.items():
+            spelled[word] = _merge_pair(symbols, best)
+    return merges
+
+
+def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    merged: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
 
 
 def _dims(full: bool, tiny: dict, real: dict) -> dict:

@@ -5,9 +5,11 @@ questions equal one at a time, and the options are bounded."""
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import pipeline
 
-from conftest import PHOTOS, b64, photo, run_job, run_jobs
+from conftest import _LOOP, PHOTOS, b64, photo, run_job, run_jobs
+from vision_worker.client import merge_stream
 
 QUESTIONS = ["what is in the photo?", "is there a cat on the couch?", "what colour is the sky?"]
 
@@ -151,3 +153,86 @@ def test_stop_texts_cut_the_answer_and_seeds_repeat_sampled_answers(make_worker)
     assert first["answer"] == again["answer"]
     others = {run_job(worker, {**sampled, "seed": s})["results"][0]["answer"] for s in range(6)}
     assert len(others) > 1  # sampling does sample
+
+
+def _streamed(worker, job: dict) -> list[dict]:
+    async def chunks() -> list[dict]:
+        return [chunk async for chunk in worker.stream(job)]
+
+    return _LOOP.run_until_complete(chunks())
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "smolvlm"])
+def test_answers_stream_as_they_are_generated_and_join_into_the_answer(make_worker, arch):
+    """Token streaming: each image's text pieces arrive before its result and join into its
+    answer; a batch of three streams side by side; the merged output is the plain one."""
+    worker = make_worker(arch, MAX_BATCH_SIZE=8, BATCH_WAIT_MS=100)
+    job = {
+        "images": [b64(photo(name)) for name in PHOTOS[:3]],
+        "questions": QUESTIONS,
+        "max_new_tokens": 8,
+    }
+    chunks = _streamed(worker, job)
+    pieces: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    finished: set[int] = set()
+    for chunk in chunks:
+        for entry in chunk.get("text", []):
+            assert entry["index"] not in finished  # text only before the image's result
+            pieces[entry["index"]].append(entry["text"])
+        finished |= {r["index"] for r in chunk.get("results", [])}
+    plain = run_job(worker, job)
+    for index, result in enumerate(plain["results"]):
+        assert "".join(pieces[index]) == result["answer"]
+    # Random weights still write several words: at least one answer came in several pieces.
+    assert max(len(p) for p in pieces.values()) > 1
+    merged = merge_stream(chunks)
+    assert merged["results"] == plain["results"]
+
+
+def test_a_streamed_answer_never_shows_its_stop_text(make_worker):
+    worker = make_worker("llava")
+    job = {"image": b64(photo("chelsea")), "question": QUESTIONS[0], "max_new_tokens": 12}
+    answer = run_job(worker, job)["results"][0]["answer"]
+    words = answer.split()
+    assert len(words) >= 2, answer
+    stop = words[1]  # cut at the second word: the streamed text must never have shown it
+    chunks = _streamed(worker, {**job, "stop": [stop]})
+    streamed = "".join(e["text"] for c in chunks for e in c.get("text", []))
+    (result,) = merge_stream(chunks)["results"]
+    assert result["answer"] == answer[: answer.find(stop)].rstrip()
+    assert result["finish_reason"] == "stop"
+    assert stop not in streamed
+    assert result["answer"].startswith(streamed)
+
+
+def test_a_failing_text_listener_never_fails_the_batch(make_worker):
+    """The model thread calls the listener: its faults end streaming, not the answer."""
+    worker = make_worker("llava")
+    task = worker.task
+    options = task.check(task.Options(question=QUESTIONS[0], max_new_tokens=6))
+    image = photo("chelsea").convert("RGB")
+    quiet, loud = task.prepare(image, options), task.prepare(image, options)
+
+    def broken(_text: str) -> None:
+        raise RuntimeError("listener fault")
+
+    loud.on_text = broken
+    expected = task.split(task.forward([quiet], [options]), [quiet], [options])
+    assert task.split(task.forward([loud], [options]), [loud], [options]) == expected
+
+
+def test_usage_counts_every_generated_token_up_to_the_end_token(make_worker):
+    """A pad token the model chose mid-answer is generated (and decoded away): it counts, and
+    does not end the answer; the pads after a row that stopped early do not count."""
+    task = make_worker("qwen2-vl").task
+    eos, pad = task.model.generation_config.eos_token_id, task.tokenizer.pad_token_id
+    eos = eos if isinstance(eos, int) else eos[0]
+    options = task.check(task.Options(question="q", max_new_tokens=4))
+
+    def ending(tokens: list[int]) -> tuple[int, str]:
+        result = task._ending("text", torch.tensor(tokens), options)
+        return result["completion_tokens"], result["finish_reason"]
+
+    assert ending([5, pad, 7, 8]) == (4, "length")
+    assert ending([5, eos, pad, pad]) == (2, "stop")
+    assert ending([5, 6, pad, pad]) == (2, "stop")

@@ -88,8 +88,10 @@ def test_streamed_chat_carries_the_same_answer_and_usage_when_asked(llava_pod):
         chunks = list(
             _chat(client, _data_uri("rocket"), stream=True, stream_options={"include_usage": True})
         )
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert text == plain.choices[0].message.content
+        pieces = [c.choices[0].delta.content for c in chunks if c.choices]
+        assert "".join(p or "" for p in pieces) == plain.choices[0].message.content
+        # Token by token: the answer's words came in several events, not one at the end.
+        assert len([p for p in pieces if p]) > 1
         finishes = [
             c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
         ]
@@ -115,8 +117,9 @@ def test_unsupported_parameters_wrong_models_and_keys_get_openais_errors(llava_p
         client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": "hello"}]
         )
-    with pytest.raises(openai.BadRequestError, match="image 0"):
-        _chat(client, "data:image/png;base64,bm90IGFuIGltYWdl")
+    for stream in (False, True):  # a streamed answer's refusal is a response, not a stream
+        with pytest.raises(openai.BadRequestError, match="image 0"):
+            _chat(client, "data:image/png;base64,bm90IGFuIGltYWdl", stream=stream)
     with pytest.raises(openai.AuthenticationError):
         OpenAI(base_url=f"{url}/v1", api_key="wrong").models.list()
 
@@ -249,6 +252,7 @@ def test_the_serverless_handler_answers_the_openai_client_streaming_and_not(serv
         worker, {"image": b64(photo("astronaut")), "question": QUESTION, "max_new_tokens": 5}
     )
     assert "".join(pieces) == unstreamed["results"][0]["answer"]
+    assert len([p for p in pieces if p]) > 1  # yielded as generated, each a round trip
 
 
 def test_a_non_streaming_worker_says_how_to_stream(model_dir):

@@ -115,7 +115,8 @@ def merge_stream(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         for result in chunk.get("results", []):
             index, rest = result["index"], {k: v for k, v in result.items() if k != "index"}
             by_index[index] = rest
-        output |= {k: v for k, v in chunk.items() if k != "results"}
+        # "text" chunks are answers as they grew; each result holds its whole answer.
+        output |= {k: v for k, v in chunk.items() if k not in ("results", "text")}
     return {"results": [by_index[i] for i in sorted(by_index)], **output}
 
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,7 @@ class JobRecord:
     task: asyncio.Task | None = None
     webhook: str | None = None  # RunPod's "webhook": POSTed the final job JSON
     stream: JobStream | None = None  # /run jobs: results for /stream/{id} as batches finish
+    on_text: Callable[[int, str], None] | None = None  # hears a streamed answer's pieces
     collected: bool = False  # a finished /run job's result has been read (/status, /stream)
 
     @property

@@ -7,12 +7,14 @@ becomes an ordinary job for `Worker.run`, so it batches with every other job, an
 output becomes OpenAI's response (or its error shape, with the status it implies).
 
 What is served is what the tasks do: a chat request is one user message with one image and its
-text (plus system messages); answers are whole, so a streamed answer arrives as one content
-chunk. Parameters `generate` cannot honour are refused by name, as OpenAI refuses them.
+text (plus system messages); a streamed answer arrives as it is generated (beam search settles
+its answer only at the end: then it arrives in one content chunk). Parameters `generate`
+cannot honour are refused by name, as OpenAI refuses them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -27,8 +29,9 @@ from starlette.background import BackgroundTask
 from .bodies import BodyError, Reservation
 from .errors import ErrorBody
 
-# A job's "input" to its output dict: Worker.run, or the pod's admitted and counted run.
-RunJob = Callable[[dict], Awaitable[dict]]
+# A job's "input" to its output dict: Worker.run, or the pod's admitted and counted run; an
+# `on_text` keyword hears a streamed answer's pieces (Worker.run's TextListener).
+RunJob = Callable[..., Awaitable[dict]]
 # A request's parsed JSON body and its share of the pod's request memory (bodies.read_json).
 ReadBody = Callable[[Request], Awaitable[tuple[Any, Reservation]]]
 
@@ -142,35 +145,58 @@ class OpenAIService:
         }
 
     async def chat_stream(self, body: Any) -> AsyncIterator[str]:
-        """Server-sent events: the role, the answer, the finish reason, usage when asked for,
-        then [DONE]. The request is checked and answered before the first event, so a refusal
-        is an error response, not a broken stream."""
+        """Server-sent events: the role, the answer as it is generated, the finish reason, usage
+        when asked for, then [DONE]. The request is checked and the first text awaited before
+        the first event, so a refusal is an error response, not a broken stream; a job failing
+        after that ends the stream with an error event."""
         request = self._chat_request(body)
-        answer = await self._answer(request)
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+        job = asyncio.ensure_future(
+            self._answer(request, on_text=lambda _index, text: pieces.put_nowait(text))
+        )
+        try:
+            first = await _next_text(pieces, job)
+        except BaseException:
+            job.cancel()
+            raise
+        identity, created = _id("chatcmpl"), int(time.time())
+
+        def chunk(choices: list[dict], **extra: Any) -> str:
+            payload = {
+                "id": identity,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.served_name,
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def delta(content: dict, finish: str | None = None) -> dict:
+            return {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
 
         async def events() -> AsyncIterator[str]:
-            identity, created = _id("chatcmpl"), int(time.time())
-
-            def chunk(choices: list[dict], **extra: Any) -> str:
-                payload = {
-                    "id": identity,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": self.served_name,
-                    "choices": choices,
-                    **extra,
-                }
-                return f"data: {json.dumps(payload)}\n\n"
-
-            def delta(content: dict, finish: str | None = None) -> dict:
-                return {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
-
+            streamed, piece = "", first
             text = chunk([delta({"role": "assistant", "content": ""})])
-            text += chunk([delta({"content": answer["answer"]})])
+            try:
+                # Each yield is a round trip on RunPod: what has arrived goes as one piece.
+                while piece is not None:
+                    yield text + chunk([delta({"content": piece})])
+                    text, streamed = "", streamed + piece
+                    piece = await _next_text(pieces, job)
+                answer = await job
+            except OpenAIError as error:
+                yield text + f"data: {json.dumps(error.body())}\n\n"
+                return
+            finally:
+                job.cancel()
+            whole = answer["answer"]
+            if whole.startswith(streamed) and len(whole) > len(streamed):
+                text += chunk([delta({"content": whole[len(streamed) :]})])
             text += chunk([delta({}, answer["finish_reason"])])
             if request.stream_options is not None and request.stream_options.include_usage:
                 text += chunk([], usage=_usage(answer["usage"]))
-            yield text + "data: [DONE]\n\n"  # one piece: each yield is a round trip on RunPod
+            yield text + "data: [DONE]\n\n"
 
         return events()
 
@@ -228,8 +254,11 @@ class OpenAIService:
         _refuse_unsupported(request)
         return request
 
-    async def _answer(self, request: ChatRequest) -> dict:
-        output = await self.run(self._ask_job(request))
+    async def _answer(
+        self, request: ChatRequest, on_text: Callable[[int, str], None] | None = None
+    ) -> dict:
+        more = {"on_text": on_text} if on_text is not None else {}
+        output = await self.run(self._ask_job(request), **more)
         _raise_for_job(output)
         (result,) = output["results"]
         if "error" in result:
@@ -375,6 +404,25 @@ def _item_error(error: dict, param: str) -> OpenAIError:
         return OpenAIError(error["message"], 500, code="inference_failed")
     status = 413 if error.get("code") == "too_large" else 400
     return OpenAIError(error["message"], status, param=param, code=error.get("code"))
+
+
+async def _next_text(pieces: asyncio.Queue[str], job: asyncio.Future) -> str | None:
+    """The answer's text that has arrived (waiting for some), or None once the job is over and
+    nothing more will come; a job that ended in a refusal raises it (OpenAIError)."""
+    text = ""
+    while pieces.empty() and not job.done():
+        waiting = asyncio.ensure_future(pieces.get())
+        await asyncio.wait({waiting, job}, return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            text = waiting.result()
+            break
+        waiting.cancel()
+    while not pieces.empty():
+        text += pieces.get_nowait()
+    if not text:
+        job.result()  # the job is over: raises its refusal, if it was one
+        return None
+    return text
 
 
 def _usage(counts: dict) -> dict:

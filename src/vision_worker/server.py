@@ -51,7 +51,7 @@ from .jobs import (
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openai_api import OpenAIService, openai_routes
-from .worker import Worker
+from .worker import TextListener, Worker
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ class PodServer:
                 listener = record.stream.add if record.stream is not None else None
                 # Uploaded files go to the worker as bytes (no base64 round trip); a worker face
                 # without files (a stand-in in tests) is called as for any JSON job.
-                more = {"files": record.files} if record.files else {}
+                more: dict[str, Any] = {"files": record.files} if record.files else {}
+                if record.on_text is not None:
+                    more["on_text"] = record.on_text
                 output = await self.worker.run(record.input, on_result=listener, **more)
         except asyncio.CancelledError:
             record.error = "job was cancelled"
@@ -180,10 +182,12 @@ class PodServer:
             self.store.finish(record, COMPLETED)
         return record
 
-    async def run_to_output(self, job_input: Any) -> dict:
+    async def run_to_output(self, job_input: Any, on_text: TextListener | None = None) -> dict:
         """A job run as /runsync runs it (counted, within MAX_CONCURRENCY): its output, or
-        {"error", "error_code"}."""
-        record = await self.execute(self.new_job(job_input))
+        {"error", "error_code"}; `on_text` hears a streamed answer's pieces."""
+        record = self.new_job(job_input)
+        record.on_text = on_text
+        record = await self.execute(record)
         self.store.forget(record.id)  # answered in the response: nobody can ask for it by id
         if record.status == COMPLETED:
             return await asyncio.to_thread(lambda: record.output)

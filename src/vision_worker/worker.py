@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Hears (image index, encoded result) as each image of a job finishes.
 ResultListener = Callable[[int, dict], None]
+# Hears (image index, new text) as a generating task's answer grows (token streaming).
+TextListener = Callable[[int, str], None]
 
 # Grace beyond URL_TIMEOUT_S before the job stops waiting on a download thread.
 _FETCH_GRACE_S = 1.0
@@ -167,15 +170,18 @@ class Worker:
         progress: Callable[[str], None] | None = None,
         on_result: ResultListener | None = None,
         files: Sequence[bytes] = (),
+        on_text: TextListener | None = None,
     ) -> dict[str, Any]:
         """The output for one job's "input": results per image, or {"error": "..."} for the job.
 
         `progress` hears "N/M images" as a job of more than one batch completes batches;
         `on_result` hears (index, result) for each image as soon as its batch has run; `files`
-        are the job's images as uploaded bytes (its "input" then carries options only).
+        are the job's images as uploaded bytes (its "input" then carries options only);
+        `on_text` hears (index, new text) as each answer grows, for tasks that generate text
+        token by token: the pieces heard for an image join into a prefix of its answer.
         """
         started = time.perf_counter()
-        output = await self._run_safely(job_input, progress, on_result, files)
+        output = await self._run_safely(job_input, progress, on_result, files, on_text)
         self.metrics.job_done(output, time.perf_counter() - started)
         return output
 
@@ -184,25 +190,33 @@ class Worker:
     ) -> AsyncIterator[dict[str, Any]]:
         """The job's output in chunks, for RunPod streaming: {"results": [...]} as batches
         finish (each result carries its image's "index"), then one chunk with the rest of the
-        output (model, task, texts, timings_ms); or a single {"error": ...} for the job.
+        output (model, task, texts, timings_ms); or a single {"error": ...} for the job. Tasks
+        that generate text also stream {"text": [{"index", "text"}]} chunks as answers grow:
+        each image's pieces join into a prefix of its final "answer".
         `merge_stream` in client.py puts the chunks back together into `run`'s output.
         """
-        finished: asyncio.Queue[tuple[int, dict]] = asyncio.Queue()
+        arrived: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
         job = asyncio.ensure_future(
-            self.run(job_input, progress, on_result=lambda i, r: finished.put_nowait((i, r)))
+            self.run(
+                job_input,
+                progress,
+                on_result=lambda i, r: arrived.put_nowait(("results", i, r)),
+                on_text=lambda i, t: arrived.put_nowait(("text", i, t)),
+            )
         )
         try:
-            while not (job.done() and finished.empty()):
-                next_result = asyncio.ensure_future(finished.get())
-                await asyncio.wait({next_result, job}, return_when=asyncio.FIRST_COMPLETED)
-                if not next_result.done():
-                    next_result.cancel()
+            while not (job.done() and arrived.empty()):
+                next_event = asyncio.ensure_future(arrived.get())
+                await asyncio.wait({next_event, job}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_event.done():
+                    next_event.cancel()
                     continue
-                # A batch's images finish in one turn of the loop: one chunk per batch.
-                arrived = [next_result.result()]
-                while not finished.empty():
-                    arrived.append(finished.get_nowait())
-                yield {"results": [{"index": i, **result} for i, result in arrived]}
+                # What arrived in one turn of the loop (a batch's images, a decoding step's
+                # text) is one chunk: each chunk is a round trip on RunPod.
+                events = [next_event.result()]
+                while not arrived.empty():
+                    events.append(arrived.get_nowait())
+                yield _chunk_of(events)
             output = job.result()
             output.pop("results", None)
             yield output
@@ -215,9 +229,10 @@ class Worker:
         progress: Callable[[str], None] | None,
         on_result: ResultListener | None,
         files: Sequence[bytes] = (),
+        on_text: TextListener | None = None,
     ) -> dict[str, Any]:
         try:
-            return await self._run(job_input, progress, on_result, files)
+            return await self._run(job_input, progress, on_result, files, on_text)
         except JobError as error:
             return job_failure(str(error), error.code)
         except Exception as error:  # never a traceback to the caller; the worker keeps serving
@@ -231,6 +246,7 @@ class Worker:
         progress: Callable[[str], None] | None,
         on_result: ResultListener | None,
         files: Sequence[bytes] = (),
+        on_text: TextListener | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         if self.broken:
@@ -256,6 +272,8 @@ class Worker:
             finally:
                 self._images_incoming -= 1
             loaded = max(loaded, time.perf_counter())
+            if on_text is not None and isinstance(item, Prepared):
+                item.on_text = _from_model_thread(lambda text: on_text(index, text))
             try:
                 output = await self._predict(item, options)
             except Exception as error:  # this image fails alone, with its code
@@ -356,6 +374,32 @@ class Worker:
             failed.set_exception(item)
             return failed
         return self.batcher.enqueue(item, options)
+
+
+def _chunk_of(events: list[tuple[str, int, Any]]) -> dict[str, list[dict]]:
+    """One stream chunk: results as {"index", **result}; text pieces of one image joined."""
+    chunk: dict[str, list[dict]] = {}
+    for kind, index, value in events:
+        entries = chunk.setdefault(kind, [])
+        if kind == "text" and entries and entries[-1]["index"] == index:
+            entries[-1]["text"] += value
+        elif kind == "text":
+            entries.append({"index": index, "text": value})
+        else:
+            entries.append({"index": index, **value})
+    return chunk
+
+
+def _from_model_thread(listener: Callable[[str], None]) -> Callable[[str], None]:
+    """A listener the model thread may call: handed to the event loop, never raising into the
+    forward pass (a closed loop or a failing listener must not fail the batch)."""
+    loop = asyncio.get_running_loop()
+
+    def hand_over(text: str) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            loop.call_soon_threadsafe(listener, text)
+
+    return hand_over
 
 
 class _ProgressReport:

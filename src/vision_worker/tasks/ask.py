@@ -9,6 +9,7 @@ vision inputs are joined as the processor joins a batch of its own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 from pydantic import Field
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.generation.streamers import BaseStreamer
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from ..errors import ImageError, JobError
@@ -41,6 +43,8 @@ from .generation import (
 # Every image-text-to-text architecture; the captioners among them (BLIP, GIT, ViT-GPT2) have no
 # chat template and are served by `caption`, which comes first in the registry.
 _ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+log = logging.getLogger(__name__)
 
 
 class AskOptions(GenerationOptions):
@@ -205,8 +209,12 @@ class AskTask(Task):
         first = options[0]  # decoding options are equal for the whole batch (batch_key)
         batch = self._collate(items)
         prompt_length = batch["input_ids"].shape[1]
+        decoding = self._decoding(first)
+        # Beam search settles its answer only at the end: nothing to stream before it.
+        if first.num_beams == 1 and any(item.on_text is not None for item in items):
+            decoding["streamer"] = _AnswerStreamer(self, items, first)
         with torch.inference_mode():
-            generated = self.model.generate(**batch, **self._decoding(first))
+            generated = self.model.generate(**batch, **decoding)
         return generated.cpu(), prompt_length
 
     def _decoding(self, options: AskOptions) -> dict[str, Any]:
@@ -246,17 +254,22 @@ class AskTask(Task):
     def _ending(self, answer: str, new_tokens: torch.Tensor, options: AskOptions) -> dict:
         """The answer, cut at a stop text; its tokens and why it ended ("stop", "length")."""
         eos = set(_token_ids(self.model.generation_config.eos_token_id))
-        pad = self.tokenizer.pad_token_id
         tokens = new_tokens.tolist()
-        finished = next((i for i, t in enumerate(tokens) if t in eos or t == pad), None)
-        # An end token is generated (counted); padding after a stop text is not.
-        ended_by_eos = finished is not None and tokens[finished] in eos
-        count = len(tokens) if finished is None else finished + int(ended_by_eos)
+        ended_at = next((i for i, t in enumerate(tokens) if t in eos), None)
+        if ended_at is not None:
+            count = ended_at + 1  # the end token is generated, and counted
+        else:
+            # Rows that stopped early (a stop text, another row still running) are padded to
+            # the batch's length; a pad token the model chose mid-answer is a generated token.
+            count = len(tokens)
+            while count and tokens[count - 1] == self.tokenizer.pad_token_id:
+                count -= 1
         cut = min((answer.find(t) for t in options.stop or () if t in answer), default=-1)
         if cut >= 0:
             answer, reason = answer[:cut].rstrip(), "stop"
         else:
-            reason = "stop" if finished is not None or count < options.max_new_tokens else "length"
+            ended = ended_at is not None or count < options.max_new_tokens
+            reason = "stop" if ended else "length"
         return {"answer": answer, "completion_tokens": count, "finish_reason": reason}
 
     def encode(self, output: dict, meta: dict, options: AskOptions) -> dict:
@@ -292,6 +305,71 @@ class AskTask(Task):
             key: value.to(device, dtype=dtype if value.is_floating_point() else value.dtype)
             for key, value in batch.items()
         }
+
+
+class _AnswerStreamer(BaseStreamer):
+    """Hands each row's new answer text to its item's `on_text` as generate produces tokens.
+
+    The text is cut as the final answer is (`split`): the whole sequence decoded, the prompt's
+    text removed, a stop text ending it; so the pieces join into a prefix of the answer. Text
+    that may still change is held back: a trailing partial character (U+FFFD) and, with stop
+    texts, as many characters as the longest stop text could already have begun."""
+
+    def __init__(self, task: AskTask, items: Sequence[Prepared], options: AskOptions) -> None:
+        self.task = task
+        self.listeners = [item.on_text for item in items]
+        self.stops = options.stop or ()
+        self.held = max((len(t) for t in self.stops), default=1) - 1
+        # Only an end token ends a row: a pad token the model chose mid-answer is decoded away.
+        self.ends = set(_token_ids(task.model.generation_config.eos_token_id))
+        self.rows: list[list[int]] = []
+        self.prompts: list[str] = []
+        self.sent = [""] * len(items)
+        self.done = [listener is None for listener in self.listeners]
+
+    def put(self, value: torch.Tensor) -> None:
+        try:
+            self._put(value)
+        except Exception:  # a streaming fault must never fail the batch's forward pass
+            log.exception("streaming an answer failed; the answer still comes whole")
+            self.done = [True] * len(self.done)
+
+    def end(self) -> None:
+        """Nothing to flush: the whole answer arrives with the result."""
+
+    def _put(self, value: torch.Tensor) -> None:
+        if not self.rows:  # generate's first call: the (left-padded) prompts
+            self.rows = value.tolist()
+            decode = self.task.processor.post_process_image_text_to_text
+            self.prompts = decode(value, skip_special_tokens=True)
+            return
+        for row, token in enumerate(value.tolist()):
+            if self.done[row]:
+                continue
+            self.rows[row].append(token)
+            finished = token in self.ends
+            self._send(row, self._visible(row, finished))
+            self.done[row] = finished
+
+    def _visible(self, row: int, finished: bool) -> str:
+        full = self.task.processor.post_process_image_text_to_text(
+            torch.tensor([self.rows[row]]), skip_special_tokens=True
+        )[0]
+        text = _answer(full, self.prompts[row])
+        cut = min((text.find(t) for t in self.stops if t in text), default=-1)
+        if cut >= 0:
+            self.done[row] = True
+            return text[:cut].rstrip()
+        if finished:
+            return text
+        text = text.removesuffix("\ufffd")
+        return text[: len(text) - self.held] if self.held else text
+
+    def _send(self, row: int, visible: str) -> None:
+        sent = self.sent[row]
+        if len(visible) > len(sent) and visible.startswith(sent):
+            self.listeners[row](visible[len(sent) :])
+            self.sent[row] = visible
 
 
 def _per_token(value: torch.Tensor, item: Prepared) -> bool:

@@ -156,10 +156,14 @@ class Checkpoint:
     model_type: str
     # From config.json's "architectures": the class it was saved from, i.e. which heads it has.
     architectures: tuple[str, ...]
+    # An encoder-decoder's encoder model type ("donut-swin", "vit"): one architecture
+    # (VisionEncoderDecoderModel) is a captioner, TrOCR or Donut by its encoder.
+    encoder_type: str = ""
 
     @classmethod
     def from_config(cls, name: str, config: Any) -> Checkpoint:
-        return cls(name, config.model_type, tuple(config.architectures or ()))
+        encoder = getattr(getattr(config, "encoder", None), "model_type", "")
+        return cls(name, config.model_type, tuple(config.architectures or ()), encoder or "")
 
     def saved_as(self, architectures: Iterable[str], model_types: Iterable[str]) -> bool:
         """Saved from one of `architectures`; a config naming none (old checkpoints) is judged
@@ -191,6 +195,9 @@ class Prepared:
     inputs: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
     kind: str = "image"
+    # Set by the worker for a job that streams text: a generating task calls it from the model
+    # thread with each new piece of the answer; the pieces join into a prefix of the answer.
+    on_text: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 # A limit's name in an option's description, e.g. "1 to MAX_LABELS".

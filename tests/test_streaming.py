@@ -232,3 +232,28 @@ def test_the_runpod_sdk_streams_batches_and_run_still_gets_the_output(
         assert _without_timings(output) == expected
     # Jobs of more than one batch report progress per batch, in order, through /status.
     assert runpod_api.progress == ["2/5 images", "4/5 images", "5/5 images"]
+
+
+def test_two_last_stream_polls_at_once_send_the_rest_once():
+    """The last /stream poll of a finished job parses its output on a thread; two at once must
+    not both send the results and the summary."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vision_worker.jobs import COMPLETED, JobRecord, JobStream
+
+    output = {"results": [{"caption": "x" * 200} for _ in range(20_000)], "task": "caption"}
+    for _ in range(5):
+        record = JobRecord(id="pod-1", input={}, status=COMPLETED, stream=JobStream())
+        record.output = output
+        start = threading.Barrier(2)
+
+        def poll(record: JobRecord = record, start: threading.Barrier = start) -> list[dict]:
+            start.wait()
+            return record.stream.take(record)
+
+        with ThreadPoolExecutor(2) as pool:
+            polls = [pool.submit(poll) for _ in range(2)]
+            taken = [chunk for done in polls for chunk in done.result()]
+        indexes = [r["index"] for chunk in taken for r in chunk.get("results", [])]
+        assert sorted(indexes) == list(range(20_000))
+        assert [chunk for chunk in taken if "task" in chunk] == [{"task": "caption"}]

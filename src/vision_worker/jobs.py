@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,6 +48,9 @@ class JobStream:
     read: set[int] = field(default_factory=set)
     summary_read: bool = False
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # A finished job's last take parses its output on a thread; two /stream polls at the end
+    # must not both send the rest.
+    taking: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, index: int, result: dict) -> None:
         self.pending.append({"index": index, **result})
@@ -55,6 +59,10 @@ class JobStream:
     def take(self, record: JobRecord) -> list[dict]:
         """Every chunk not read yet; a finished job's output supplies what was not streamed.
         Parses the kept output once, at the end (call it off the event loop for big ones)."""
+        with self.taking:
+            return self._take(record)
+
+    def _take(self, record: JobRecord) -> list[dict]:
         results, self.pending = self.pending, []
         self.arrived.clear()
         ending = record.status == COMPLETED and not self.summary_read

@@ -16,7 +16,9 @@ BENCH_TASK_IMAGES sets N (default 8: the largest models take seconds per image o
 Then SAM's prompts: one image embedding, every prompt of the job through the mask decoder; a
 1-prompt job against a BENCH_MASK_PROMPTS-prompt one (default 32, MAX_PROMPTS) on the same
 image gives the embedding's seconds and the decoder's prompts/s, and so what a prompt costs.
-Last, streaming: when the first results of a 4N-image ResNet-50 job arrive, against its end.
+Last, streaming: when the first results of a 4N-image ResNet-50 job arrive, against its end;
+and ask's answers streamed token by token (BENCH_ANSWER_TOKENS, default 16) against the same
+job unstreamed: the cost of streaming, and when the first words arrive.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from common import (
 
 IMAGES = int(os.environ.get("BENCH_TASK_IMAGES", "8"))
 PROMPTS = int(os.environ.get("BENCH_MASK_PROMPTS", "32"))
+ANSWER_TOKENS = int(os.environ.get("BENCH_ANSWER_TOKENS", "16"))
 CASES = {
     "detect": ("yolos", {"threshold": 0.5}, "detections"),
     "zero_shot_detect": ("owlvit", {"labels": ["a cat", "a rocket", "a cup"]}, "detections"),
@@ -76,6 +79,35 @@ def first_results_vs_whole_job(worker, images: list[str]) -> dict:
         "first_results_s": first,
         "whole_job_s": whole,
         "first_vs_whole": first / whole,
+    }
+
+
+def streamed_vs_plain_answers(worker, images: list[str], tokens: int = ANSWER_TOKENS) -> dict:
+    """ask: the same job plain and streamed token by token (side by side, best of 3 each):
+    what streaming costs the batch, and when its first text arrives."""
+    job = {"images": images, "question": "What is in the image?", "max_new_tokens": tokens}
+
+    async def streamed() -> tuple[float, float]:
+        started, first = time.perf_counter(), None
+        async for chunk in worker.stream(job):
+            if first is None and chunk.get("text"):
+                first = time.perf_counter() - started
+        return first or 0.0, time.perf_counter() - started
+
+    run(worker.run(job))  # warm-up
+    plain_s, streams = [], []
+    for _ in range(3):
+        plain_s.append(timed(lambda: run(worker.run(job))))
+        streams.append(run(streamed()))
+    first_s, whole_s = min(streams, key=lambda s: s[1])
+    return {
+        "images": len(images),
+        "max_new_tokens": tokens,
+        "plain_job_s": min(plain_s),
+        "streamed_job_s": whole_s,
+        "streamed_vs_plain": whole_s / min(plain_s),
+        "first_text_s": first_s,
+        "first_text_vs_whole": first_s / whole_s,
     }
 
 
@@ -134,12 +166,16 @@ def main() -> dict:
     report(
         f"mask: decoder prompts/s (1 vs {PROMPTS} prompts)", mask_prompts["prompts_per_s"], unit=""
     )
+    answers = streamed_vs_plain_answers(workers[CASE_NAMES.index("ask")], images)
+    report("ask streamed token by token / plain", answers["streamed_vs_plain"], "<= 1.05")
+    report("ask: first text at / whole job", answers["first_text_vs_whole"], unit="x")
     result = {
         "images": IMAGES,
         "tasks": results,
         "explain_cost": explain_cost,
         "streaming": streaming,
         "mask_prompts": mask_prompts,
+        "token_streaming": answers,
     }
     save("tasks", result)
     return result

@@ -4,11 +4,14 @@ questions equal one at a time, and the options are bounded."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
+from PIL import Image
 from transformers import pipeline
 
-from conftest import _LOOP, PHOTOS, b64, photo, run_job, run_jobs
+from conftest import _LOOP, PHOTOS, b64, encode, phone_jpeg, photo, run_job, run_jobs
 from vision_worker.client import merge_stream
 
 QUESTIONS = ["what is in the photo?", "is there a cat on the couch?", "what colour is the sky?"]
@@ -162,7 +165,7 @@ def _streamed(worker, job: dict) -> list[dict]:
     return _LOOP.run_until_complete(chunks())
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "smolvlm"])
+@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl", "smolvlm", "paligemma"])
 def test_answers_stream_as_they_are_generated_and_join_into_the_answer(make_worker, arch):
     """Token streaming: each image's text pieces arrive before its result and join into its
     answer; a batch of three streams side by side; the merged output is the plain one."""
@@ -236,3 +239,67 @@ def test_usage_counts_every_generated_token_up_to_the_end_token(make_worker):
     assert ending([5, pad, 7, 8]) == (4, "length")
     assert ending([5, eos, pad, pad]) == (2, "stop")
     assert ending([5, 6, pad, pad]) == (2, "stop")
+
+
+def _one_turn(images: list, question: str) -> list[dict]:
+    parts = [{"type": "image", "image": image} for image in images]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
+
+
+@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl", "smolvlm", "paligemma"])
+def test_one_question_about_several_images_equals_the_pipeline(make_worker, model_dir, arch):
+    """`together`: one answer about all the job's images in order, as the image-text-to-text
+    pipeline answers a turn holding them all; the 12 MP phone JPEG among them."""
+    worker = make_worker(arch)
+    reference = pipeline("image-text-to-text", model=str(model_dir(arch)))
+    question = "what changed between these photos?"
+    sets = [
+        [encode(photo(name, size=None).convert("RGB")) for name in PHOTOS[:3]],
+        [phone_jpeg("rocket"), encode(photo("chelsea", size=None).convert("RGB"))],
+    ]
+    for encoded in sets:
+        job = {"question": question, "together": True, "max_new_tokens": 8}
+        output = run_job(worker, {"images": [b64(data) for data in encoded], **job})
+        (result,) = output["results"]  # one answer for the whole set
+        upright = [Image.open(io.BytesIO(data)).convert("RGB") for data in encoded]
+        expected = reference(
+            text=_one_turn(upright, question), max_new_tokens=8, return_full_text=False
+        )
+        assert result["answer"] == expected[0]["generated_text"].strip()
+        assert result["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "smolvlm"])
+def test_a_question_about_several_images_batches_with_single_image_jobs(make_worker, arch):
+    worker = make_worker(arch, MAX_BATCH_SIZE=8, BATCH_WAIT_MS=100)
+    images = [b64(photo(name)) for name in PHOTOS[:3]]
+    jobs = [
+        {"images": images[:2], "question": QUESTIONS[0], "together": True, "max_new_tokens": 6},
+        {"image": images[2], "question": QUESTIONS[1], "max_new_tokens": 6},
+        {"images": images[::-1], "question": QUESTIONS[2], "together": True, "max_new_tokens": 6},
+    ]
+    together = run_jobs(worker, jobs)
+    alone = [run_job(worker, job) for job in jobs]
+    assert [t["results"] for t in together] == [a["results"] for a in alone]
+    assert [len(t["results"]) for t in together] == [1, 1, 1]
+    # The order of the images is part of the question.
+    swapped = run_job(worker, {**jobs[0], "images": images[1::-1]})
+    assert together[0]["results"] != swapped["results"]
+
+
+def test_a_question_about_several_images_is_bounded_and_fails_with_the_image_that_failed_it(
+    make_worker,
+):
+    worker = make_worker("llava", MAX_IMAGES_PER_QUESTION=3)
+    images = [b64(photo(name)) for name in PHOTOS[:4]]
+    too_many = run_job(worker, {"images": images, "question": "a?", "together": True})
+    assert too_many["error_code"] == "invalid_input"
+    assert "at most 3 images in one question (MAX_IMAGES_PER_QUESTION), got 4" in too_many["error"]
+    several = run_job(worker, {"images": images[:2], "questions": ["a?", "b?"], "together": True})
+    assert '"together" asks one "question"' in several["error"]
+    broken = run_job(
+        worker, {"images": [images[0], "bm90IGFuIGltYWdl"], "question": "a?", "together": True}
+    )
+    (result,) = broken["results"]
+    assert result["error"]["code"] == "invalid_image"
+    assert result["error"]["message"].startswith("image 1: ")

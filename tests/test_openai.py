@@ -109,7 +109,7 @@ def test_unsupported_parameters_wrong_models_and_keys_get_openais_errors(llava_p
         openai.BadRequestError, match="Unrecognized request argument supplied: tools"
     ):
         _chat(client, _data_uri("chelsea"), extra_body={"tools": []})
-    with pytest.raises(openai.BadRequestError, match="exactly one"):
+    with pytest.raises(openai.BadRequestError, match="no image_url part"):
         client.chat.completions.create(
             model="served-llava", messages=[{"role": "user", "content": "hello"}]
         )
@@ -273,3 +273,29 @@ def test_a_non_streaming_worker_says_how_to_stream(model_dir):
     models = asyncio.run(serverless.handler({"id": "2", "input": {"openai_route": "/v1/models"}}))
     assert models["data"][0]["id"] == settings.MODEL_NAME
     base64.b64decode(b64(photo("chelsea")))  # the data URIs above are plain base64
+
+
+def test_several_images_in_one_message_get_one_answer_about_them_all(llava_pod):
+    """As vLLM serves a message of several image_url parts: one answer, the worker's own
+    `together` answer for those images in that order."""
+    worker, url = llava_pod
+    client = OpenAI(base_url=f"{url}/v1", api_key=KEY)
+    names = ["chelsea", "rocket"]
+    content = [
+        {"type": "text", "text": QUESTION},
+        *({"type": "image_url", "image_url": {"url": _data_uri(name)}} for name in names),
+    ]
+    completion = client.chat.completions.create(
+        model="served-llava", messages=[{"role": "user", "content": content}], max_tokens=6
+    )
+    own = run_job(
+        worker,
+        {
+            "images": [b64(photo(name)) for name in names],
+            "question": QUESTION,
+            "together": True,
+            "max_new_tokens": 6,
+        },
+    )
+    assert completion.choices[0].message.content == own["results"][0]["answer"]
+    assert completion.usage.prompt_tokens == own["results"][0]["usage"]["prompt_tokens"]

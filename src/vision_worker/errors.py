@@ -14,13 +14,17 @@ ImageErrorCode = Literal[
 class ImageError(Exception):
     """One image failed; the rest of its job still gets results."""
 
-    def __init__(self, code: ImageErrorCode, message: str) -> None:
+    def __init__(self, code: ImageErrorCode, message: str, image: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # The job's image it is about, where that is not the result's own index (one answer
+        # about several images fails with the image that failed it).
+        self.image = image
 
     def to_result(self, index: int) -> dict:
-        return {"error": {"code": self.code, "message": f"image {index}: {self.message}"}}
+        image = index if self.image is None else self.image
+        return {"error": {"code": self.code, "message": f"image {image}: {self.message}"}}
 
 
 # Whole-job failures, for machines: a client retries "unavailable" elsewhere, fixes

@@ -8,10 +8,10 @@ import io
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -322,6 +322,43 @@ class ImageStage:
             finally:
                 del image, opened  # released before the reservation is, not at the next GC
 
+    def model_input_together(
+        self, datas: Sequence[bytes], prepare: Callable[[list[Image.Image]], T], target: dict | None
+    ) -> T:
+        """`prepare` of all the images at once (one answer about several): every header is
+        checked first, then the decode budget is reserved for all of them in one go (holding
+        some while waiting for the rest could deadlock two such jobs). A failing image fails
+        the whole item, naming its index."""
+        opened = [self._opened(data, target, index) for index, data in enumerate(datas)]
+        cost = sum(decoded_cost(*image.size, image.mode) for image in opened)
+        with self.budget.reserve(cost):
+            images: list[Image.Image] = []
+            try:
+                for index, image in enumerate(opened):
+                    images.append(_numbered(finish_decode, image, index))
+                return prepare(images)
+            except ImageError:
+                raise
+            except Exception as error:  # e.g. a processor that takes one image per prompt
+                message = f"cannot preprocess these images together: {error}"[:300]
+                raise ImageError("invalid_image", message) from None
+            finally:
+                del images, opened  # released before the reservation is
+
+    def _opened(self, data: bytes, target: dict | None, index: int) -> Image.Image:
+        opened = _numbered(lambda d: open_image(d, self.limits), data, index)
+        draft_for(opened, target, self.jpeg_draft)
+        return opened
+
     def prepared(self, source: str | bytes, prepare: Prepare[T], target: dict | None) -> T:
         """Both steps at once (benchmarks, warm-up): what a job's image goes through."""
         return self.model_input(self.encoded(source), prepare, target)
+
+
+def _numbered(step: Callable[[Any], T], value: Any, index: int) -> T:
+    """`step(value)`, its ImageError naming the job's image `index`."""
+    try:
+        return step(value)
+    except ImageError as error:
+        error.image = index
+        raise

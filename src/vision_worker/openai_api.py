@@ -6,10 +6,10 @@ One translation for both edges: the pod's `/v1/...` routes and RunPod's OpenAI p
 becomes an ordinary job for `Worker.run`, so it batches with every other job, and the job's
 output becomes OpenAI's response (or its error shape, with the status it implies).
 
-What is served is what the tasks do: a chat request is one user message with one image and its
-text (plus system messages); a streamed answer arrives as it is generated (beam search settles
-its answer only at the end: then it arrives in one content chunk). Parameters `generate`
-cannot honour are refused by name, as OpenAI refuses them.
+What is served is what the tasks do: a chat request is one user message with its text and its
+images (one answer about them all), plus system messages; a streamed answer arrives as it is
+generated (beam search settles its answer only at the end: then it arrives in one content
+chunk). Parameters `generate` cannot honour are refused by name, as OpenAI refuses them.
 """
 
 from __future__ import annotations
@@ -266,8 +266,11 @@ class OpenAIService:
         return result
 
     def _ask_job(self, request: ChatRequest) -> dict:
-        system, question, image = _one_question(request.messages)
-        job: dict[str, Any] = {"image": image, "question": question}
+        system, question, images = _one_question(request.messages)
+        # Several images in the message: one answer about them all, in their order.
+        job: dict[str, Any] = {"images": images, "question": question}
+        if len(images) > 1:
+            job["together"] = True
         if system:
             job["system"] = system
         tokens = request.max_completion_tokens or request.max_tokens
@@ -327,8 +330,8 @@ def _refuse_unsupported(request: ChatRequest) -> None:
             raise OpenAIError(f"{name} is not supported (generate has no equivalent)", param=name)
 
 
-def _one_question(messages: list[dict[str, Any]]) -> tuple[str, str, str]:
-    """(system text, the user's text, its image URL) from the one turn served."""
+def _one_question(messages: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
+    """(system text, the user's text, its image URLs) from the one turn served."""
     systems, users, others = [], [], []
     for message in messages:
         role = message.get("role")
@@ -342,9 +345,9 @@ def _one_question(messages: list[dict[str, Any]]) -> tuple[str, str, str]:
             param="messages",
         )
     images = _images_of(users[0], "messages")
-    if len(images) != 1:
+    if not images:
         raise OpenAIError(
-            f"the user message has {len(images)} images; this endpoint answers about exactly one",
+            "the user message has no image_url part: this endpoint answers about images",
             param="messages",
         )
     question = _text_of(users[0])
@@ -352,7 +355,7 @@ def _one_question(messages: list[dict[str, Any]]) -> tuple[str, str, str]:
         raise OpenAIError(
             "the user message has no text: ask something about the image", param="messages"
         )
-    return "\n".join(_text_of(m) for m in systems), question, images[0]
+    return "\n".join(_text_of(m) for m in systems), question, images
 
 
 def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:

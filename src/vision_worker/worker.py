@@ -257,18 +257,24 @@ class Worker:
         options = request.options
         texts = self.task.job_texts(options)
         per_image = self.task.options_per_image(options, len(request.sources))
-        # Each image goes to the batcher as soon as it is prepared, so decoding overlaps the
-        # model; the batcher holds a partial batch briefly only while images are on their way.
+        # One item per image, or one for all of them (one answer about several images).
+        together = self.task.answers_together(options)
+        groups = [list(request.sources)] if together else [[s] for s in request.sources]
+        # Each item goes to the batcher as soon as it is prepared, so decoding overlaps the
+        # model; the batcher holds a partial batch briefly only while items are on their way.
         loaded = started
-        self._images_incoming += len(request.sources)
-        report = _ProgressReport(len(request.sources), self.batcher.working_batch_size, progress)
+        self._images_incoming += len(groups)
+        report = _ProgressReport(len(groups), self.batcher.working_batch_size, progress)
         meter = OutputMeter(self.settings)
 
-        async def prepare_then_predict(index: int, source: str | bytes) -> dict:
+        async def prepare_then_predict(index: int, group: list[str | bytes]) -> dict:
             nonlocal loaded
             options = per_image[index]
             try:
-                item = await self._prepare(source, options)
+                if together:
+                    item = await self._prepare_together(group, options)
+                else:
+                    item = await self._prepare(group[0], options)
             finally:
                 self._images_incoming -= 1
             loaded = max(loaded, time.perf_counter())
@@ -287,9 +293,7 @@ class Worker:
                 on_result(index, result)
             return result
 
-        image_results = asyncio.gather(
-            *(prepare_then_predict(i, s) for i, s in enumerate(request.sources))
-        )
+        image_results = asyncio.gather(*(prepare_then_predict(i, g) for i, g in enumerate(groups)))
         text_items = [self.task.prepare_text(text, options) for text in texts]
         text_outputs = asyncio.gather(
             *(self.batcher.enqueue(item, options) for item in text_items),
@@ -335,17 +339,47 @@ class Worker:
 
     async def _prepare(self, source: str | bytes, options: Any) -> Prepared | ImageError:
         loop = asyncio.get_running_loop()
-        # Only the download is under the URL deadline: waiting for decode memory under load
-        # slows a job down but must not fail it.
-        limit = self.settings.URL_TIMEOUT_S + _FETCH_GRACE_S if is_url(source) else None
         try:
-            fetching = loop.run_in_executor(self._image_threads, self.images.encoded, source)
-            data = await asyncio.wait_for(fetching, timeout=limit)
+            data = await self._fetch(source)
             return await loop.run_in_executor(self._image_threads, self._model_input, data, options)
         except ImageError as error:
             return error
+
+    async def _prepare_together(
+        self, sources: Sequence[str | bytes], options: Any
+    ) -> Prepared | ImageError:
+        """One item from all of a job's images (Task.answers_together)."""
+        loop = asyncio.get_running_loop()
+        try:
+            datas = await asyncio.gather(
+                *(self._fetch(source, index) for index, source in enumerate(sources))
+            )
+            return await loop.run_in_executor(
+                self._image_threads,
+                self.images.model_input_together,
+                datas,
+                lambda images: self.task.prepare_together(images, options),
+                self.task.decode_target(options),
+            )
+        except ImageError as error:
+            return error
+
+    async def _fetch(self, source: str | bytes, index: int | None = None) -> bytes:
+        """The image's bytes (downloaded on an image thread); ImageError naming `index`."""
+        # Only the download is under the URL deadline: waiting for decode memory under load
+        # slows a job down but must not fail it.
+        limit = self.settings.URL_TIMEOUT_S + _FETCH_GRACE_S if is_url(source) else None
+        fetching = asyncio.get_running_loop().run_in_executor(
+            self._image_threads, self.images.encoded, source
+        )
+        try:
+            return await asyncio.wait_for(fetching, timeout=limit)
+        except ImageError as error:
+            error.image = index
+            raise
         except TimeoutError:
-            return ImageError("fetch_failed", f"download exceeded {self.settings.URL_TIMEOUT_S}s")
+            message = f"download exceeded {self.settings.URL_TIMEOUT_S}s"
+            raise ImageError("fetch_failed", message, index) from None
 
     def _measured_result(
         self, meter: OutputMeter, index: int, item: Any, output: Any, options: Any

@@ -47,6 +47,12 @@ _ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
 log = logging.getLogger(__name__)
 
 
+class AskLimits(GenerationLimits):
+    # Images in one question (`together`): each adds its image tokens to the one prompt, and
+    # all of them are decoded at once.
+    MAX_IMAGES_PER_QUESTION: int = Field(8, ge=1, le=64)
+
+
 class AskOptions(GenerationOptions):
     question: str | None = Field(
         None,
@@ -79,6 +85,12 @@ class AskOptions(GenerationOptions):
         max_length=4,
         description="Up to 4 texts that end the answer (not included in it).",
     )
+    together: bool = Field(
+        False,
+        description="One answer about all the job's images at once, in their order (e.g. "
+        '"what changed between these photos?"), for models that take several images in one '
+        "prompt; at most MAX_IMAGES_PER_QUESTION images, one result.",
+    )
 
 
 class AskTask(Task):
@@ -90,7 +102,7 @@ class AskTask(Task):
     )
     summary: ClassVar[str] = "an answer per image to the job's question (small VLMs)"
     Options: ClassVar = AskOptions
-    Limits: ClassVar = GenerationLimits
+    Limits: ClassVar = AskLimits
     architectures_doc: ClassVar[str] = (
         "image-text-to-text checkpoints with a chat template: `LlavaForConditionalGeneration`, "
         "`SmolVLMForConditionalGeneration`, `Qwen2VLForConditionalGeneration`, ..."
@@ -107,9 +119,7 @@ class AskTask(Task):
         },
     ]
 
-    def __init__(
-        self, source: ModelSource, model: Any, processor: Any, limits: GenerationLimits
-    ) -> None:
+    def __init__(self, source: ModelSource, model: Any, processor: Any, limits: AskLimits) -> None:
         self.source = source
         self.model = model
         self.processor = processor
@@ -124,7 +134,7 @@ class AskTask(Task):
         return checkpoint.saved_as(_ARCHITECTURES, ()) and not captioner
 
     @classmethod
-    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: GenerationLimits) -> AskTask:
+    def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: AskLimits) -> AskTask:
         model, _ = load_weights(source, AutoModelForImageTextToText, cls.name, "language model")
         processor = source.load_processor(AutoProcessor.from_pretrained, "processor")
         if not getattr(processor, "chat_template", None):
@@ -156,12 +166,19 @@ class AskTask(Task):
                 )
         if options.stop is not None and not all(options.stop):
             raise JobError('"stop" texts must not be empty')
+        if options.together and options.questions is not None:
+            raise JobError('"together" asks one "question" about all the images, not "questions"')
         if options.temperature > 0 and options.num_beams > 1:
             raise JobError('"temperature" samples one answer; it does not combine with num_beams')
         tokens = checked_generation(options, self.max_new_tokens_limit, self.limits)
         return options.model_copy(update={"max_new_tokens": tokens})
 
     def options_per_image(self, options: AskOptions, images: int) -> list[AskOptions]:
+        if options.together and images > self.limits.MAX_IMAGES_PER_QUESTION:
+            raise JobError(
+                f'"together" takes at most {self.limits.MAX_IMAGES_PER_QUESTION} images in one '
+                f"question (MAX_IMAGES_PER_QUESTION), got {images}"
+            )
         if options.questions is None:
             return [options] * images
         if len(options.questions) != images:
@@ -187,23 +204,46 @@ class AskTask(Task):
         return None
 
     def prepare(self, image: Image.Image, options: AskOptions) -> Prepared:
-        content = [{"type": "image"}, {"type": "text", "text": options.question}]
-        turns = [{"role": "user", "content": content}]
+        prompt = self.processor.apply_chat_template(
+            self._turns([{"type": "image"}], options), add_generation_prompt=True
+        )
+        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
+        return self._checked(dict(inputs.items()), "this image", options)
+
+    def answers_together(self, options: AskOptions) -> bool:
+        return options.together
+
+    def prepare_together(self, images: list[Image.Image], options: AskOptions) -> Prepared:
+        # As the pipeline does for a chat: the processor's template takes the images from the
+        # turn itself, so each processor nests them per prompt as its model expects.
+        parts = [{"type": "image", "image": image} for image in images]
+        inputs = self.processor.apply_chat_template(
+            self._turns(parts, options),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        return self._checked(dict(inputs.items()), f"these {len(images)} images", options)
+
+    def _turns(self, images: list[dict], options: AskOptions) -> list[dict]:
+        turns = [{"role": "user", "content": [*images, {"type": "text", "text": options.question}]}]
         if options.system is not None:
             system = [{"type": "text", "text": options.system}]
             turns.insert(0, {"role": "system", "content": system})
-        prompt = self.processor.apply_chat_template(turns, add_generation_prompt=True)
-        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
-        # Checked per image, before batching: past its positions the decoder would fail the
+        return turns
+
+    def _checked(self, inputs: dict[str, torch.Tensor], what: str, options: AskOptions) -> Prepared:
+        # Checked per item, before batching: past its positions the decoder would fail the
         # whole batch, other jobs' images included.
         length = inputs["input_ids"].shape[1]
         if length + options.max_new_tokens > self.positions:
             raise ImageError(
                 "too_large",
-                f"the prompt is {length} tokens with this image; with max_new_tokens="
+                f"the prompt is {length} tokens with {what}; with max_new_tokens="
                 f"{options.max_new_tokens} it needs more than the model's {self.positions}",
             )
-        return Prepared(dict(inputs.items()), meta={"prompt_tokens": length})
+        return Prepared(inputs, meta={"prompt_tokens": length})
 
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> tuple:
         first = options[0]  # decoding options are equal for the whole batch (batch_key)
@@ -307,13 +347,20 @@ class AskTask(Task):
         }
 
 
+# The prompt's tokens a streamed answer is decoded after: enough for any word to begin there.
+_PROMPT_CONTEXT_TOKENS = 16
+
+
 class _AnswerStreamer(BaseStreamer):
     """Hands each row's new answer text to its item's `on_text` as generate produces tokens.
 
-    The text is cut as the final answer is (`split`): the whole sequence decoded, the prompt's
-    text removed, a stop text ending it; so the pieces join into a prefix of the answer. Text
-    that may still change is held back: a trailing partial character (U+FFFD) and, with stop
-    texts, as many characters as the longest stop text could already have begun."""
+    The text is cut as the final answer is (`split`): decoded with the prompt's end before it,
+    that end's text removed, a stop text ending it; so the pieces join into a prefix of the
+    answer. Only the prompt's last tokens are decoded each step (a word can continue across the
+    boundary), so a step costs the answer's length, not the prompt's thousand image tokens, on
+    the model thread. Text that may still change is held back: a trailing partial character
+    (U+FFFD) and, with stop texts, as many characters as the longest stop text could already
+    have begun."""
 
     def __init__(self, task: AskTask, items: Sequence[Prepared], options: AskOptions) -> None:
         self.task = task
@@ -339,9 +386,9 @@ class _AnswerStreamer(BaseStreamer):
 
     def _put(self, value: torch.Tensor) -> None:
         if not self.rows:  # generate's first call: the (left-padded) prompts
-            self.rows = value.tolist()
+            self.rows = value[:, -_PROMPT_CONTEXT_TOKENS:].tolist()
             decode = self.task.processor.post_process_image_text_to_text
-            self.prompts = decode(value, skip_special_tokens=True)
+            self.prompts = decode(value[:, -_PROMPT_CONTEXT_TOKENS:], skip_special_tokens=True)
             return
         for row, token in enumerate(value.tolist()):
             if self.done[row]:

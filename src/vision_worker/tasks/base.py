@@ -290,6 +290,14 @@ class Task:
     def prepare(self, image: Image.Image, options: Any) -> Prepared:
         raise NotImplementedError
 
+    def answers_together(self, options: Any) -> bool:
+        """Whether the job's images make one item with one result (one answer about all of
+        them, `prepare_together`) instead of one item each."""
+        return False
+
+    def prepare_together(self, images: list[Image.Image], options: Any) -> Prepared:
+        raise NotImplementedError
+
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
         raise NotImplementedError
 

@@ -55,7 +55,7 @@ def test_the_default_task_comes_from_the_checkpoint(arch, default, serves, model
         (
             "clip",
             "transcribe",
-            r"TASK=transcribe is not a task; known tasks: caption, ask, classify",
+            r"TASK=transcribe is not a task; known tasks: ocr, caption, florence, ask, classify",
         ),
     ],
 )

@@ -71,15 +71,18 @@ def processor_class(name: str) -> Any:
     return getattr(transformers, name if importlib.util.find_spec("torchvision") else name + "Pil")
 
 
-def _train_tokenizer(specials: list[str], vocab_size: int) -> Tokenizer:
-    """A WordPiece tokenizer over _CORPUS: the specials, every character (word-initial and
-    "##" continuation) and every corpus word, in sorted order. Built rather than trained:
+def _train_tokenizer(
+    specials: list[str], vocab_size: int, corpus: list[str] | None = None
+) -> Tokenizer:
+    """A WordPiece tokenizer over `corpus` (_CORPUS): the specials, every character (word-initial
+    and "##" continuation) and every corpus word, in sorted order. Built rather than trained:
     tokenizers' WordPieceTrainer breaks ties in hash order, so each build had a different
     vocabulary, hence different random answers (a tiny VLM answered "" in 1 CI run of 3)."""
     from tokenizers import decoders
 
     whitespace = pre_tokenizers.Whitespace()
-    words = sorted({word for line in _CORPUS for word, _ in whitespace.pre_tokenize_str(line)})
+    lines = _CORPUS if corpus is None else corpus
+    words = sorted({word for line in lines for word, _ in whitespace.pre_tokenize_str(line)})
     characters = sorted({character for word in words for character in word})
     pieces = characters + ["##" + c for c in characters] + [w for w in words if len(w) > 1]
     vocab = list(dict.fromkeys(specials + pieces))
@@ -274,6 +277,196 @@ def build_trocr(out: Path, full: bool) -> None:
     model.generation_config.pad_token_id = model.generation_config.eos_token_id = eos
     image_processor = processor_class("ViTImageProcessor")(size={"height": size, "width": size})
     TrOCRProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    _save(out, model, None, None)
+
+
+# GOT-OCR2's prompt (its processor writes it: ChatML around "<img>" + image tokens and an
+# "OCR: " query) and what OCR reads: its words, digits, a box's brackets, LaTeX and markdown.
+GOT_OCR2_SPECIALS = [
+    "<|endoftext|>",
+    "<unk>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<img>",
+    "</img>",
+    "<imgpad>",
+]
+_OCR_CORPUS = [
+    *_CORPUS,
+    "system You should follow the instructions carefully and explain your answers in detail.",
+    "user assistant OCR with format across multi pages upon the patch reference red green blue",
+    "TOTAL Total Cash Change Price Qty Item Invoice Date No. Receipt Tax Subtotal",
+    "0 1 2 3 4 5 6 7 8 9 [ ] ( ) , : ; . ! ? % $ & @ / \\ { } ^ _ = + - * # | ~ ' \"",
+    "\\frac \\sum \\int \\begin \\end \\section \\title",
+]
+
+
+def build_got_ocr2(out: Path, full: bool) -> None:
+    """GOT-OCR2 (stepfun-ai/GOT-OCR-2.0-hf at full size): a SAM-style ViT at 1024 px whose
+    64x64 patch grid two strided convolutions bring to 256 image tokens, and a Qwen2 decoder.
+    The tiny one keeps the 1024 px input and 256 tokens (the processor writes 256 per image
+    whatever the model), with 16-wide layers; its tokenizer knows the prompt's words and
+    special tokens, digits and punctuation, so a box or a color changes the prompt's tokens."""
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration, GotOcr2Processor
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(GOT_OCR2_SPECIALS, 400, _OCR_CORPUS),
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+    )
+    # Whole tokens wherever they appear: the processor writes 256 "<imgpad>" with no space.
+    tokenizer.add_special_tokens({"additional_special_tokens": GOT_OCR2_SPECIALS[2:]})
+    ids = dict(
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = _dims(
+        full,
+        dict(
+            hidden_size=16,
+            output_channels=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=32,
+            global_attn_indexes=[],
+            initializer_range=TINY_INIT,
+        ),
+        {},  # the defaults: ViT-B, 12 layers, global attention every third
+    )
+    text = _dims(
+        full,
+        dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            vocab_size=151860,
+            hidden_size=1024,
+            intermediate_size=2816,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+        ),
+    )
+    side = 1024 if full else 512  # either way a 64x64 patch grid: 256 image tokens
+    config = GotOcr2Config(
+        vision_config=dict(image_size=side, patch_size=side // 64, **vision),
+        text_config=dict(model_type="qwen2", tie_word_embeddings=True, **text, **ids),
+        image_token_index=tokenizer.convert_tokens_to_ids("<imgpad>"),
+        image_seq_length=256,
+        **ids,
+    )
+    model = GotOcr2ForConditionalGeneration(config)
+    model.generation_config.update(**ids)
+    processor = GotOcr2Processor(
+        image_processor=processor_class("GotOcr2ImageProcessor")(
+            size={"height": side, "width": side}
+        ),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
+# Donut's tokens: the task start token a fine-tuned checkpoint adds (CORD-v2 receipts), the
+# fields it reads (each opened and closed: token2json nests them), DocVQA's question and
+# answer, and <sep/> between a field's values.
+DONUT_TASK = "<s_cord-v2>"
+_DONUT_FIELDS = ["menu", "nm", "cnt", "price", "total", "total_price", "question", "answer"]
+DONUT_SPECIALS = [
+    "<s>",
+    "<unk>",
+    "<pad>",
+    "</s>",
+    "<sep/>",
+    DONUT_TASK,
+    *(tag for field in _DONUT_FIELDS for tag in (f"<s_{field}>", f"</s_{field}>")),
+]
+
+
+def build_donut(out: Path, full: bool) -> None:
+    """Donut: a Swin encoder (DonutSwin) over the page and an MBart decoder that writes the
+    document as field tokens, started by a task prompt (naver-clova-ix/donut-base's shape at
+    full size: 2560x1920 pages, Swin-B with 10 px windows, a 4-layer 1024-wide decoder)."""
+    from transformers import DonutProcessor, DonutSwinConfig, MBartConfig
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(DONUT_SPECIALS, 400, _OCR_CORPUS),
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    # Added as Donut's training adds them: special, so each is one token anywhere.
+    tokenizer.add_special_tokens({"additional_special_tokens": DONUT_SPECIALS[4:]})
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.bos_token_id,
+    )
+    height, width = (2560, 1920) if full else (128, 96)
+    encoder = DonutSwinConfig(
+        image_size=[height, width],
+        patch_size=4,
+        **_dims(
+            full,
+            dict(
+                embed_dim=8,
+                depths=[1, 1, 1, 1],
+                num_heads=[1, 1, 2, 2],
+                window_size=3,
+                initializer_range=TINY_INIT,
+            ),
+            dict(embed_dim=128, depths=[2, 2, 14, 2], num_heads=[4, 8, 16, 32], window_size=10),
+        ),
+    )
+    decoder = MBartConfig(
+        is_decoder=True,
+        add_cross_attention=True,
+        scale_embedding=True,
+        # MBart's default (2) is XLM-R's </s>; here it would force <pad>.
+        forced_eos_token_id=tokenizer.eos_token_id,
+        **ids,
+        **_dims(
+            full,
+            dict(
+                vocab_size=len(tokenizer),
+                d_model=64,
+                decoder_layers=2,
+                decoder_attention_heads=2,
+                decoder_ffn_dim=128,
+                max_position_embeddings=128,
+                init_std=TINY_INIT,
+            ),
+            dict(
+                vocab_size=57525,
+                d_model=1024,
+                decoder_layers=4,
+                decoder_attention_heads=16,
+                decoder_ffn_dim=4096,
+                max_position_embeddings=1536,
+            ),
+        ),
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.update(ids)
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config.update(**ids)
+    image_processor = processor_class("DonutImageProcessor")(
+        size={"height": height, "width": width}, do_align_long_axis=False
+    )
+    DonutProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     _save(out, model, None, None)
 
 
@@ -607,6 +800,117 @@ def build_owlvit(out: Path, full: bool) -> None:
 
 def build_owlv2(out: Path, full: bool) -> None:
     _owl(out, full, "Owlv2")
+
+
+# bert-base-uncased's ids of the tokens Grounding DINO reads by id, whatever its tokenizer says:
+# it splits the prompt into phrases at [CLS], [SEP], "." and "?" as 101, 102, 1012 and 1029.
+_BERT_BASE_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+_BERT_BASE_IDS |= {".": 1012, "?": 1029}
+
+
+def grounding_tokenizer() -> Any:
+    """A BertTokenizer (uncased WordPiece, as grounding-dino-tiny's) over the corpus, the labels
+    and every ASCII letter, digit and punctuation mark, with bert-base-uncased's ids where
+    Grounding DINO expects them (`bert_tokenizer` numbers its specials from 0)."""
+    import string
+
+    from transformers import BertTokenizer
+
+    split = pre_tokenizers.BertPreTokenizer()
+    lines = [line.lower() for line in _CORPUS + LABELS]
+    words = sorted({word for line in lines for word, _ in split.pre_tokenize_str(line)})
+    ascii_marks = string.ascii_lowercase + string.digits + string.punctuation
+    marks = [c for c in ascii_marks if c not in ".?"]
+    pieces = iter([*marks, *("##" + c for c in marks), *(w for w in words if len(w) > 1)])
+    fixed = {index: token for token, index in _BERT_BASE_IDS.items()}
+    vocab = [
+        fixed.get(index) or (next(pieces, None) if index > 103 else None) or f"[unused{index}]"
+        for index in range(max(fixed) + 1)
+    ]
+    vocab += list(pieces)
+    return BertTokenizer(vocab={token: index for index, token in enumerate(vocab)})
+
+
+def _grounding_dino(out: Path, full: bool, family: str) -> None:
+    """Grounding DINO or MM Grounding DINO (IDEA-Research/grounding-dino-tiny's shape at full
+    size: Swin-T, BERT-base, 900 queries, 800 px): a Swin backbone and a BERT text tower fused by
+    deformable attention; each box is scored against each token of one prompt of all labels."""
+    import transformers
+    from transformers import BertConfig, GroundingDinoProcessor, SwinConfig
+
+    tokenizer = grounding_tokenizer()
+    swin = _dims(
+        full,
+        dict(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4),
+        dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7),
+    )
+    backbone = SwinConfig(**swin, image_size=224 if full else 64, out_indices=[2, 3, 4])
+    text = BertConfig(
+        **_dims(
+            full,
+            dict(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                initializer_range=TINY_INIT / 10,
+            ),
+            dict(vocab_size=30522),  # bert-base-uncased
+        )
+    )
+    transformer = _dims(
+        full,
+        dict(
+            # 64 wide: the input projections' GroupNorm has 32 groups, which a 1x1 feature map
+            # (a small photo's coarsest level) must fill with more than one value each.
+            d_model=64,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            encoder_n_points=2,
+            decoder_n_points=2,
+            num_queries=30,
+            init_std=TINY_INIT / 10,
+        ),
+        {},  # the defaults are grounding-dino-tiny's: d_model 256, 6 + 6 layers, 900 queries
+    )
+    config = getattr(transformers, f"{family}Config")(
+        backbone_config=backbone, text_config=text, **transformer
+    )
+    model = getattr(transformers, f"{family}ForObjectDetection")(config)
+    if not full:
+        with torch.no_grad():
+            # The box heads' last layers start at zero (every box its anchor): random, so boxes
+            # move with the image. Scores brought into (0.55, 0.95): Grounding DINO's raw dot
+            # products saturate every one at 1.0, MM's prior bias holds every one at 0.01.
+            for name, weight in model.named_parameters():
+                if "bbox_embed" in name and ".layers.2." in name:
+                    weight.normal_(0, 0.1)
+                if family == "MMGroundingDino" and "class_embed" in name:
+                    weight.zero_()
+            if family == "GroundingDino":
+                model.model.decoder.layer_norm.weight.mul_(0.1)
+    size = (
+        {"shortest_edge": 800, "longest_edge": 1333}
+        if full
+        else {"shortest_edge": 64, "longest_edge": 96}
+    )
+    image_processor = processor_class("GroundingDinoImageProcessor")(size=size)
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
+def build_grounding_dino(out: Path, full: bool) -> None:
+    _grounding_dino(out, full, "GroundingDino")
+
+
+def build_mm_grounding_dino(out: Path, full: bool) -> None:
+    _grounding_dino(out, full, "MMGroundingDino")
 
 
 # LLaVA-1.5's conversation format, as its processors' chat template renders it.
@@ -990,6 +1294,188 @@ def build_paligemma(out: Path, full: bool) -> None:
     )
     model = PaliGemmaForConditionalGeneration(config)
     model.generation_config.update(**ids)
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
+# The tokens Florence-2 adds to BART's vocabulary (its original processor's list, in its order):
+# the location bins its answers give coordinates in, and the task markers.
+FLORENCE2_TOKENS = [
+    "<od>",
+    "</od>",
+    "<ocr>",
+    "</ocr>",
+    *(f"<loc_{i}>" for i in range(1000)),
+    *("<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>", "</grounding>"),
+    *("<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>", "<region_to_desciption>"),
+    *("</region_to_desciption>", "<proposal>", "</proposal>", "<poly>", "</poly>", "<and>"),
+]
+# Words of the prompts Florence2Processor writes for its task tokens, so they tokenize as words.
+_FLORENCE2_PROMPT_WORDS = [
+    "What is the text in the image, with regions? What does the image describe?",
+    "Describe in detail what is shown in the image with a paragraph.",
+    "Locate the objects with category name in the image, with their descriptions.",
+    "Locate the region proposals; the phrases in the caption: mask polygon of region",
+]
+
+
+def florence2_tokenizer() -> Any:
+    """A BART tokenizer (byte-level BPE, <s> <pad> </s> <unk> first, <mask> last) whose merges
+    are learned here, with Florence-2's location and task tokens and its <image> token."""
+    from transformers import BartTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = _learn_byte_level_merges(_CORPUS + LABELS + _FLORENCE2_PROMPT_WORDS)
+    ordinary = [*alphabet, *("".join(pair) for pair in merges)]
+    tokens = list(dict.fromkeys(["<s>", "<pad>", "</s>", "<unk>", *ordinary, "<mask>"]))
+    tokenizer = BartTokenizer(
+        vocab={t: i for i, t in enumerate(tokens)},
+        merges=merges,
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.add_special_tokens(
+        {"extra_special_tokens": FLORENCE2_TOKENS}, replace_extra_special_tokens=False
+    )
+    return tokenizer
+
+
+def _learn_byte_level_merges(lines: list[str]) -> list[tuple[str, str]]:
+    """BPE merges over the lines' byte-level words ("Ġcat" after a space), as GPT-2 and BART
+    spell them, until every word is one token: the most frequent pair first, ties broken by
+    the pair itself (deterministic, unlike tokenizers' BpeTrainer)."""
+    import collections
+    import itertools
+
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    words = collections.Counter(w for line in lines for w, _ in split.pre_tokenize_str(line))
+    spelled = {word: list(word) for word in words}
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+        for word, symbols in spelled.items():
+            for pair in itertools.pairwise(symbols):
+                pairs[pair] += words[word]
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for word, symbols in spelled.items():
+            spelled[word] = _merge_pair(symbols, best)
+
+
+def build_florence2(out: Path, full: bool) -> None:
+    """Florence-2: a DaViT vision tower whose image tokens lead a BART encoder-decoder's prompt;
+    a task token in the prompt picks the task, and answers give coordinates as <loc_N> tokens
+    that its processor parses. Full size: Florence-2-base (768 px, 577 image tokens)."""
+    from transformers import (
+        BartConfig,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        Florence2VisionConfig,
+    )
+
+    tokenizer = florence2_tokenizer()
+    stages = _dims(
+        full,
+        dict(
+            depths=(1, 1),
+            patch_size=(7, 3),
+            patch_stride=(4, 2),
+            patch_padding=(3, 1),
+            patch_prenorm=(False, True),
+            embed_dim=(16, 32),
+            num_heads=(1, 2),
+            num_groups=(1, 2),
+            window_size=4,
+            projection_dim=32,
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            depths=(1, 1, 9, 1),
+            embed_dim=(128, 256, 512, 1024),
+            num_heads=(4, 8, 16, 32),
+            num_groups=(4, 8, 16, 32),
+            window_size=12,
+            projection_dim=768,
+        ),
+    )
+    vision = Florence2VisionConfig(**stages)
+    size = 768 if full else 64
+    stride = 1
+    for step in vision.patch_stride:
+        stride *= step
+    # The image's tokens: one per cell of the last stage's grid, plus their mean.
+    image_tokens = (size // stride) ** 2 + 1
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=tokenizer.eos_token_id,
+    )
+    text = BartConfig(
+        # Florence-2-base's 51,289 tokens and <image>, padded to a multiple of 64.
+        vocab_size=51328 if full else len(tokenizer),
+        max_position_embeddings=1024,
+        **ids,
+        **_dims(
+            full,
+            dict(
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=2,
+                decoder_attention_heads=2,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                init_std=TINY_INIT,
+            ),
+            dict(
+                d_model=768,
+                encoder_layers=6,
+                decoder_layers=6,
+                encoder_attention_heads=12,
+                decoder_attention_heads=12,
+                encoder_ffn_dim=3072,
+                decoder_ffn_dim=3072,
+            ),
+        ),
+    )
+    config = Florence2Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        image_token_id=tokenizer.image_token_id,
+    )
+    model = Florence2ForConditionalGeneration(config)
+    model.generation_config.update(**ids)
+    # Florence-2's image processor: stretched to a square (no crop), ImageNet statistics.
+    image_processor = processor_class("CLIPImageProcessor")(
+        size={"height": size, "width": size},
+        crop_size={"height": size, "width": size},
+        do_center_crop=False,
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    image_processor.image_seq_length = image_tokens
+    # What post_process_generation parses each kind of answer with (the converted checkpoints').
+    parsing = {
+        kind: {}
+        for kind in (
+            "pure_text",
+            "description_with_bboxes",
+            "description_with_polygons",
+            "polygons",
+            "bboxes",
+            "description_with_bboxes_or_polygons",
+        )
+    }
+    parsing["ocr"] = {"area_threshold": 0.0}
+    parsing["phrase_grounding"] = {"banned_grounding_tokens": ["the image", "image", "the", "a"]}
+    processor = Florence2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, post_processor_config=parsing
+    )
     processor.save_pretrained(out)
     _save(out, model, None, None)
 
@@ -1415,6 +1901,8 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "detr": build_detr,
     "owlvit": build_owlvit,
     "owlv2": build_owlv2,
+    "grounding-dino": build_grounding_dino,
+    "mm-grounding-dino": build_mm_grounding_dino,
     "llava": build_llava,
     "llava-next": build_llava_next,
     "depth-anything": build_depth_anything,
@@ -1430,7 +1918,10 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "qwen2-vl": build_qwen2_vl,
     "smolvlm": build_smolvlm,
     "paligemma": build_paligemma,
+    "florence2": build_florence2,
     "trocr": build_trocr,
+    "got-ocr2": build_got_ocr2,
+    "donut": build_donut,
 }
 
 
@@ -1475,6 +1966,8 @@ _REQUIRED_OPTIONS = {
     "siglip2": """-o 'labels=["a cat", "a dog"]'""",
     "owlvit": """-o 'labels=["a cat", "a remote"]'""",
     "owlv2": """-o 'labels=["a cat", "a remote"]'""",
+    "grounding-dino": """-o 'labels=["a cat", "a remote"]'""",
+    "mm-grounding-dino": """-o 'labels=["a cat", "a remote"]'""",
     "llava": """-o 'question="What is in the image?"'""",
     "llava-next": """-o 'question="What is in the image?"'""",
     "qwen2-vl": """-o 'question="What is in the image?"'""",

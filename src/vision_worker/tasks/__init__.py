@@ -20,7 +20,9 @@ from .classify import ClassifyTask
 from .depth import DepthTask
 from .detect import DetectTask
 from .embed import EmbedTask
+from .florence import FlorenceTask
 from .mask import MaskTask
+from .ocr import OcrTask
 from .segment import SegmentTask
 from .sources import resolve_model
 from .upscale import UpscaleTask
@@ -29,7 +31,12 @@ from .zero_shot_detect import ZeroShotDetectTask
 
 # In priority order (see the module docstring).
 _REGISTERED = (
+    # Before caption and ask, which would take Donut (a VisionEncoderDecoderModel) and
+    # GOT-OCR2 (an image-text-to-text model) for captions and questions.
+    OcrTask,
     CaptionTask,
+    # Before ask, which claims every image-text-to-text architecture, Florence-2 included.
+    FlorenceTask,
     AskTask,
     ClassifyTask,
     DetectTask,

@@ -140,7 +140,7 @@ class AskTask(Task):
         if not getattr(processor, "chat_template", None):
             raise ModelLoadError(
                 f"{source.name} has no chat template; questions need one (captioners without "
-                "one serve TASK=caption)"
+                "one serve TASK=caption, Florence-2 TASK=florence, GOT-OCR2 TASK=ocr)"
             )
         # Prompts of different lengths share a batch: padded on the left, so every prompt ends
         # where generation starts.

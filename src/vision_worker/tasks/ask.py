@@ -9,7 +9,6 @@ vision inputs are joined as the processor joins a batch of its own.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
@@ -17,7 +16,6 @@ import torch
 from PIL import Image
 from pydantic import Field
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from transformers.generation.streamers import BaseStreamer
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from ..errors import ImageError, JobError
@@ -34,6 +32,7 @@ from .base import (
 from .generation import (
     CAPTIONER_ARCHITECTURES,
     CAPTIONER_MODEL_TYPES,
+    AnswerStreamer,
     GenerationLimits,
     GenerationOptions,
     checked_generation,
@@ -43,8 +42,6 @@ from .generation import (
 # Every image-text-to-text architecture; the captioners among them (BLIP, GIT, ViT-GPT2) have no
 # chat template and are served by `caption`, which comes first in the registry.
 _ARCHITECTURES = architectures_in(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
-
-log = logging.getLogger(__name__)
 
 
 class AskLimits(GenerationLimits):
@@ -252,10 +249,26 @@ class AskTask(Task):
         decoding = self._decoding(first)
         # Beam search settles its answer only at the end: nothing to stream before it.
         if first.num_beams == 1 and any(item.on_text is not None for item in items):
-            decoding["streamer"] = _AnswerStreamer(self, items, first)
+            decoding["streamer"] = AnswerStreamer(
+                [item.on_text for item in items],
+                self._streamed_answer,
+                # Only an end token ends a row: a pad token chosen mid-answer is decoded away.
+                end_ids=_token_ids(self.model.generation_config.eos_token_id),
+                stops=first.stop or (),
+            )
         with torch.inference_mode():
             generated = self.model.generate(**batch, **decoding)
         return generated.cpu(), prompt_length
+
+    def _streamed_answer(self, prompt_end: list[int], new_tokens: list[int]) -> str:
+        """The answer so far, cut as `split` cuts the whole one: decoded after the prompt's last
+        tokens (a word may continue across the boundary), that end's text removed."""
+        decode = self.processor.post_process_image_text_to_text
+        full, prompt = (
+            decode(torch.tensor([tokens]), skip_special_tokens=True)[0]
+            for tokens in (prompt_end + new_tokens, prompt_end)
+        )
+        return _answer(full, prompt)
 
     def _decoding(self, options: AskOptions) -> dict[str, Any]:
         """generate's arguments for the batch: greedy or beam search, or sampling."""
@@ -345,78 +358,6 @@ class AskTask(Task):
             key: value.to(device, dtype=dtype if value.is_floating_point() else value.dtype)
             for key, value in batch.items()
         }
-
-
-# The prompt's tokens a streamed answer is decoded after: enough for any word to begin there.
-_PROMPT_CONTEXT_TOKENS = 16
-
-
-class _AnswerStreamer(BaseStreamer):
-    """Hands each row's new answer text to its item's `on_text` as generate produces tokens.
-
-    The text is cut as the final answer is (`split`): decoded with the prompt's end before it,
-    that end's text removed, a stop text ending it; so the pieces join into a prefix of the
-    answer. Only the prompt's last tokens are decoded each step (a word can continue across the
-    boundary), so a step costs the answer's length, not the prompt's thousand image tokens, on
-    the model thread. Text that may still change is held back: a trailing partial character
-    (U+FFFD) and, with stop texts, as many characters as the longest stop text could already
-    have begun."""
-
-    def __init__(self, task: AskTask, items: Sequence[Prepared], options: AskOptions) -> None:
-        self.task = task
-        self.listeners = [item.on_text for item in items]
-        self.stops = options.stop or ()
-        self.held = max((len(t) for t in self.stops), default=1) - 1
-        # Only an end token ends a row: a pad token the model chose mid-answer is decoded away.
-        self.ends = set(_token_ids(task.model.generation_config.eos_token_id))
-        self.rows: list[list[int]] = []
-        self.prompts: list[str] = []
-        self.sent = [""] * len(items)
-        self.done = [listener is None for listener in self.listeners]
-
-    def put(self, value: torch.Tensor) -> None:
-        try:
-            self._put(value)
-        except Exception:  # a streaming fault must never fail the batch's forward pass
-            log.exception("streaming an answer failed; the answer still comes whole")
-            self.done = [True] * len(self.done)
-
-    def end(self) -> None:
-        """Nothing to flush: the whole answer arrives with the result."""
-
-    def _put(self, value: torch.Tensor) -> None:
-        if not self.rows:  # generate's first call: the (left-padded) prompts
-            self.rows = value[:, -_PROMPT_CONTEXT_TOKENS:].tolist()
-            decode = self.task.processor.post_process_image_text_to_text
-            self.prompts = decode(value[:, -_PROMPT_CONTEXT_TOKENS:], skip_special_tokens=True)
-            return
-        for row, token in enumerate(value.tolist()):
-            if self.done[row]:
-                continue
-            self.rows[row].append(token)
-            finished = token in self.ends
-            self._send(row, self._visible(row, finished))
-            self.done[row] = finished
-
-    def _visible(self, row: int, finished: bool) -> str:
-        full = self.task.processor.post_process_image_text_to_text(
-            torch.tensor([self.rows[row]]), skip_special_tokens=True
-        )[0]
-        text = _answer(full, self.prompts[row])
-        cut = min((text.find(t) for t in self.stops if t in text), default=-1)
-        if cut >= 0:
-            self.done[row] = True
-            return text[:cut].rstrip()
-        if finished:
-            return text
-        text = text.removesuffix("\ufffd")
-        return text[: len(text) - self.held] if self.held else text
-
-    def _send(self, row: int, visible: str) -> None:
-        sent = self.sent[row]
-        if len(visible) > len(sent) and visible.startswith(sent):
-            self.listeners[row](visible[len(sent) :])
-            self.sent[row] = visible
 
 
 def _per_token(value: torch.Tensor, item: Prepared) -> bool:

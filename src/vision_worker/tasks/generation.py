@@ -3,13 +3,19 @@ bounds a decoder's position table puts on them."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from pydantic import Field, model_validator
+from transformers.generation.streamers import BaseStreamer
 
 from ..config import TextLimits
 from ..errors import JobError
 from .base import TaskOptions
+
+log = logging.getLogger(__name__)
 
 # The captioners among the image-text-to-text architectures: a vision encoder and a text
 # decoder without a chat template. `caption` serves them; `ask` serves the chat models.
@@ -76,3 +82,78 @@ def decoder_positions(config: Any) -> int | None:
         if isinstance(value, int) and value > 1:
             return value
     return None
+
+
+# The prompt's tokens a streamed answer is decoded after: enough for any word to begin there.
+PROMPT_CONTEXT_TOKENS = 16
+# (the prompt's last tokens, the tokens generated so far) -> the answer so far, cut as the task
+# cuts its whole answer.
+AnswerSoFar = Callable[[list[int], list[int]], str]
+
+
+class AnswerStreamer(BaseStreamer):
+    """Hands each row's new answer text to its listener as `generate` produces tokens (passed
+    as its `streamer`; rows without a listener are skipped).
+
+    `answer_so_far` cuts the text as the task cuts its final answer, so the pieces join into a
+    prefix of it. It is given only the prompt's last PROMPT_CONTEXT_TOKENS tokens, so a step
+    costs the answer's length, not the prompt's thousand image tokens, on the model thread.
+    Text that may still change is held back: a trailing partial character (U+FFFD) and, with
+    stop texts, as many characters as the longest of them could already have begun."""
+
+    def __init__(
+        self,
+        listeners: Sequence[Callable[[str], None] | None],
+        answer_so_far: AnswerSoFar,
+        end_ids: Sequence[int],
+        stops: Sequence[str] = (),
+    ) -> None:
+        self.listeners = list(listeners)
+        self.answer_so_far = answer_so_far
+        self.ends = set(end_ids)
+        self.stops = tuple(stops)
+        self.held = max((len(t) for t in self.stops), default=1) - 1
+        self.prompts: list[list[int]] = []
+        self.rows: list[list[int]] = [[] for _ in self.listeners]
+        self.sent = [""] * len(self.listeners)
+        self.done = [listener is None for listener in self.listeners]
+
+    def put(self, value: torch.Tensor) -> None:
+        try:
+            self._put(value)
+        except Exception:  # a streaming fault must never fail the batch's forward pass
+            log.exception("streaming an answer failed; the answer still comes whole")
+            self.done = [True] * len(self.done)
+
+    def end(self) -> None:
+        """Nothing to flush: the whole answer arrives with the result."""
+
+    def _put(self, value: torch.Tensor) -> None:
+        if not self.prompts:  # generate's first call: the (left-padded) prompts
+            self.prompts = value[:, -PROMPT_CONTEXT_TOKENS:].tolist()
+            return
+        for row, token in enumerate(value.tolist()):
+            if self.done[row]:
+                continue
+            self.rows[row].append(token)
+            finished = token in self.ends
+            self._send(row, self._visible(row, finished))
+            self.done[row] = self.done[row] or finished
+
+    def _visible(self, row: int, finished: bool) -> str:
+        text = self.answer_so_far(self.prompts[row], self.rows[row])
+        cut = min((text.find(t) for t in self.stops if t in text), default=-1)
+        if cut >= 0:
+            self.done[row] = True
+            return text[:cut].rstrip()
+        if finished:
+            return text
+        text = text.removesuffix("\ufffd")
+        return text[: len(text) - self.held] if self.held else text
+
+    def _send(self, row: int, visible: str) -> None:
+        sent = self.sent[row]
+        listener = self.listeners[row]
+        if listener is not None and len(visible) > len(sent) and visible.startswith(sent):
+            listener(visible[len(sent) :])
+            self.sent[row] = visible

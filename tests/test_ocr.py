@@ -354,3 +354,27 @@ def test_finish_reason_tells_an_ended_text_from_a_cut_one(make_worker):
     assert donut._finish_reason([7, eos, pad, pad], 4) == "stop"
     # MBart forces </s> into the last place when max_new_tokens cuts the sequence.
     assert donut._finish_reason([7, 8, 9, eos], 4) == "length"
+
+
+def test_a_page_of_text_streams_as_it_is_read(make_worker):
+    """GOT-OCR2 on RunPod streaming: each image's text arrives in pieces before its result and
+    joins into the result's text; the chunks merge back into the plain output."""
+    from conftest import _LOOP
+    from vision_worker.client import merge_stream
+
+    worker = make_worker("got-ocr2", MAX_BATCH_SIZE=4, BATCH_WAIT_MS=100)
+    job = {"images": [b64(photo(name)) for name in PHOTOS[:2]], "max_new_tokens": 12}
+
+    async def chunks() -> list[dict]:
+        return [chunk async for chunk in worker.stream(job)]
+
+    streamed = _LOOP.run_until_complete(chunks())
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    for chunk in streamed:
+        for entry in chunk.get("text", []):
+            pieces[entry["index"]].append(entry["text"])
+    plain = run_job(worker, job)
+    for index, result in enumerate(plain["results"]):
+        assert "".join(pieces[index]) == result["text"]
+    assert max(len(p) for p in pieces.values()) > 1
+    assert merge_stream(streamed)["results"] == plain["results"]

@@ -33,7 +33,7 @@ class FakeWorker:
         self.metrics = Metrics(queue_depth=lambda: 0)
         self.jobs: list = []
 
-    async def run(self, job_input, progress=None, on_result=None, files=()) -> dict:
+    async def run(self, job_input, progress=None, on_result=None, files=(), on_text=None) -> dict:
         if files:  # uploaded images, handed over as bytes
             job_input = {**job_input, "files": list(files)}
         self.jobs.append(job_input)

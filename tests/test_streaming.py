@@ -257,3 +257,43 @@ def test_two_last_stream_polls_at_once_send_the_rest_once():
         indexes = [r["index"] for chunk in taken for r in chunk.get("results", [])]
         assert sorted(indexes) == list(range(20_000))
         assert [chunk for chunk in taken if "task" in chunk] == [{"task": "caption"}]
+
+
+def test_pod_stream_shows_answers_as_they_are_generated(make_worker):
+    """/stream/{id} of an ask job: each answer's text as it grows, before its result; the text
+    joins into a prefix of the answer and the stream still merges back into /status's output."""
+    worker = make_worker("llava", MAX_CONCURRENCY=3, BATCH_WAIT_MS=50)
+    decoder = worker.task.model.model.language_model
+    forward = decoder.forward
+
+    def slow_forward(*args, **kwargs):  # a decoding step the poller can see, as on a real model
+        time.sleep(0.05)
+        return forward(*args, **kwargs)
+
+    decoder.forward = slow_forward
+    try:
+        job = {"images": [b64(noise_image(i, (64, 64))) for i in range(2)], "question": "what?"}
+        with running_server(worker) as (url, _server):
+            body = {"input": {**job, "max_new_tokens": 12}}
+            job_id = requests.post(f"{url}/run", json=body, timeout=30).json()["id"]
+            chunks, deadline = [], time.monotonic() + 120
+            while True:
+                assert time.monotonic() < deadline
+                answer = requests.get(f"{url}/stream/{job_id}", timeout=30).json()
+                chunks += [item["output"] for item in answer["stream"]]
+                if answer["status"] == "COMPLETED":
+                    break
+            status = requests.get(f"{url}/status/{job_id}", timeout=30).json()
+    finally:
+        decoder.forward = forward
+    streamed = {0: "", 1: ""}
+    finished: set[int] = set()
+    for chunk in chunks:
+        for entry in chunk.get("text", []):
+            assert entry["index"] not in finished
+            streamed[entry["index"]] += entry["text"]
+        finished |= {r["index"] for r in chunk.get("results", [])}
+    answers = [r["answer"] for r in status["output"]["results"]]
+    assert all(a.startswith(streamed[i]) for i, a in enumerate(answers))
+    assert any(streamed.values())  # at 50 ms a step, some text arrived before the end
+    assert _without_timings(merge_stream(chunks)) == _without_timings(status["output"])

@@ -42,9 +42,11 @@ def encode_output(output: Any) -> bytes:
 class JobStream:
     """The results of a /run job not yet read from /stream/{id}, in RunPod's stream contract:
     chunks of {"results": [... each with "index"]}, then one chunk with the rest of the output
-    (the chunks Worker.stream yields on serverless)."""
+    (the chunks Worker.stream yields on serverless); and, while answers are being generated,
+    {"text": [{"index", "text"}]} chunks of their new text."""
 
     pending: list[dict] = field(default_factory=list)
+    texts: list[dict] = field(default_factory=list)  # answers' new text, not read yet
     read: set[int] = field(default_factory=set)
     summary_read: bool = False
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -56,6 +58,17 @@ class JobStream:
         self.pending.append({"index": index, **result})
         self.arrived.set()
 
+    def add_text(self, index: int, text: str) -> None:
+        if self.texts and self.texts[-1]["index"] == index:
+            self.texts[-1]["text"] += text
+        else:
+            self.texts.append({"index": index, "text": text})
+        self.arrived.set()
+
+    def end_texts(self) -> None:
+        """The job is over: its results carry the whole answers, so unread text is dropped."""
+        self.texts = []
+
     def take(self, record: JobRecord) -> list[dict]:
         """Every chunk not read yet; a finished job's output supplies what was not streamed.
         Parses the kept output once, at the end (call it off the event loop for big ones)."""
@@ -63,6 +76,7 @@ class JobStream:
             return self._take(record)
 
     def _take(self, record: JobRecord) -> list[dict]:
+        texts, self.texts = self.texts, []
         results, self.pending = self.pending, []
         self.arrived.clear()
         ending = record.status == COMPLETED and not self.summary_read
@@ -71,7 +85,9 @@ class JobStream:
             seen = self.read | {r["index"] for r in results}
             results += [{"index": i, **r} for i, r in enumerate(output["results"]) if i not in seen]
         self.read.update(r["index"] for r in results)
-        chunks = [{"results": results}] if results else []
+        # An image's text always comes before its result (which holds the whole answer).
+        chunks = [{"text": texts}] if texts else []
+        chunks += [{"results": results}] if results else []
         if ending:
             self.summary_read = True
             chunks.append({k: v for k, v in output.items() if k != "results"})

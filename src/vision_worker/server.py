@@ -167,7 +167,13 @@ class PodServer:
                 more: dict[str, Any] = {"files": record.files} if record.files else {}
                 if record.on_text is not None:
                     more["on_text"] = record.on_text
-                output = await self.worker.run(record.input, on_result=listener, **more)
+                elif record.stream is not None:  # /run: answers' text for /stream/{id}
+                    more["on_text"] = record.stream.add_text
+                try:
+                    output = await self.worker.run(record.input, on_result=listener, **more)
+                finally:
+                    if record.stream is not None:
+                        record.stream.end_texts()
         except asyncio.CancelledError:
             record.error = "job was cancelled"
             self.store.finish(record, CANCELLED)

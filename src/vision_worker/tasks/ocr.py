@@ -33,7 +33,13 @@ from .base import (
     load_weights,
     prepare_model,
 )
-from .generation import GenerationLimits, GenerationOptions, checked_generation, new_tokens_limit
+from .generation import (
+    AnswerStreamer,
+    GenerationLimits,
+    GenerationOptions,
+    checked_generation,
+    new_tokens_limit,
+)
 
 _GOT_ARCHITECTURES = frozenset({"GotOcr2ForConditionalGeneration"})
 _GOT_MODEL_TYPES = frozenset({"got_ocr2"})
@@ -300,6 +306,11 @@ class OcrTask(Task):
                     key: self._on_device(torch.cat([item.inputs[key] for item in items]))
                     for key in ("input_ids", "attention_mask", "pixel_values")
                 }
+                if first.num_beams == 1 and any(item.on_text is not None for item in items):
+                    # A page of text takes a while: its lines go out as they are generated.
+                    decoding["streamer"] = AnswerStreamer(
+                        [item.on_text for item in items], self._text_so_far, self.end_ids
+                    )
                 generated = self.model.generate(
                     **batch, tokenizer=self.tokenizer, stop_strings=_GOT_STOP, **decoding
                 )
@@ -322,6 +333,10 @@ class OcrTask(Task):
                 )
                 start = ids.shape[1]
         return generated.cpu(), start
+
+    def _text_so_far(self, _prompt_end: list[int], new_tokens: list[int]) -> str:
+        """GOT's text as `split` decodes it: the new tokens alone."""
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.source.device.type == "cuda":

@@ -6,6 +6,11 @@ jobs, on full-size architectures with random weights (true compute, no Hub), sam
     caption + prompt  BLIP base (384 px), "a photograph of", pinned to CAPTION_TOKENS tokens
     ask               LLaVA-style: ViT-B/14 at 336 px (576 image tokens) + a 0.5B decoder shaped
                       like Qwen2-0.5B (LLaVA-Interleave 0.5B's size), 4 new tokens
+    ask_qwen2_vl      Qwen2-VL-2B's shape (dynamic resolution: 320x240 photos, 4 new tokens)
+    florence_od       Florence-2-base (DaViT + BART, 768 px), <OD>, 8 new tokens, 3 beams
+    ocr_got           GOT-OCR2 (1024 px, 256 image tokens + a Qwen2-0.5B decoder), 8 new tokens
+    ocr_donut         Donut base (Swin-B at 2560x1920 + MBart), 8 new tokens
+    zero_shot_detect_grounding  Grounding DINO tiny (Swin-T + BERT-base, 800x1333), 3 labels
     classify explain  ResNet-50 with Grad-CAM (a backward pass), against plain classify
     segment           SegFormer-B0 (512 px, 10 labels): semantic masks at each photo's size
     segment panoptic  Mask2Former Swin-T (100 queries, 384-1536 px): panoptic masks
@@ -45,6 +50,19 @@ CASES = {
     "zero_shot_detect": ("owlvit", {"labels": ["a cat", "a rocket", "a cup"]}, "detections"),
     "caption_prompt": ("blip", {"prompt": "a photograph of"}, "caption"),
     "ask": ("llava", {"question": "What is in the image?", "max_new_tokens": 4}, "answer"),
+    "ask_qwen2_vl": (
+        "qwen2-vl",
+        {"question": "What is in the image?", "max_new_tokens": 4},
+        "answer",
+    ),
+    "florence_od": ("florence2", {"task_prompt": "<OD>", "max_new_tokens": 8}, "parsed"),
+    "ocr_got": ("got-ocr2", {"max_new_tokens": 8}, "text"),
+    "ocr_donut": ("donut", {"max_new_tokens": 8}, "sequence"),
+    "zero_shot_detect_grounding": (
+        "grounding-dino",
+        {"labels": ["a cat", "a rocket", "a cup"]},
+        "detections",
+    ),
     "classify": ("resnet", {}, "labels"),
     "classify_explain": ("resnet", {"explain": True}, "explanation"),
     "segment": ("segformer", {}, "segments"),

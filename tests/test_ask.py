@@ -17,7 +17,9 @@ from vision_worker.client import merge_stream
 QUESTIONS = ["what is in the photo?", "is there a cat on the couch?", "what colour is the sky?"]
 
 
-@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl", "smolvlm", "paligemma"])
+@pytest.mark.parametrize(
+    "arch", ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm", "paligemma"]
+)
 def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, model_dir, arch):
     worker = make_worker(arch)
     assert worker.task.name == "ask"  # chosen from the checkpoint's architecture
@@ -39,7 +41,7 @@ def test_answers_equal_the_transformers_pipeline_on_real_photos(make_worker, mod
         assert 1 <= result["usage"]["completion_tokens"] <= 8
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "smolvlm", "paligemma"])
+@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "qwen2.5-vl", "smolvlm", "paligemma"])
 def test_different_questions_batched_equal_one_at_a_time(make_worker, arch):
     """Qwen2-VL's processor also returns a per-token mm_token_type_ids: it is left-padded with
     input_ids (padded on the right it shifted which tokens are image tokens: 2 of 3 answers
@@ -63,7 +65,7 @@ def test_different_questions_batched_equal_one_at_a_time(make_worker, arch):
     ]
 
 
-@pytest.mark.parametrize("arch", ["llava-next", "qwen2-vl", "smolvlm"])
+@pytest.mark.parametrize("arch", ["llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm"])
 def test_images_of_different_token_counts_batched_equal_one_at_a_time(make_worker, arch):
     """LLaVA-NeXT tiles each image on the grid that fits its shape: a square, a wide and a tall
     photo become 97, 43 and 49 prompt tokens and 5, 3 and 3 tiles, in one batch. Qwen2-VL cuts
@@ -165,7 +167,9 @@ def _streamed(worker, job: dict) -> list[dict]:
     return _LOOP.run_until_complete(chunks())
 
 
-@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl", "smolvlm", "paligemma"])
+@pytest.mark.parametrize(
+    "arch", ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm", "paligemma"]
+)
 def test_answers_stream_as_they_are_generated_and_join_into_the_answer(make_worker, arch):
     """Token streaming: each image's text pieces arrive before its result and join into its
     answer; a batch of three streams side by side; the merged output is the plain one."""
@@ -246,7 +250,9 @@ def _one_turn(images: list, question: str) -> list[dict]:
     return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
 
 
-@pytest.mark.parametrize("arch", ["llava", "llava-next", "qwen2-vl", "smolvlm", "paligemma"])
+@pytest.mark.parametrize(
+    "arch", ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm", "paligemma"]
+)
 def test_one_question_about_several_images_equals_the_pipeline(make_worker, model_dir, arch):
     """`together`: one answer about all the job's images in order, as the image-text-to-text
     pipeline answers a turn holding them all; the 12 MP phone JPEG among them."""
@@ -269,7 +275,7 @@ def test_one_question_about_several_images_equals_the_pipeline(make_worker, mode
         assert result["usage"]["prompt_tokens"] > 0
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "smolvlm"])
+@pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "qwen2.5-vl", "smolvlm"])
 def test_a_question_about_several_images_batches_with_single_image_jobs(make_worker, arch):
     worker = make_worker(arch, MAX_BATCH_SIZE=8, BATCH_WAIT_MS=100)
     images = [b64(photo(name)) for name in PHOTOS[:3]]
@@ -303,3 +309,228 @@ def test_a_question_about_several_images_is_bounded_and_fails_with_the_image_tha
     (result,) = broken["results"]
     assert result["error"]["code"] == "invalid_image"
     assert result["error"]["message"].startswith("image 1: ")
+
+
+# --- PaliGemma's location tokens as boxes -----------------------------------------------------
+def test_paligemma_location_groups_parse_into_boxes_in_the_photos_pixels():
+    from vision_worker.tasks.paligemma_outputs import paligemma_detections
+
+    size = (2048, 1024)  # width, height: x and y scale separately (the square input stretched)
+    answer = (
+        "<loc0256><loc0512><loc0768><loc1023> cat ; "
+        "<loc0000><loc0100><loc0500><loc0300> traffic light ; <loc0010><loc0020>"
+    )
+    assert paligemma_detections(answer, size) == [
+        {"label": "cat", "box": {"xmin": 1024.0, "ymin": 256.0, "xmax": 2046.0, "ymax": 768.0}},
+        {
+            "label": "traffic light",  # a label with a space; the cut group after it makes none
+            "box": {"xmin": 200.0, "ymin": 0.0, "xmax": 600.0, "ymax": 500.0},
+        },
+    ]
+    # Spaces between the tokens (some tokenizers decode added tokens so); a run of eight is two
+    # boxes, the first without a label; a segmentation's 16 <seg> codes are skipped (no mask).
+    spaced = "<loc0512> <loc0512> <loc1000> <loc1000> dog"
+    assert paligemma_detections(spaced, (1024, 1024)) == [
+        {"label": "dog", "box": {"xmin": 512.0, "ymin": 512.0, "xmax": 1000.0, "ymax": 1000.0}}
+    ]
+    eight = "<loc0001><loc0002><loc0003><loc0004><loc0005><loc0006><loc0007><loc0008> a b"
+    assert [d["label"] for d in paligemma_detections(eight, (1024, 1024))] == ["", "a b"]
+    segment = "<loc0100><loc0200><loc0300><loc0400>" + "<seg042>" * 16 + " cat"
+    (found,) = paligemma_detections(segment, (1024, 1024))
+    assert found == {
+        "label": "cat",
+        "box": {"xmin": 200.0, "ymin": 100.0, "xmax": 400.0, "ymax": 300.0},
+    }
+    # Only partial groups: location tokens, no box. No location token: no detections at all.
+    assert paligemma_detections("<loc0001><loc0002><loc0003> cat", size) == []
+    assert paligemma_detections("a cat on a couch", size) is None
+    assert paligemma_detections("<loc9999><loc0000><loc0001><loc0002> x", size) == []
+
+
+def _paligemma_answer_of(task, item, options, new_tokens: list[int]) -> dict:
+    """The ask task's result for an image whose generated tokens are `new_tokens` (after its
+    prompt), through split and encode as the worker runs them."""
+    prompt = item.inputs["input_ids"]
+    generated = torch.cat([prompt, torch.tensor([new_tokens])], dim=1)
+    (output,) = task.split((generated, prompt.shape[1]), [item], [options])
+    return task.encode(output, item.meta, options)
+
+
+def test_paligemma_boxes_land_in_the_upright_phone_photos_pixels(make_worker):
+    """Location tokens in a PaliGemma answer become boxes in the 12 MP photo's pixels (4032 x
+    3024 upright), for the JPEG, its EXIF-6 twin (stored 3024 x 4032) and a 1/8-scale decode."""
+    from conftest import rotated_twin
+    from vision_worker.images import ImageLimits, draft_for, finish_decode, open_image
+
+    worker = make_worker("paligemma")
+    task = worker.task
+    options = task.check(task.Options(question="detect cat ; dog", max_new_tokens=16))
+    tokenizer = task.tokenizer
+    locations = tokenizer.convert_tokens_to_ids(
+        [f"<loc{b:04d}>" for b in (256, 512, 768, 1023, 0, 100, 500, 300)]
+    )
+    words = [tokenizer(f" {w}", add_special_tokens=False).input_ids for w in ("cat", "big dog")]
+    new_tokens = [*locations[:4], *words[0], *locations[4:], *words[1], tokenizer.eos_token_id]
+    # By hand: x = bin / 1024 * 4032, y = bin / 1024 * 3024.
+    expected = [
+        {"label": "cat", "box": {"xmin": 2016.0, "ymin": 756.0, "xmax": 4028.06, "ymax": 2268.0}},
+        {
+            "label": "big dog",
+            "box": {"xmin": 393.75, "ymin": 0.0, "xmax": 1181.25, "ymax": 1476.56},
+        },
+    ]
+    drafted = open_image(rotated_twin("chelsea"), ImageLimits(50_000_000, 50_000_000))
+    draft_for(drafted, {"shortest_edge": 224}, "fast")
+    drafted = finish_decode(drafted)
+    assert drafted.size == (504, 378)
+    items = [
+        worker.prepare_now(b64(phone_jpeg("chelsea")), options),
+        worker.prepare_now(b64(rotated_twin("chelsea")), options),
+        task.prepare(drafted, options),
+    ]
+    for item in items:
+        result = _paligemma_answer_of(task, item, options, new_tokens)
+        assert "<loc0256>" in result["answer"]  # the answer stays the model's text
+        assert result["detections"] == expected
+        assert result["finish_reason"] == "stop"
+    # An answer without location tokens has no detections.
+    plain = _paligemma_answer_of(task, items[0], options, [*words[0], tokenizer.eos_token_id])
+    assert plain["answer"] == "cat"
+    assert "detections" not in plain
+
+
+def test_paligemma_jobs_give_the_boxes_of_their_answers(make_worker):
+    """A whole job on the tiny PaliGemma: its random weights write location tokens, and each
+    result's detections are its answer's groups in the phone photo's pixels (twin included);
+    other architectures never get the key."""
+    from conftest import PHONE, rotated_twin
+    from vision_worker.tasks.paligemma_outputs import paligemma_detections
+
+    worker = make_worker("paligemma")
+    job = {"question": "detect cat ; dog", "max_new_tokens": 24}
+    images = [b64(phone_jpeg("chelsea")), b64(rotated_twin("chelsea")), b64(photo("coffee"))]
+    results = run_job(worker, {"images": images, **job})["results"]
+    sizes = [PHONE, PHONE, (96, 64)]
+    for result, size in zip(results, sizes, strict=True):
+        # The key only where the answer holds location tokens (None: no key).
+        assert result.get("detections") == paligemma_detections(result["answer"], size)
+    assert any(result.get("detections") for result in results)  # some answer has a whole box
+    other = run_job(make_worker("llava"), {"image": images[0], **job})["results"][0]
+    assert "detections" not in other
+
+
+# Per-job resolution: the processor's `size` for this call, as the pipeline's processor_kwargs.
+_RESOLUTIONS = {
+    # tiny Qwen2-VL/Qwen2.5-VL: own 56*56 to 112*112 px (4 to 16 image tokens)
+    "qwen2-vl": ({"max_pixels": 56 * 84}, {"shortest_edge": 56 * 56, "longest_edge": 56 * 84}),
+    "qwen2.5-vl": ({"max_pixels": 56 * 84}, {"shortest_edge": 56 * 56, "longest_edge": 56 * 84}),
+    # tiny SmolVLM: own longest edge 64 px, tiles of 32 px
+    "smolvlm": ({"longest_edge": 96}, {"longest_edge": 96}),
+}
+
+
+@pytest.mark.parametrize("arch", ["qwen2-vl", "qwen2.5-vl", "smolvlm"])
+def test_a_resolution_set_per_job_equals_the_pipeline_with_those_processor_kwargs(
+    make_worker, model_dir, arch
+):
+    """min_pixels/max_pixels (Qwen2-VL's pixel budget) and longest_edge (SmolVLM's tiling) are
+    the processor's `size` for this call: a real photo, the 12 MP phone JPEG, and both in one
+    question, each as the pipeline answers with the same processor kwargs."""
+    worker = make_worker(arch)
+    reference = pipeline("image-text-to-text", model=str(model_dir(arch)))
+    options, size = _RESOLUTIONS[arch]
+    question = QUESTIONS[0]
+    encoded = [encode(photo("chelsea", size=None).convert("RGB")), phone_jpeg("rocket")]
+    upright = [Image.open(io.BytesIO(data)).convert("RGB") for data in encoded]
+    job = {"question": question, "max_new_tokens": 8, **options}
+    default = run_job(worker, {"images": [b64(d) for d in encoded], **job} | dict.fromkeys(options))
+    alone = run_job(worker, {"images": [b64(d) for d in encoded], **job})
+    together = run_job(worker, {"images": [b64(d) for d in encoded], "together": True, **job})
+    for image, result in zip(upright, alone["results"], strict=True):
+        expected = reference(
+            text=_one_turn([image], question),
+            max_new_tokens=8,
+            return_full_text=False,
+            processor_kwargs={"size": size},
+        )
+        assert result["answer"] == expected[0]["generated_text"].strip()
+    expected = reference(
+        text=_one_turn(upright, question),
+        max_new_tokens=8,
+        return_full_text=False,
+        processor_kwargs={"size": size},
+    )
+    assert together["results"][0]["answer"] == expected[0]["generated_text"].strip()
+    for ours, own in zip(alone["results"], default["results"], strict=True):
+        assert ours["usage"]["prompt_tokens"] != own["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize("arch", ["qwen2-vl", "qwen2.5-vl"])
+def test_the_pixel_budget_sets_the_number_of_image_tokens(make_worker, arch):
+    """28x28 px an image token: the tiny processors' own budget is 56*56 to 112*112 px."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    worker = make_worker(arch)
+    image = b64(photo("chelsea", size=None).convert("RGB"))  # 451x300: the own max applies
+
+    def prompt_tokens(**options) -> int:
+        job = {"image": image, "question": "q", "max_new_tokens": 1, **options}
+        return run_job(worker, job)["results"][0]["usage"]["prompt_tokens"]
+
+    def image_tokens(budget: int) -> int:  # the processor's own rounding, 28 px a token
+        height, width = smart_resize(300, 451, factor=28, min_pixels=784, max_pixels=budget)
+        return height // 28 * (width // 28)
+
+    own = prompt_tokens()
+    budgets = [28 * 28, 56 * 56, 224 * 224]
+    counts = [prompt_tokens(min_pixels=28 * 28, max_pixels=budget) for budget in budgets]
+    assert counts[0] < counts[1] < own < prompt_tokens(min_pixels=224 * 224, max_pixels=224 * 224)
+    for budget, count in zip(budgets, counts, strict=True):
+        assert count - own == image_tokens(budget) - image_tokens(112 * 112)
+    assert image_tokens(28 * 28) == 1  # the least: one image token
+    assert prompt_tokens(max_pixels=112 * 112) == own  # the processor's own, given
+
+
+@pytest.mark.parametrize(
+    ("arch", "job", "message"),
+    [
+        ("qwen2-vl", {"max_pixels": 20_000}, '"max_pixels" must be between 1 and 12544 '),
+        ("qwen2.5-vl", {"min_pixels": 12545}, "(MAX_VLM_PIXELS), got 12545"),
+        ("qwen2-vl", {"min_pixels": 9000, "max_pixels": 5000}, '"min_pixels" (9000) must not'),
+        ("qwen2-vl", {"max_pixels": 1000}, '"min_pixels" (3136) must not exceed "max_pixels"'),
+        ("qwen2-vl", {"longest_edge": 64}, '"longest_edge" does not apply to this model'),
+        ("smolvlm", {"longest_edge": 257}, "between 1 and 256 (MAX_VLM_LONGEST_EDGE), got 257"),
+        ("smolvlm", {"max_pixels": 5000}, 'SmolVLMImageProcessor, which takes "longest_edge"'),
+        ("llava", {"max_pixels": 5000}, "which takes none of them"),
+        ("paligemma", {"longest_edge": 64}, '"longest_edge" does not apply'),
+    ],
+)
+def test_resolutions_are_bounded_and_refused_where_the_processor_takes_none(
+    make_worker, arch, job, message
+):
+    worker = make_worker(arch, MAX_VLM_PIXELS=112 * 112, MAX_VLM_LONGEST_EDGE=256)
+    output = run_job(worker, {"image": b64(photo("chelsea")), "question": "q", **job})
+    assert output["error_code"] == "invalid_input"
+    assert message in output["error"]
+    assert output["error"].count(". ") == 0  # one sentence
+
+
+@pytest.mark.parametrize("arch", ["qwen2.5-vl", "smolvlm"])
+def test_jobs_of_different_resolutions_batched_equal_alone(make_worker, arch):
+    """The resolution changes the pixel and prompt shapes of an image, not the batch's: jobs
+    with different ones share a batch and answer as they do alone."""
+    worker = make_worker(arch, MAX_BATCH_SIZE=8, BATCH_WAIT_MS=200)
+    if arch == "smolvlm":
+        resolutions = [{"longest_edge": edge} for edge in (32, 64, 160)]
+    else:
+        resolutions = [{"min_pixels": 784, "max_pixels": 784}, {"max_pixels": 56 * 56}, {}]
+    image = b64(photo("chelsea", size=None).convert("RGB"))
+    jobs = [
+        {"image": image, "question": QUESTIONS[0], "max_new_tokens": 6, **resolution}
+        for resolution in resolutions
+    ]
+    together = run_jobs(worker, jobs)
+    assert worker.batcher.batch_sizes.get(3), "the three jobs must have shared one batch"
+    alone = [run_job(worker, job) for job in jobs]
+    assert [t["results"] for t in together] == [a["results"] for a in alone]
+    assert len({a["results"][0]["usage"]["prompt_tokens"] for a in alone}) == 3

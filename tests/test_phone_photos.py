@@ -328,7 +328,7 @@ def test_captions_of_phone_jpegs_equal_the_model_card_recipe(make_worker, model_
         assert ours["caption"] == expected
 
 
-@pytest.mark.parametrize("arch", ["llava-next", "qwen2-vl", "smolvlm", "paligemma"])
+@pytest.mark.parametrize("arch", ["llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm", "paligemma"])
 def test_answers_on_phone_jpegs_equal_the_pipeline(make_worker, model_dir, phone, arch):
     """LLaVA-NeXT lays out its tiles, Qwen2-VL its patch grid, SmolVLM its tile rows and columns,
     from the image's own size: the decode must not change it."""

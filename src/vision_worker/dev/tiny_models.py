@@ -1012,12 +1012,9 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 
-def build_qwen2_vl(out: Path, full: bool) -> None:
-    """Qwen2-VL: dynamic resolution (each photo becomes as many 14 px patches as its size
-    gives, merged 2x2 into image tokens, between min and max pixels), M-RoPE positions and a
-    per-token mm_token_type_ids. Full size: the 2B's vision tower and a 1.5B-shaped decoder."""
-    import transformers
-
+def _qwen_vl_tokenizer() -> PreTrainedTokenizerFast:
+    """Qwen2-VL's and Qwen2.5-VL's special tokens (ChatML and the vision markers) over the
+    deterministic WordPiece vocabulary."""
     specials = [
         "<|endoftext|>",
         "<|im_start|>",
@@ -1027,7 +1024,7 @@ def build_qwen2_vl(out: Path, full: bool) -> None:
         "<|image_pad|>",
         "<|video_pad|>",
     ]
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=_train_tokenizer(specials, 260),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -1040,6 +1037,15 @@ def build_qwen2_vl(out: Path, full: bool) -> None:
         },
         padding_side="left",
     )
+
+
+def build_qwen2_vl(out: Path, full: bool) -> None:
+    """Qwen2-VL: dynamic resolution (each photo becomes as many 14 px patches as its size
+    gives, merged 2x2 into image tokens, between min and max pixels), M-RoPE positions and a
+    per-token mm_token_type_ids. Full size: the 2B's vision tower and a 1.5B-shaped decoder."""
+    import transformers
+
+    tokenizer = _qwen_vl_tokenizer()
     token = tokenizer.convert_tokens_to_ids
     ids = dict(eos_token_id=token("<|im_end|>"), pad_token_id=tokenizer.pad_token_id)
     text = _dims(
@@ -1087,6 +1093,97 @@ def build_qwen2_vl(out: Path, full: bool) -> None:
     # Tiny: 2 to 16 image tokens a photo; full: the 2B's own bounds (4 to 16384 tokens).
     pixels = (4 * 28 * 28, 16384 * 28 * 28) if full else (56 * 56, 112 * 112)
     processor = transformers.Qwen2VLProcessor(
+        image_processor=processor_class("Qwen2VLImageProcessor")(
+            min_pixels=pixels[0], max_pixels=pixels[1]
+        ),
+        video_processor=transformers.Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    _save(out, model, None, None)
+
+
+def build_qwen2_5_vl(out: Path, full: bool) -> None:
+    """Qwen2.5-VL: Qwen2-VL's dynamic resolution and M-RoPE, a vision tower of windowed
+    attention (full attention in a few blocks), RMSNorm and SwiGLU, and a merger to the
+    decoder's width. Full size: Qwen2.5-VL-3B's vision tower and decoder."""
+    import transformers
+
+    tokenizer = _qwen_vl_tokenizer()
+    token = tokenizer.convert_tokens_to_ids
+    ids = dict(eos_token_id=token("<|im_end|>"), pad_token_id=tokenizer.pad_token_id)
+    text = _dims(
+        full,
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+        ),
+    )
+    # Windows of 56 px (2x2 image tokens) in the tiny tower, so its photos (2 to 16 tokens)
+    # span several windows and the window reordering is exercised; the 3B's are 112 px.
+    vision = _dims(
+        full,
+        dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=32,
+            window_size=56,
+            fullatt_block_indexes=[1],
+            initializer_range=TINY_INIT,
+        ),
+        dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=2048,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+        ),
+    )
+    config = transformers.Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=4096,
+            bos_token_id=None,
+            **text,
+            **ids,
+        ),
+        vision_config=dict(
+            **vision,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            tokens_per_second=2,
+        ),
+        image_token_id=token("<|image_pad|>"),
+        video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"),
+        vision_end_token_id=token("<|vision_end|>"),
+        tie_word_embeddings=full,  # the 3B ties its embeddings
+        **ids,
+    )
+    model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.update(**ids)
+    # Tiny: 2 to 16 image tokens a photo; full: the 3B's own bounds (4 to 16384 tokens).
+    pixels = (4 * 28 * 28, 16384 * 28 * 28) if full else (56 * 56, 112 * 112)
+    processor = transformers.Qwen2_5_VLProcessor(
         image_processor=processor_class("Qwen2VLImageProcessor")(
             min_pixels=pixels[0], max_pixels=pixels[1]
         ),
@@ -1916,6 +2013,7 @@ BUILDERS: dict[str, Callable[[Path, bool], None]] = {
     "sam-hq": build_sam_hq,
     "sam2": build_sam2,
     "qwen2-vl": build_qwen2_vl,
+    "qwen2.5-vl": build_qwen2_5_vl,
     "smolvlm": build_smolvlm,
     "paligemma": build_paligemma,
     "florence2": build_florence2,
@@ -1971,6 +2069,7 @@ _REQUIRED_OPTIONS = {
     "llava": """-o 'question="What is in the image?"'""",
     "llava-next": """-o 'question="What is in the image?"'""",
     "qwen2-vl": """-o 'question="What is in the image?"'""",
+    "qwen2.5-vl": """-o 'question="What is in the image?"'""",
     "smolvlm": """-o 'question="What is in the image?"'""",
     "paligemma": """-o 'question="answer en what is in the image?"'""",
     "sam": """-o 'prompts=[{"points": [[100, 100]]}]'""",

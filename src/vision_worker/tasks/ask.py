@@ -19,6 +19,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from ..errors import ImageError, JobError
+from ..images import photo_size
 from .base import (
     Checkpoint,
     ModelLoadError,
@@ -38,6 +39,7 @@ from .generation import (
     checked_generation,
     new_tokens_limit,
 )
+from .paligemma_outputs import paligemma_detections
 
 # Every image-text-to-text architecture; the captioners among them (BLIP, GIT, ViT-GPT2) have no
 # chat template and are served by `caption`, which comes first in the registry.
@@ -48,6 +50,14 @@ class AskLimits(GenerationLimits):
     # Images in one question (`together`): each adds its image tokens to the one prompt, and
     # all of them are decoded at once.
     MAX_IMAGES_PER_QUESTION: int = Field(8, ge=1, le=64)
+    # Per-job resolution, where the image processor takes it. Qwen2-VL-style processors
+    # (Qwen2-VL, Qwen2.5-VL): `min_pixels`/`max_pixels`, the pixel budget of one image, each
+    # image token 28x28 px; the default is those checkpoints' own maximum (16384 image tokens).
+    MAX_VLM_PIXELS: int = Field(16384 * 28 * 28, ge=1)
+    # SmolVLM/Idefics3: `longest_edge`, the size an image is scaled to before it is split into
+    # tiles of the vision tower's input size (SmolVLM's 512 px: 2048 is 4x4 tiles and a global
+    # view, each tile its 64 more image tokens).
+    MAX_VLM_LONGEST_EDGE: int = Field(2048, ge=1)
 
 
 class AskOptions(GenerationOptions):
@@ -88,6 +98,29 @@ class AskOptions(GenerationOptions):
         '"what changed between these photos?"), for models that take several images in one '
         "prompt; at most MAX_IMAGES_PER_QUESTION images, one result.",
     )
+    min_pixels: int | None = Field(
+        None,
+        ge=1,
+        le=10**12,
+        description="Qwen2-VL and Qwen2.5-VL: each image is scaled to at least this many pixels "
+        "(28x28 px an image token); default the processor's own, at most MAX_VLM_PIXELS.",
+    )
+    max_pixels: int | None = Field(
+        None,
+        ge=1,
+        le=10**12,
+        description="Qwen2-VL and Qwen2.5-VL: each image is scaled to at most this many pixels, "
+        "which sets its number of image tokens; default the processor's own, at most "
+        "MAX_VLM_PIXELS.",
+    )
+    longest_edge: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="SmolVLM and Idefics3: each image's longest edge is scaled to this many "
+        "pixels before it is split into tiles (more tiles, more image tokens); default the "
+        "processor's own, at most MAX_VLM_LONGEST_EDGE.",
+    )
 
 
 class AskTask(Task):
@@ -102,7 +135,8 @@ class AskTask(Task):
     Limits: ClassVar = AskLimits
     architectures_doc: ClassVar[str] = (
         "image-text-to-text checkpoints with a chat template: `LlavaForConditionalGeneration`, "
-        "`SmolVLMForConditionalGeneration`, `Qwen2VLForConditionalGeneration`, ..."
+        "`SmolVLMForConditionalGeneration`, `Qwen2VLForConditionalGeneration`, "
+        "`Qwen2_5_VLForConditionalGeneration`, ..."
     )
     example_input: ClassVar[dict] = {
         "images": ["<image>", "<image>"],
@@ -124,6 +158,7 @@ class AskTask(Task):
         self.tokenizer = processor.tokenizer
         self.limits = limits
         self.positions, self.max_new_tokens_limit = new_tokens_limit(model.config, limits)
+        self.resolution = _resolution_kind(self.image_processor)
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
@@ -167,8 +202,53 @@ class AskTask(Task):
             raise JobError('"together" asks one "question" about all the images, not "questions"')
         if options.temperature > 0 and options.num_beams > 1:
             raise JobError('"temperature" samples one answer; it does not combine with num_beams')
+        self._resolution(options)  # refused here, before any image is read
         tokens = checked_generation(options, self.max_new_tokens_limit, self.limits)
         return options.model_copy(update={"max_new_tokens": tokens})
+
+    def _resolution(self, options: AskOptions) -> dict[str, Any]:
+        """The processor kwargs of the job's resolution options ({} without any): the `size`
+        these processors take per call, as the pipeline's `processor_kwargs` pass it."""
+        given = {
+            name: getattr(options, name)
+            for name in ("min_pixels", "max_pixels", "longest_edge")
+            if getattr(options, name) is not None
+        }
+        if not given:
+            return {}
+        takes = _RESOLUTION_OPTIONS.get(self.resolution, ())
+        refused = [name for name in given if name not in takes]
+        if refused:
+            which = " and ".join(f'"{name}"' for name in takes) or "none of them"
+            raise JobError(
+                f'"{refused[0]}" does not apply to this model\'s image processor '
+                f"({type(self.image_processor).__name__}, which takes {which}): "
+                '"min_pixels" and "max_pixels" set the pixel budget of Qwen2-VL and Qwen2.5-VL '
+                'processors, "longest_edge" the tiling of SmolVLM and Idefics3 processors'
+            )
+        if self.resolution == "edge":
+            limit = self.limits.MAX_VLM_LONGEST_EDGE
+            if options.longest_edge > limit:
+                raise JobError(
+                    f'"longest_edge" must be between 1 and {limit} (MAX_VLM_LONGEST_EDGE), '
+                    f"got {options.longest_edge}"
+                )
+            return {"size": {"longest_edge": options.longest_edge}}
+        limit = self.limits.MAX_VLM_PIXELS
+        for name, value in given.items():
+            if value > limit:
+                raise JobError(
+                    f'"{name}" must be between 1 and {limit} (MAX_VLM_PIXELS), got {value}'
+                )
+        own = self.image_processor.size
+        low = options.min_pixels or own.shortest_edge
+        high = options.max_pixels or own.longest_edge
+        if low > high:
+            raise JobError(
+                f'"min_pixels" ({low}) must not exceed "max_pixels" ({high}); this model\'s own '
+                f"budget is {own.shortest_edge} to {own.longest_edge} pixels"
+            )
+        return {"size": {"shortest_edge": low, "longest_edge": high}}
 
     def options_per_image(self, options: AskOptions, images: int) -> list[AskOptions]:
         if options.together and images > self.limits.MAX_IMAGES_PER_QUESTION:
@@ -186,7 +266,9 @@ class AskTask(Task):
         return [options.model_copy(update={"question": q}) for q in options.questions]
 
     def batch_key(self, item: Prepared, options: AskOptions) -> Hashable:
-        # Questions differ freely within a batch; the decoding loop's options may not. A seeded
+        # Questions and resolutions (min_pixels, max_pixels, longest_edge) differ freely within
+        # a batch: they shape each image's own inputs, which `_collate` joins as it joins photos
+        # of different sizes; the decoding loop's options may not. A seeded
         # answer runs alone: the random stream is the batch's, so only alone does the same seed
         # give the same answer.
         alone = id(item) if options.seed is not None else None
@@ -204,8 +286,13 @@ class AskTask(Task):
         prompt = self.processor.apply_chat_template(
             self._turns([{"type": "image"}], options), add_generation_prompt=True
         )
-        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
-        return self._checked(dict(inputs.items()), "this image", options)
+        inputs = self.processor(
+            images=[image], text=[prompt], return_tensors="pt", **self._resolution(options)
+        )
+        prepared = self._checked(dict(inputs.items()), "this image", options)
+        # PaliGemma's location tokens are boxes in the upright photo's pixels (encode).
+        prepared.meta["photo_size"] = photo_size(image)
+        return prepared
 
     def answers_together(self, options: AskOptions) -> bool:
         return options.together
@@ -220,6 +307,7 @@ class AskTask(Task):
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
+            processor_kwargs=self._resolution(options),
         )
         return self._checked(dict(inputs.items()), f"these {len(images)} images", options)
 
@@ -330,11 +418,17 @@ class AskTask(Task):
             "prompt_tokens": meta["prompt_tokens"],
             "completion_tokens": output["completion_tokens"],
         }
-        return {
+        result = {
             "answer": output["answer"],
             "finish_reason": output["finish_reason"],
             "usage": usage,
         }
+        # One image's answer (not `together`: a box there would not say which image it is on).
+        if self.model.config.model_type == "paligemma" and "photo_size" in meta:
+            found = paligemma_detections(output["answer"], meta["photo_size"])
+            if found is not None:
+                result["detections"] = found
+        return result
 
     def _collate(self, items: Sequence[Prepared]) -> dict[str, torch.Tensor]:
         """One batch as the processor would make it: prompts left-padded, vision inputs joined
@@ -358,6 +452,32 @@ class AskTask(Task):
             key: value.to(device, dtype=dtype if value.is_floating_point() else value.dtype)
             for key, value in batch.items()
         }
+
+
+# Image processors that take a per-call resolution: "pixels", Qwen2-VL's dynamic resolution (a
+# pixel budget per image: `size`'s shortest_edge and longest_edge are pixel counts); "edge",
+# Idefics3's splitting (`size`'s longest_edge, the image's before it is tiled).
+_RESOLUTION_PROCESSORS = {
+    "pixels": ("Qwen2VLImageProcessor", "Qwen2VLImageProcessorPil"),
+    "edge": (
+        "Idefics3ImageProcessor",
+        "Idefics3ImageProcessorPil",
+        "SmolVLMImageProcessor",
+        "SmolVLMImageProcessorPil",
+    ),
+}
+_RESOLUTION_OPTIONS = {"pixels": ("min_pixels", "max_pixels"), "edge": ("longest_edge",)}
+
+
+def _resolution_kind(image_processor: Any) -> str | None:
+    """Which resolution options the image processor takes: "pixels", "edge" or None."""
+    import transformers
+
+    for kind, names in _RESOLUTION_PROCESSORS.items():
+        classes = tuple(c for c in (getattr(transformers, n, None) for n in names) if c)
+        if classes and isinstance(image_processor, classes):
+            return kind
+    return None
 
 
 def _per_token(value: torch.Tensor, item: Prepared) -> bool:

@@ -28,6 +28,7 @@ from starlette.background import BackgroundTask
 
 from .bodies import BodyError, Reservation
 from .errors import ErrorBody
+from .worker import arrivals
 
 # A job's "input" to its output dict: Worker.run, or the pod's admitted and counted run; an
 # `on_text` keyword hears a streamed answer's pieces (Worker.run's TextListener).
@@ -412,20 +413,11 @@ def _item_error(error: dict, param: str) -> OpenAIError:
 async def _next_text(pieces: asyncio.Queue[str], job: asyncio.Future) -> str | None:
     """The answer's text that has arrived (waiting for some), or None once the job is over and
     nothing more will come; a job that ended in a refusal raises it (OpenAIError)."""
-    text = ""
-    while pieces.empty() and not job.done():
-        waiting = asyncio.ensure_future(pieces.get())
-        await asyncio.wait({waiting, job}, return_when=asyncio.FIRST_COMPLETED)
-        if waiting.done():
-            text = waiting.result()
-            break
-        waiting.cancel()
-    while not pieces.empty():
-        text += pieces.get_nowait()
-    if not text:
+    arrived = await arrivals(pieces, job)
+    if not arrived:
         job.result()  # the job is over: raises its refusal, if it was one
         return None
-    return text
+    return "".join(arrived)
 
 
 def _usage(counts: dict) -> dict:

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 ResultListener = Callable[[int, dict], None]
 # Hears (image index, new text) as a generating task's answer grows (token streaming).
 TextListener = Callable[[int, str], None]
+
+T = TypeVar("T")
 
 # Grace beyond URL_TIMEOUT_S before the job stops waiting on a download thread.
 _FETCH_GRACE_S = 1.0
@@ -205,17 +207,9 @@ class Worker:
             )
         )
         try:
-            while not (job.done() and arrived.empty()):
-                next_event = asyncio.ensure_future(arrived.get())
-                await asyncio.wait({next_event, job}, return_when=asyncio.FIRST_COMPLETED)
-                if not next_event.done():
-                    next_event.cancel()
-                    continue
-                # What arrived in one turn of the loop (a batch's images, a decoding step's
-                # text) is one chunk: each chunk is a round trip on RunPod.
-                events = [next_event.result()]
-                while not arrived.empty():
-                    events.append(arrived.get_nowait())
+            # What arrived in one turn of the loop (a batch's images, a decoding step's text)
+            # is one chunk: each chunk is a round trip on RunPod.
+            while events := await arrivals(arrived, job):
                 yield _chunk_of(events)
             output = job.result()
             output.pop("results", None)
@@ -408,6 +402,22 @@ class Worker:
             failed.set_exception(item)
             return failed
         return self.batcher.enqueue(item, options)
+
+
+async def arrivals(queue: asyncio.Queue[T], job: asyncio.Future) -> list[T]:
+    """Everything on `queue` now, waiting for something while `job` runs; [] once the job is
+    over and nothing is left (a job's listeners feed the queue, its end ends the waiting)."""
+    arrived: list[T] = []
+    while queue.empty() and not job.done():
+        waiting = asyncio.ensure_future(queue.get())
+        await asyncio.wait({waiting, job}, return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            arrived.append(waiting.result())
+            break
+        waiting.cancel()
+    while not queue.empty():
+        arrived.append(queue.get_nowait())
+    return arrived
 
 
 def _chunk_of(events: list[tuple[str, int, Any]]) -> dict[str, list[dict]]:

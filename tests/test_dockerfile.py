@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,14 +95,25 @@ def bake_into_hf_cache(model: Path, hf_home: Path, repo_id: str) -> None:
     (repo / "refs" / "main").write_text(revision)
 
 
+@pytest.fixture
+def fresh_venv(tmp_path: Path) -> Iterator[Path]:
+    """A new venv, removed afterwards pass or fail: with torch in it, it is 6 GB, and pytest
+    keeps the last runs' temporary directories, so a few CI runs would fill the disk."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    yield venv
+    shutil.rmtree(venv, ignore_errors=True)
+
+
 @pytest.mark.timeout(900)
-def test_the_dockerfile_replayed_in_a_fresh_venv_serves_test_input_offline(model_dir, tmp_path):
+def test_the_dockerfile_replayed_in_a_fresh_venv_serves_test_input_offline(
+    model_dir, tmp_path, fresh_venv
+):
     """RUN steps in order in a new venv of the base image's Python, with one substitution this
     machine needs: torch and torchvision from the default index (the same wheels, from this
     machine's local copy of PyPI). The weights step is replaced by the cache layout it
     produces. The log names the torchvision-backed image processor: production's path."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    venv = fresh_venv
     python = str(venv / "bin" / "python")
     environment = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     for name, args in instructions():

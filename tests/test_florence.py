@@ -225,7 +225,8 @@ def test_defaults_are_the_model_cards_and_a_cut_answer_says_so(make_worker):
     worker = make_worker(ARCH)
     options = worker.task.check(FlorenceOptions())
     assert options.task_prompt == "<CAPTION>"
-    assert (options.num_beams, options.max_new_tokens) == (3, 128)  # 3 beams; up to the limit
+    # 3 beams; up to the card's 1024 tokens, within the decoder's 1024 positions.
+    assert (options.num_beams, options.max_new_tokens) == (3, 1023)
     image = b64(photo("coffee", size=None).convert("RGB"))
     # One new token: BART's forced end token takes it, so the answer was cut.
     cut = run_job(worker, {"image": image, "max_new_tokens": 1})["results"][0]
@@ -259,7 +260,7 @@ def test_defaults_are_the_model_cards_and_a_cut_answer_says_so(make_worker):
             {"task_prompt": "<REGION_TO_OCR>", "region": {**REGION, "xmax": 10.0}},
             "a region needs xmax > xmin and ymax > ymin",
         ),
-        ({"max_new_tokens": 999}, '"max_new_tokens" must be between 1 and 128 for this model'),
+        ({"max_new_tokens": 1024}, '"max_new_tokens" must be between 1 and 1023 for this model'),
         ({"num_beams": 9}, '"num_beams" must be between 1 and 5, got 9'),
         ({"question": "what?"}, 'option "question" does not apply to task "florence"'),
     ],

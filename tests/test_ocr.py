@@ -18,7 +18,16 @@ from PIL import Image, ImageOps
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from conftest import PHOTOS, b64, phone_jpeg, photo, rotated_twin, run_job, run_jobs
-from vision_worker.tasks import Checkpoint, choose_task, tasks_serving
+from vision_worker.config import ConfigError
+from vision_worker.settings import load_settings
+from vision_worker.tasks import (
+    CaptionTask,
+    Checkpoint,
+    OcrTask,
+    choose_task,
+    limits_of,
+    tasks_serving,
+)
 from vision_worker.worker import Worker
 
 DONUT_TASK = "<s_cord-v2>"
@@ -296,12 +305,12 @@ def test_donuts_default_prompt_is_its_own_task_token(model_dir, tmp_path):
         ("got-ocr2", {"color": "purple"}, "color"),
         ("got-ocr2", {"max_patches": 4}, '"max_patches" bounds "crop_to_patches"'),
         ("got-ocr2", {"crop_to_patches": True, "box": [0, 0, 9, 9]}, "do not combine"),
-        ("got-ocr2", {"max_new_tokens": 129}, '"max_new_tokens" must be between 1 and 128'),
+        ("got-ocr2", {"max_new_tokens": 2049}, '"max_new_tokens" must be between 1 and 2048'),
         ("got-ocr2", {"format": "yes"}, "format"),
         ("donut", {"format": True}, '"format" is a GOT-OCR2 option'),
         ("donut", {"prompt": "what is the total?"}, "must start with a task token"),
         ("donut", {"prompt": "<s_cord-v2>" * 600}, "over 1000 characters"),
-        ("donut", {"prompt": "<s_cord-v2>" + "<s_nm>" * 100}, "too long: with max_new_tokens=30"),
+        ("donut", {"prompt": "<s_cord-v2>" + "<s_nm>" * 100}, "too long: with max_new_tokens=127"),
     ],
 )
 def test_bad_options_fail_the_job_with_one_sentence(make_worker, arch, job, message):
@@ -378,3 +387,20 @@ def test_a_page_of_text_streams_as_it_is_read(make_worker):
         assert "".join(pieces[index]) == result["text"]
     assert max(len(p) for p in pieces.values()) > 1
     assert merge_stream(streamed)["results"] == plain["results"]
+
+
+def test_pages_get_their_own_token_defaults_and_the_environment_still_wins(model_dir):
+    """A page is longer than a caption: ocr defaults to 1024 new tokens (at most 2048), where
+    captions keep 30 (at most 128); a value from the environment is every task's."""
+    settings = load_settings(MODEL_NAME=str(model_dir("got-ocr2")))
+    pages, captions = limits_of(OcrTask, settings), limits_of(CaptionTask, settings)
+    assert (pages.DEFAULT_MAX_NEW_TOKENS, pages.MAX_NEW_TOKENS_LIMIT) == (1024, 2048)
+    assert (captions.DEFAULT_MAX_NEW_TOKENS, captions.MAX_NEW_TOKENS_LIMIT) == (30, 128)
+
+    chosen = load_settings(DEFAULT_MAX_NEW_TOKENS=200, MAX_NEW_TOKENS_LIMIT=300)
+    assert limits_of(OcrTask, chosen).DEFAULT_MAX_NEW_TOKENS == 200
+    assert limits_of(OcrTask, chosen).MAX_NEW_TOKENS_LIMIT == 300
+
+    # A limit below ocr's own default, with no default of its own: refused at start, by name.
+    with pytest.raises(ConfigError, match=r"ocr's own defaults \(DEFAULT_MAX_NEW_TOKENS=1024\)"):
+        limits_of(OcrTask, load_settings(MAX_NEW_TOKENS_LIMIT=100))

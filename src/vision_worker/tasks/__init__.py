@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 import transformers
+from pydantic import ValidationError
 from transformers import AutoConfig
 
-from ..config import Settings, TaskLimits
+from ..config import ConfigError, Settings, TaskLimits
 from ..device import resolve_device, resolve_dtype
 from .ask import AskTask
 from .base import Checkpoint, MissingWeightsError, ModelLoadError, ModelSource, Task, TaskOptions
@@ -109,9 +110,17 @@ def load_task(settings: Settings) -> Task:
 
 
 def limits_of(task: type[Task], settings: Settings) -> TaskLimits:
-    """The task's own limits out of the validated settings: the task sees nothing else."""
+    """The task's own limits out of the validated settings (the task sees nothing else), with
+    the task's own defaults where the environment set none."""
     values = {name: getattr(settings, name) for name in task.Limits.model_fields}
-    return task.Limits.model_validate(values)
+    own = {k: v for k, v in task.limit_defaults.items() if k not in settings.model_fields_set}
+    try:
+        return task.Limits.model_validate(values | own)
+    except ValidationError as error:
+        raise ConfigError(
+            f"{task.name}'s own defaults ({', '.join(f'{k}={v}' for k, v in own.items())}) "
+            f"do not fit the environment's settings: set them too ({error.errors()[0]['msg']})"
+        ) from None
 
 
 def tasks_serving(checkpoint: Checkpoint) -> list[str]:

@@ -7,6 +7,8 @@ A task owns everything about its task and nothing about RunPod or HTTP:
 - `serves(checkpoint)`: decided from the checkpoint's architectures, never by a first match.
 - `Limits`: the task's own settings (bounds and defaults, environment variables like every
   setting); the task sees those and nothing else of the worker's configuration.
+  `limit_defaults` gives a shared limit another default for this task alone (a page of OCR is
+  longer than a caption); the environment still wins.
 - `load(source, checkpoint, limits)`: once, at cold start; refuses checkpoints whose task
   weights are missing.
 - `check(options)`: bounds that depend on limits or on the model (e.g. top_k <= labels).
@@ -215,9 +217,11 @@ def with_limit_values(text: str, values: Mapping[str, Any]) -> str:
     return _LIMIT_NAME.sub(shown, text)
 
 
-def limit_defaults(limits: type[TaskLimits]) -> dict[str, Any]:
+def default_limits(task: type[Task]) -> dict[str, Any]:
     """A task's limits at their defaults (what the README documents), whatever the environment."""
-    return {name: info.default for name, info in limits.model_fields.items()}
+    return {name: info.default for name, info in task.Limits.model_fields.items()} | dict(
+        task.limit_defaults
+    )
 
 
 class Task:
@@ -227,6 +231,8 @@ class Task:
     summary: ClassVar[str]
     Options: ClassVar[type[TaskOptions]]
     Limits: ClassVar[type[TaskLimits]] = TaskLimits
+    # This task's defaults for limits it shares with others, where the environment sets none.
+    limit_defaults: ClassVar[Mapping[str, Any]] = {}
     # Shown in cold-start errors and the README's architecture table.
     architectures_doc: ClassVar[str]
     # The RunPod Hub listing (docs.py renders .runpod/hub.json): the TASK menu's label, and

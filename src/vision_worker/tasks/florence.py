@@ -147,6 +147,9 @@ class FlorenceTask(Task):
     )
     Options: ClassVar = FlorenceOptions
     Limits: ClassVar = GenerationLimits
+    # The card's recipe generates up to 1024 tokens: a dense <OD> or <OCR> answer cut short
+    # loses boxes or lines.
+    limit_defaults: ClassVar = {"MAX_NEW_TOKENS_LIMIT": 1024}
     architectures_doc: ClassVar[str] = (
         "`Florence2ForConditionalGeneration` (transformers-native Florence-2, e.g. "
         "florence-community/Florence-2-base)"

@@ -111,6 +111,9 @@ class OcrTask(Task):
     )
     Options: ClassVar = OcrOptions
     Limits: ClassVar = OcrLimits
+    # A page is hundreds of tokens, not a caption's thirty: the model ends it itself, well
+    # before these unless the page is dense (GOT's card allows 4096; raise them for such pages).
+    limit_defaults: ClassVar = {"DEFAULT_MAX_NEW_TOKENS": 1024, "MAX_NEW_TOKENS_LIMIT": 2048}
     architectures_doc: ClassVar[str] = (
         "`GotOcr2ForConditionalGeneration` (GOT-OCR 2.0); `VisionEncoderDecoderModel` with a "
         "`donut-swin` encoder (Donut)"

@@ -74,7 +74,7 @@ if __name__ == "__main__" and ((pod := _pod_args()).serve or settings.SERVE_MODE
 
 try:
     worker = Worker.start(settings)  # cold start: once, before the first job
-except ModelLoadError as error:
+except (ConfigError, ModelLoadError) as error:  # a task's limits are checked as it loads
     sys.exit(f"vision-worker cannot start: {error}")
 
 

@@ -52,6 +52,7 @@ def test_the_default_task_comes_from_the_checkpoint(arch, default, serves, model
         ("dinov2", "classify", r"TASK=classify does not fit .*Dinov2Model.*; it serves embed"),
         ("dinov2", "zero_shot", r"TASK=zero_shot does not fit .*; it serves embed"),
         ("vit", "caption", r"it serves classify, embed"),
+        ("donut", "caption", r"TASK=caption does not fit .*EncoderDecoderModel.*; it serves ocr"),
         (
             "clip",
             "transcribe",

@@ -24,6 +24,7 @@ from .base import (
 from .generation import (
     CAPTIONER_ARCHITECTURES,
     CAPTIONER_MODEL_TYPES,
+    DONUT_ENCODERS,
     GenerationLimits,
     GenerationOptions,
     checked_generation,
@@ -83,7 +84,10 @@ class CaptionTask(Task):
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
-        return checkpoint.saved_as(CAPTIONER_ARCHITECTURES, CAPTIONER_MODEL_TYPES)
+        return (
+            checkpoint.saved_as(CAPTIONER_ARCHITECTURES, CAPTIONER_MODEL_TYPES)
+            and checkpoint.encoder_type not in DONUT_ENCODERS
+        )
 
     @classmethod
     def load(

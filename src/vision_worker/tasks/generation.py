@@ -23,6 +23,10 @@ CAPTIONER_ARCHITECTURES = frozenset(
     {"VisionEncoderDecoderModel", "GitForCausalLM", "BlipForConditionalGeneration"}
 )
 CAPTIONER_MODEL_TYPES = frozenset({"vision-encoder-decoder", "git", "blip"})
+# A VisionEncoderDecoderModel is Donut by its encoder (TrOCR and ViT-GPT2 have a ViT one): a
+# document reader that answers a task prompt (`ocr`), not a captioner, whose output without
+# one is noise.
+DONUT_ENCODERS = frozenset({"donut-swin"})
 
 
 class GenerationLimits(TextLimits):

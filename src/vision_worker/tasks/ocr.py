@@ -34,6 +34,7 @@ from .base import (
     prepare_model,
 )
 from .generation import (
+    DONUT_ENCODERS,
     AnswerStreamer,
     GenerationLimits,
     GenerationOptions,
@@ -43,8 +44,6 @@ from .generation import (
 
 _GOT_ARCHITECTURES = frozenset({"GotOcr2ForConditionalGeneration"})
 _GOT_MODEL_TYPES = frozenset({"got_ocr2"})
-# A VisionEncoderDecoderModel is Donut by its encoder (TrOCR and ViT-GPT2 have a ViT one).
-_DONUT_ENCODERS = frozenset({"donut-swin"})
 # GOT-OCR2 ends its answer with ChatML's end of turn; its generation config stops at
 # <|endoftext|>, so its model card stops at this text.
 _GOT_STOP = "<|im_end|>"
@@ -153,7 +152,7 @@ class OcrTask(Task):
         encoder_decoder = checkpoint.saved_as(
             {"VisionEncoderDecoderModel"}, {"vision-encoder-decoder"}
         )
-        return encoder_decoder and checkpoint.encoder_type in _DONUT_ENCODERS
+        return encoder_decoder and checkpoint.encoder_type in DONUT_ENCODERS
 
     @classmethod
     def load(cls, source: ModelSource, checkpoint: Checkpoint, limits: OcrLimits) -> OcrTask:

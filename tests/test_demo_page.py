@@ -402,6 +402,35 @@ def test_the_page_draws_florence_boxes_at_the_photos_scaled_coordinates(
         assert points == pytest.approx([v * scale for v in flat], abs=0.01)
 
 
+def test_the_page_sends_a_florence_region_typed_as_json(browser, model_dir, tmp_path):
+    """A region is an object option: the page offers its fields and sends the typed JSON as an
+    object, which the worker takes as the job's region."""
+    from selenium.webdriver.common.by import By
+
+    region = {"xmin": 40.0, "ymin": 30.5, "xmax": 300.0, "ymax": 250.0}
+    worker = Worker.start(
+        load_settings(MODEL_NAME=str(model_dir("florence2")), WARMUP=False, POD_API_KEY=KEY)
+    )
+    real, regions = worker.task.check, []
+
+    def check(options):
+        regions.append(options.region)
+        return real(options)
+
+    def describe(b):
+        _pick(b, "task_prompt", "<REGION_TO_DESCRIPTION>")
+        field = b.find_element(By.ID, "opt-region")
+        for name in ("xmin", "ymin", "xmax", "ymax"):
+            assert f'"{name}"' in field.get_attribute("placeholder")
+        field.send_keys(json.dumps(region))
+
+    worker.task.check = check
+    with running_server(worker) as (url, _):
+        _run_page(browser, url, tmp_path, describe)
+    assert [r.model_dump() for r in regions] == [region]
+    assert "error" not in browser.find_element(By.ID, "results").text.lower()
+
+
 def _polygons(browser) -> list[tuple[dict, list[float]]]:
     """Each drawn polygon: its SVG's place on screen and its points, in displayed pixels."""
     return browser.execute_script(

@@ -254,3 +254,18 @@ def test_option_help_shows_the_limits_in_force(make_worker):
     form = predict_form_schema(task)["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert "1 to 7 (MAX_LABELS)" in form["properties"]["labels"]["description"]
     assert "1 to 7 (MAX_LABELS)" in demo_html(task)
+
+
+@pytest.mark.parametrize(("arch", "nested"), [("florence2", "region"), ("sam", "prompts")])
+def test_nested_options_are_written_out_in_the_form_and_the_demo_page(make_worker, arch, nested):
+    """A region or a mask prompt is a model of its own: the form's OpenAPI and the demo page
+    carry its fields, not a "#/$defs/..." reference that resolves to nothing there."""
+    from vision_worker.forms import demo_html, predict_form_schema
+
+    task = make_worker(arch).task
+    form = predict_form_schema(task)["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert "$ref" not in json.dumps(form)
+    assert "$defs" not in json.dumps(form)
+    field = json.dumps(form["properties"][nested])
+    assert ('"xmin"' in field) if arch == "florence2" else ('"points"' in field), field
+    assert "#/$defs/" not in demo_html(task)

@@ -217,6 +217,26 @@ def with_limit_values(text: str, values: Mapping[str, Any]) -> str:
     return _LIMIT_NAME.sub(shown, text)
 
 
+def self_contained(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with each "#/$defs/..." reference replaced by its definition: the /predict
+    form's OpenAPI and the demo page read each option's schema alone, where such a reference
+    (a Florence region, a mask prompt) resolves to nothing. Options models are not recursive."""
+    definitions = schema.get("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        reference = node.get("$ref", "")
+        if reference.startswith("#/$defs/"):
+            rest = {key: value for key, value in node.items() if key != "$ref"}
+            return inline({**definitions[reference.removeprefix("#/$defs/")], **rest})
+        return {key: inline(value) for key, value in node.items() if key != "$defs"}
+
+    return inline(schema)
+
+
 def default_limits(task: type[Task]) -> dict[str, Any]:
     """A task's limits at their defaults (what the README documents), whatever the environment."""
     return {name: info.default for name, info in task.Limits.model_fields.items()} | dict(
@@ -251,7 +271,7 @@ class Task:
     def options_schema(self) -> dict[str, Any]:
         """The JSON schema of `Options` with the limits in force written into the descriptions:
         what the /predict form, the OpenAPI document and the demo page show."""
-        schema = self.Options.model_json_schema()
+        schema = self_contained(self.Options.model_json_schema())
         values = self.limits.model_dump()
         for field_schema in schema.get("properties", {}).values():
             if "description" in field_schema:

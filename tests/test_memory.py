@@ -113,3 +113,34 @@ def test_16_bit_conversion_matches_float_scaling_without_float64(mode):
     converted = np.asarray(to_rgb(image))
     assert converted.shape == (64, 48, 3)
     assert np.array_equal(converted[..., 0], expected)
+
+
+def test_model_inputs_waiting_for_the_model_hold_their_bytes_from_the_budget(model_dir):
+    """A model slower than decoding: prepared inputs queue for it. Each holds its bytes from the
+    budget until its forward pass is done, so under a slow model images wait to be decoded
+    instead of piling up as tensors (a 13-tile GOT page is 160 MB of them, a job 64 pages)."""
+    from conftest import b64, photo, run_jobs
+    from vision_worker.settings import load_settings
+    from vision_worker.worker import Worker
+
+    worker = Worker.start(
+        load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False, MAX_BATCH_SIZE=4)
+    )
+    image = b64(photo("chelsea"))
+    item = worker.prepare_now(image, worker.task.check(worker.task.Options()))
+    item_bytes = sum(t.nbytes for t in item.inputs.values())
+    opened = decoded_cost(96, 64, "RGB")
+    # Room for one decode and about 20 waiting inputs: 256 images must queue a few at a time.
+    worker.decode_budget.total_bytes = opened + 20 * item_bytes
+    queued, forward = [], worker.batcher._run_batch
+
+    def slow_forward(items, options):
+        queued.append(worker.batcher.queue_depth + len(items))
+        time.sleep(0.02)
+        return forward(items, options)
+
+    worker.batcher._run_batch = slow_forward
+    outputs = run_jobs(worker, [{"images": [image] * 64}] * 4)
+    assert all("labels" in r for output in outputs for r in output["results"]), outputs[0]
+    assert max(queued) * item_bytes <= worker.decode_budget.total_bytes, (max(queued), item_bytes)
+    assert worker.decode_budget.in_use == 0  # every reservation went back

@@ -3,8 +3,9 @@
 A 6300x6300 image is within the pixel limit, but decoding, converting and preprocessing it holds
 about half a GiB; 16 of them in one job, or a few such jobs at once, would take the process down.
 Every decode reserves its peak working memory here first (computed from the header, before any
-pixel is decoded) and releases it once the image has become model inputs, so under pressure jobs
-slow down instead of failing.
+pixel is decoded) and releases it once the image has become model inputs; those inputs then hold
+their own bytes until their forward pass is done, so a model slower than decoding makes images
+wait instead of piling up as tensors. Under pressure jobs slow down instead of failing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _MIB = 1024 * 1024
 # Bytes per pixel of the decoded image in Pillow's mode, before conversion to RGB.
@@ -63,6 +65,15 @@ class DecodeBudget:
 
     @contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
+        held = self.hold(nbytes)
+        try:
+            yield
+        finally:
+            held.release()
+
+    def hold(self, nbytes: int) -> Held:
+        """Reserve `nbytes` (blocking until there is room) until `release`: for memory that
+        outlives a block, such as model inputs waiting for their forward pass."""
         # An image larger than the whole budget still runs, alone, rather than never.
         wanted = min(nbytes, self.total_bytes)
         with self._room:
@@ -70,12 +81,33 @@ class DecodeBudget:
                 self.waits += 1
                 self._room.wait_for(lambda: self._used + wanted <= self.total_bytes)
             self._used += wanted
-        try:
-            yield
-        finally:
-            with self._room:
-                self._used -= wanted
-                self._room.notify_all()
+        return Held(self, wanted)
+
+    def _give_back(self, nbytes: int) -> None:
+        with self._room:
+            self._used -= nbytes
+            self._room.notify_all()
+
+
+class Held:
+    """Bytes held from a DecodeBudget; `release` gives them back, once."""
+
+    def __init__(self, budget: DecodeBudget, nbytes: int) -> None:
+        self._budget, self.nbytes = budget, nbytes
+
+    def release(self) -> None:
+        nbytes, self.nbytes = self.nbytes, 0
+        if nbytes:
+            self._budget._give_back(nbytes)
+
+
+def inputs_bytes(inputs: Any) -> int:
+    """Bytes of the arrays in a task's model inputs (tensors, nested in dicts and lists)."""
+    if isinstance(inputs, dict):
+        return sum(inputs_bytes(value) for value in inputs.values())
+    if isinstance(inputs, list | tuple):
+        return sum(inputs_bytes(value) for value in inputs)
+    return int(getattr(inputs, "nbytes", 0))
 
 
 def default_budget_bytes() -> int:

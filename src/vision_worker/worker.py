@@ -19,7 +19,7 @@ from .device import is_device_fault, is_out_of_memory, release_cached_memory
 from .errors import ImageError, JobError, job_failure
 from .fetch import UrlFetcher
 from .images import ImageLimits, ImageStage, is_url
-from .memory import DecodeBudget, default_budget_bytes, limit_malloc_arenas
+from .memory import DecodeBudget, default_budget_bytes, inputs_bytes, limit_malloc_arenas
 from .metrics import Metrics
 from .outputs import ImageOutputs, OutputMeter
 from .schema import parse_job_input
@@ -280,6 +280,7 @@ class Worker:
                 output = error
             finally:
                 report.image_done()
+                _inputs_done(item)
             result = await asyncio.get_running_loop().run_in_executor(
                 self._encode_threads, self._measured_result, meter, index, item, output, options
             )
@@ -335,9 +336,17 @@ class Worker:
         loop = asyncio.get_running_loop()
         try:
             data = await self._fetch(source)
-            return await loop.run_in_executor(self._image_threads, self._model_input, data, options)
+            return await loop.run_in_executor(
+                self._image_threads, lambda: self._holding(self._model_input(data, options))
+            )
         except ImageError as error:
             return error
+
+    def _holding(self, item: Prepared) -> Prepared:
+        """`item` once its inputs' bytes are held from the budget (waiting for room, on an image
+        thread: a model slower than decoding holds decodes back): released by _inputs_done."""
+        item.held = self.decode_budget.hold(inputs_bytes(item.inputs))
+        return item
 
     async def _prepare_together(
         self, sources: Sequence[str | bytes], options: Any
@@ -350,10 +359,13 @@ class Worker:
             )
             return await loop.run_in_executor(
                 self._image_threads,
-                self.images.model_input_together,
-                datas,
-                lambda images: self.task.prepare_together(images, options),
-                self.task.decode_target(options),
+                lambda: self._holding(
+                    self.images.model_input_together(
+                        datas,
+                        lambda images: self.task.prepare_together(images, options),
+                        self.task.decode_target(options),
+                    )
+                ),
             )
         except ImageError as error:
             return error
@@ -402,6 +414,15 @@ class Worker:
             failed.set_exception(item)
             return failed
         return self.batcher.enqueue(item, options)
+
+
+def _inputs_done(item: Prepared | ImageError) -> None:
+    """After its forward pass (or its failure): the item's inputs are dropped and their bytes
+    go back to the budget; encoding needs only its meta."""
+    if isinstance(item, Prepared):
+        item.inputs = {}
+        if item.held is not None:
+            item.held.release()
 
 
 async def arrivals(queue: asyncio.Queue[T], job: asyncio.Future) -> list[T]:

@@ -200,6 +200,9 @@ class Prepared:
     # Set by the worker for a job that streams text: a generating task calls it from the model
     # thread with each new piece of the answer; the pieces join into a prefix of the answer.
     on_text: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    # Set by the worker: the inputs' bytes held from the image memory budget until the item's
+    # forward pass is done (memory.Held), so items queued for a slow model are bounded too.
+    held: Any = field(default=None, repr=False, compare=False)
 
 
 # A limit's name in an option's description, e.g. "1 to MAX_LABELS".

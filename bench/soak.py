@@ -107,6 +107,8 @@ TASKS: dict[str, TaskSpec] = {
     "depth": TaskSpec("depth-anything", {}),
     "mask": TaskSpec("sam", {"prompts": [{"points": [[30, 20]]}]}),
     "upscale": TaskSpec("swin2sr", {}, image=SMALL_PNG),
+    "ocr": TaskSpec("got-ocr2", {"max_new_tokens": 8}),
+    "florence": TaskSpec("florence2", {"task_prompt": "<OD>", "max_new_tokens": 8}),
 }
 
 

@@ -144,3 +144,33 @@ def test_model_inputs_waiting_for_the_model_hold_their_bytes_from_the_budget(mod
     assert all("labels" in r for output in outputs for r in output["results"]), outputs[0]
     assert max(queued) * item_bytes <= worker.decode_budget.total_bytes, (max(queued), item_bytes)
     assert worker.decode_budget.in_use == 0  # every reservation went back
+
+
+def test_a_job_cancelled_while_its_images_are_prepared_gives_their_bytes_back(model_dir):
+    """Images being prepared when their job is cancelled finish on their threads: the bytes
+    their inputs hold go back, or every cancel would shrink the budget until nothing ran."""
+    import asyncio
+
+    from conftest import _LOOP, b64, photo
+    from vision_worker.settings import load_settings
+    from vision_worker.worker import Worker
+
+    worker = Worker.start(load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False))
+    prepare = worker.task.prepare
+
+    def slow_prepare(image, options):
+        time.sleep(0.2)
+        return prepare(image, options)
+
+    worker.task.prepare = slow_prepare
+
+    async def cancelled_mid_prepare() -> None:
+        job = asyncio.ensure_future(worker.run({"images": [b64(photo("coffee"))] * 16}))
+        await asyncio.sleep(0.1)  # every image thread is inside prepare now
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        await asyncio.sleep(1.0)  # the threads finish the images they had
+
+    _LOOP.run_until_complete(cancelled_mid_prepare())
+    assert worker.decode_budget.in_use == 0

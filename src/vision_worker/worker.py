@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from PIL import Image
@@ -333,39 +333,43 @@ class Worker:
         return self._model_input(self.images.encoded(source), options)
 
     async def _prepare(self, source: str | bytes, options: Any) -> Prepared | ImageError:
-        loop = asyncio.get_running_loop()
         try:
             data = await self._fetch(source)
-            return await loop.run_in_executor(
-                self._image_threads, lambda: self._holding(self._model_input(data, options))
-            )
+            return await self._held_input(lambda: self._model_input(data, options))
         except ImageError as error:
             return error
 
-    def _holding(self, item: Prepared) -> Prepared:
-        """`item` once its inputs' bytes are held from the budget (waiting for room, on an image
-        thread: a model slower than decoding holds decodes back): released by _inputs_done."""
-        item.held = self.decode_budget.hold(inputs_bytes(item.inputs))
-        return item
+    async def _held_input(self, prepare: Callable[[], Prepared]) -> Prepared:
+        """`prepare()` on an image thread, then its inputs' bytes held from the budget (waiting
+        for room there: a model slower than decoding holds decodes back) until _inputs_done.
+        If the job is cancelled meanwhile, the thread still finishes: its hold is given back."""
+
+        def holding() -> Prepared:
+            item = prepare()
+            item.held = self.decode_budget.hold(inputs_bytes(item.inputs))
+            return item
+
+        running = self._image_threads.submit(holding)
+        try:
+            return await asyncio.wrap_future(running)
+        except asyncio.CancelledError:
+            running.add_done_callback(_give_back_when_prepared)
+            raise
 
     async def _prepare_together(
         self, sources: Sequence[str | bytes], options: Any
     ) -> Prepared | ImageError:
         """One item from all of a job's images (Task.answers_together)."""
-        loop = asyncio.get_running_loop()
         try:
             datas = await asyncio.gather(
                 *(self._fetch(source, index) for index, source in enumerate(sources))
             )
-            return await loop.run_in_executor(
-                self._image_threads,
-                lambda: self._holding(
-                    self.images.model_input_together(
-                        datas,
-                        lambda images: self.task.prepare_together(images, options),
-                        self.task.decode_target(options),
-                    )
-                ),
+            return await self._held_input(
+                lambda: self.images.model_input_together(
+                    datas,
+                    lambda images: self.task.prepare_together(images, options),
+                    self.task.decode_target(options),
+                )
             )
         except ImageError as error:
             return error
@@ -414,6 +418,12 @@ class Worker:
             failed.set_exception(item)
             return failed
         return self.batcher.enqueue(item, options)
+
+
+def _give_back_when_prepared(running: Future) -> None:
+    """For an item whose job was cancelled while it was prepared: nobody will run it."""
+    if not running.cancelled() and running.exception() is None:
+        _inputs_done(running.result())
 
 
 def _inputs_done(item: Prepared | ImageError) -> None:

@@ -64,3 +64,15 @@ def test_the_summary_has_every_table(results):
     assert "| zero_shot_detect | owlvit |" in summary
     assert "| torchvision | `true` |" in summary  # the decode accuracy table
     assert "| 12MP JPEG, torchvision |" in summary
+
+
+def test_before_and_after_runs_two_versions_side_by_side(results):
+    """bench/before_after.py against this very revision: both versions measured, ratios near 1
+    are not asserted (tiny models on a loaded machine), only that each mode was measured."""
+    done = _bench(
+        results, "bench/before_after.py", "--before", "HEAD", "--cases", "classify", "--rounds", "1"
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    measured = json.loads((results / "before_after.json").read_text())["cases"]["classify"]
+    assert set(measured["before"]) == set(measured["after"]) == set(measured["after_vs_before"])
+    assert all(value > 0 for value in measured["after_vs_before"].values())

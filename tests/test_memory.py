@@ -174,3 +174,105 @@ def test_a_job_cancelled_while_its_images_are_prepared_gives_their_bytes_back(mo
 
     _LOOP.run_until_complete(cancelled_mid_prepare())
     assert worker.decode_budget.in_use == 0
+
+
+def test_cancelling_a_job_mid_batch_leaves_the_other_jobs_images_alone(model_dir):
+    """Two jobs share a batch whose first try runs out of GPU memory; one is cancelled while it
+    runs. The halves run again on their inputs: the other job still gets its labels."""
+    import asyncio
+
+    from conftest import _LOOP, b64, photo
+    from vision_worker.settings import load_settings
+    from vision_worker.worker import Worker
+
+    worker = Worker.start(
+        load_settings(
+            MODEL_NAME=str(model_dir("vit")), WARMUP=False, MAX_BATCH_SIZE=4, BATCH_WAIT_MS=300
+        )
+    )
+    forward, calls = worker.batcher._run_batch, []
+
+    def out_of_memory_first(items, options):
+        calls.append(len(items))
+        if len(calls) == 1:
+            time.sleep(0.5)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(items, options)
+
+    worker.batcher._run_batch = out_of_memory_first
+
+    async def one_cancelled() -> dict:
+        image = b64(photo("coffee"))
+        cancelled = asyncio.ensure_future(worker.run({"image": image}))
+        kept = asyncio.ensure_future(worker.run({"image": image}))
+        while not calls:
+            await asyncio.sleep(0.01)
+        cancelled.cancel()
+        return await kept
+
+    kept = _LOOP.run_until_complete(one_cancelled())
+    assert calls[0] == 2, calls
+    assert "labels" in kept["results"][0], kept
+    assert worker.decode_budget.in_use == 0
+
+
+def test_downloads_do_not_time_out_queued_behind_decodes_waiting_for_a_slow_model(model_dir):
+    """Under a model slower than decoding, decodes wait for memory on the image threads; a URL
+    image of another job downloads on its own threads, within its deadline."""
+    import http.server
+
+    from conftest import _LOOP, b64, encode, photo
+    from vision_worker.settings import load_settings
+    from vision_worker.worker import Worker
+
+    png = encode(photo("coffee"), "PNG")
+
+    class Photo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Photo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    worker = Worker.start(
+        load_settings(
+            MODEL_NAME=str(model_dir("vit")),
+            WARMUP=False,
+            MAX_BATCH_SIZE=2,
+            IMAGE_THREADS=2,
+            URL_TIMEOUT_S=1,
+            ALLOW_PRIVATE_URLS=True,
+        )
+    )
+    item = worker.prepare_now(b64(photo("coffee")), worker.task.check(worker.task.Options()))
+    worker.decode_budget.total_bytes = decoded_cost(96, 64, "RGB") + 3 * sum(
+        t.nbytes for t in item.inputs.values()
+    )
+    forward = worker.batcher._run_batch
+
+    def slow_forward(items, options):
+        time.sleep(0.4)
+        return forward(items, options)
+
+    worker.batcher._run_batch = slow_forward
+
+    async def url_job_behind_a_big_one() -> tuple[dict, dict]:
+        import asyncio
+
+        big = asyncio.ensure_future(worker.run({"images": [b64(photo("coffee"))] * 24}))
+        await asyncio.sleep(0.3)
+        url = f"http://127.0.0.1:{server.server_address[1]}/coffee.png"
+        return await worker.run({"image": url}), await big
+
+    try:
+        from_url, big = _LOOP.run_until_complete(url_job_behind_a_big_one())
+    finally:
+        server.shutdown()
+    assert "labels" in from_url["results"][0], from_url
+    assert all("labels" in r for r in big["results"])

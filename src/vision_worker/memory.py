@@ -71,13 +71,14 @@ class DecodeBudget:
         finally:
             held.release()
 
-    def hold(self, nbytes: int) -> Held:
-        """Reserve `nbytes` (blocking until there is room) until `release`: for memory that
-        outlives a block, such as model inputs waiting for their forward pass."""
+    def hold(self, nbytes: int, *, wait: bool = True) -> Held:
+        """Reserve `nbytes` until `release`: for memory that outlives a block, such as model
+        inputs waiting for their forward pass. `wait=False` takes it at once, over the budget if
+        need be: for memory that already exists (what is over makes later decodes wait)."""
         # An image larger than the whole budget still runs, alone, rather than never.
         wanted = min(nbytes, self.total_bytes)
         with self._room:
-            if self._used + wanted > self.total_bytes:
+            if wait and self._used + wanted > self.total_bytes:
                 self.waits += 1
                 self._room.wait_for(lambda: self._used + wanted <= self.total_bytes)
             self._used += wanted

@@ -85,6 +85,11 @@ class Worker:
         self._image_threads = ThreadPoolExecutor(
             self.image_thread_count, thread_name_prefix="images"
         )
+        # Downloads (and base64 decoding) on threads of their own: their deadline must not run
+        # while they queue behind decodes that wait for memory under a slow model.
+        self._fetch_threads = ThreadPoolExecutor(
+            self.image_thread_count, thread_name_prefix="fetch"
+        )
         # Results are encoded off the event loop (some render and upload heatmaps), on threads
         # of their own: a finished image never queues behind other jobs' decodes.
         self._encode_threads = ThreadPoolExecutor(
@@ -280,7 +285,8 @@ class Worker:
                 output = error
             finally:
                 report.image_done()
-                _inputs_done(item)
+                _give_back(item)  # cancelled too: then the batch may still hold it, briefly
+            _drop_inputs(item)  # its forward pass is over (a cancelled item is not dropped here)
             result = await asyncio.get_running_loop().run_in_executor(
                 self._encode_threads, self._measured_result, meter, index, item, output, options
             )
@@ -335,21 +341,27 @@ class Worker:
     async def _prepare(self, source: str | bytes, options: Any) -> Prepared | ImageError:
         try:
             data = await self._fetch(source)
-            return await self._held_input(lambda: self._model_input(data, options))
+            return await self._on_image_thread(
+                self.images.model_input,
+                data,
+                lambda image: self._holding(self.task.prepare(image, options)),
+                self.task.decode_target(options),
+            )
         except ImageError as error:
             return error
 
-    async def _held_input(self, prepare: Callable[[], Prepared]) -> Prepared:
-        """`prepare()` on an image thread, then its inputs' bytes held from the budget (waiting
-        for room there: a model slower than decoding holds decodes back) until _inputs_done.
-        If the job is cancelled meanwhile, the thread still finishes: its hold is given back."""
+    def _holding(self, item: Prepared) -> Prepared:
+        """`item` holding its inputs' bytes from the budget until its forward pass is done
+        (_give_back). Taken at once, inside the decode's own reservation, so the memory is
+        never uncounted and no thread waits with tensors in hand: under a slow model, the
+        next decodes wait for room instead, before they allocate anything."""
+        item.held = self.decode_budget.hold(inputs_bytes(item.inputs), wait=False)
+        return item
 
-        def holding() -> Prepared:
-            item = prepare()
-            item.held = self.decode_budget.hold(inputs_bytes(item.inputs))
-            return item
-
-        running = self._image_threads.submit(holding)
+    async def _on_image_thread(self, prepare: Callable[..., Prepared], *args: Any) -> Prepared:
+        """`prepare(*args)` on an image thread. If the job is cancelled meanwhile the thread
+        still finishes, and the item's hold is given back then."""
+        running = self._image_threads.submit(prepare, *args)
         try:
             return await asyncio.wrap_future(running)
         except asyncio.CancelledError:
@@ -364,12 +376,11 @@ class Worker:
             datas = await asyncio.gather(
                 *(self._fetch(source, index) for index, source in enumerate(sources))
             )
-            return await self._held_input(
-                lambda: self.images.model_input_together(
-                    datas,
-                    lambda images: self.task.prepare_together(images, options),
-                    self.task.decode_target(options),
-                )
+            return await self._on_image_thread(
+                self.images.model_input_together,
+                datas,
+                lambda images: self._holding(self.task.prepare_together(images, options)),
+                self.task.decode_target(options),
             )
         except ImageError as error:
             return error
@@ -380,7 +391,7 @@ class Worker:
         # slows a job down but must not fail it.
         limit = self.settings.URL_TIMEOUT_S + _FETCH_GRACE_S if is_url(source) else None
         fetching = asyncio.get_running_loop().run_in_executor(
-            self._image_threads, self.images.encoded, source
+            self._fetch_threads, self.images.encoded, source
         )
         try:
             return await asyncio.wait_for(fetching, timeout=limit)
@@ -423,16 +434,21 @@ class Worker:
 def _give_back_when_prepared(running: Future) -> None:
     """For an item whose job was cancelled while it was prepared: nobody will run it."""
     if not running.cancelled() and running.exception() is None:
-        _inputs_done(running.result())
+        _give_back(running.result())
 
 
-def _inputs_done(item: Prepared | ImageError) -> None:
-    """After its forward pass (or its failure): the item's inputs are dropped and their bytes
-    go back to the budget; encoding needs only its meta."""
+def _give_back(item: Prepared | ImageError) -> None:
+    """The item's inputs' bytes back to the budget (once; an ImageError holds none)."""
+    if isinstance(item, Prepared) and item.held is not None:
+        item.held.release()
+
+
+def _drop_inputs(item: Prepared | ImageError) -> None:
+    """After the item's forward pass: its tensors go now, not after encoding (which needs only
+    its meta). Only for a finished item: a cancelled one may still be in a running batch, whose
+    out-of-memory halving would read its inputs again."""
     if isinstance(item, Prepared):
         item.inputs = {}
-        if item.held is not None:
-            item.held.release()
 
 
 async def arrivals(queue: asyncio.Queue[T], job: asyncio.Future) -> list[T]:

@@ -400,15 +400,21 @@ def pixel_inputs(processor: Any, image: Image.Image) -> dict[str, torch.Tensor]:
 def stack_on_device(
     tensors: Sequence[torch.Tensor], source: ModelSource, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """One batch tensor on the model's device; pinned host memory lets the copy overlap on CUDA.
+    """One batch tensor on the model's device (see on_device)."""
+    return on_device(torch.stack(list(tensors)), source, dtype)
 
-    `dtype` defaults to the model's: right for pixels, wrong for token ids (pass their own).
+
+def on_device(
+    tensor: torch.Tensor, source: ModelSource, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """`tensor` on the model's device; pinned host memory lets the copy overlap on CUDA.
+
+    `dtype` defaults to the model's for floating point (pixels) and keeps integers (token ids).
     """
-    batch = torch.stack(list(tensors))
     if source.device.type == "cuda":
-        batch = batch.pin_memory()
-    target = dtype or (source.dtype if batch.is_floating_point() else batch.dtype)
-    return batch.to(source.device, dtype=target, non_blocking=True)
+        tensor = tensor.pin_memory()
+    target = dtype or (source.dtype if tensor.is_floating_point() else tensor.dtype)
+    return tensor.to(source.device, dtype=target, non_blocking=True)
 
 
 def stack_pixels(items: Sequence[Prepared], source: ModelSource) -> torch.Tensor:

@@ -31,7 +31,9 @@ from .base import (
     Prepared,
     Task,
     load_weights,
+    on_device,
     prepare_model,
+    stack_on_device,
 )
 from .generation import (
     DONUT_ENCODERS,
@@ -305,7 +307,7 @@ class OcrTask(Task):
                 # Each image's tiles follow one another along dim 0, as the processor joins
                 # a batch of its own; the model fills the image tokens in that order.
                 batch = {
-                    key: self._on_device(torch.cat([item.inputs[key] for item in items]))
+                    key: on_device(torch.cat([item.inputs[key] for item in items]), self.source)
                     for key in ("input_ids", "attention_mask", "pixel_values")
                 }
                 if first.num_beams == 1 and any(item.on_text is not None for item in items):
@@ -320,7 +322,7 @@ class OcrTask(Task):
             else:
                 # One prompt for the whole batch (batch_key): stacked, not padded.
                 pixels, ids = (
-                    self._on_device(torch.stack([item.inputs[key] for item in items]))
+                    stack_on_device([item.inputs[key] for item in items], self.source)
                     for key in ("pixel_values", "decoder_input_ids")
                 )
                 unknown = self.tokenizer.unk_token_id
@@ -339,12 +341,6 @@ class OcrTask(Task):
     def _text_so_far(self, _prompt_end: list[int], new_tokens: list[int]) -> str:
         """GOT's text as `split` decodes it: the new tokens alone."""
         return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-
-    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.source.device.type == "cuda":
-            tensor = tensor.pin_memory()
-        dtype = self.source.dtype if tensor.is_floating_point() else tensor.dtype
-        return tensor.to(self.source.device, dtype=dtype, non_blocking=True)
 
     def split(self, raw: tuple, items: Sequence[Prepared], options: Sequence[Any]) -> list[dict]:
         generated, start = raw

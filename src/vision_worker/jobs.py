@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .outputs import add_text_piece
+
 IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
     "IN_QUEUE",
     "IN_PROGRESS",
@@ -59,10 +61,7 @@ class JobStream:
         self.arrived.set()
 
     def add_text(self, index: int, text: str) -> None:
-        if self.texts and self.texts[-1]["index"] == index:
-            self.texts[-1]["text"] += text
-        else:
-            self.texts.append({"index": index, "text": text})
+        add_text_piece(self.texts, index, text)
         self.arrived.set()
 
     def end_texts(self) -> None:

@@ -136,3 +136,12 @@ def output_too_large(size: int, settings: Settings) -> JobError:
         f"may return (MAX_OUTPUT_MB, RunPod's payload limit): {fixes}",
         "too_large",
     )
+
+
+def add_text_piece(entries: list[dict[str, Any]], index: int, text: str) -> None:
+    """A streamed answer's new text into a chunk's "text" entries: a piece that follows one of
+    the same image joins it, so a chunk says each image's new text once, in order."""
+    if entries and entries[-1]["index"] == index:
+        entries[-1]["text"] += text
+    else:
+        entries.append({"index": index, "text": text})

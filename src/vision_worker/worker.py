@@ -21,7 +21,7 @@ from .fetch import UrlFetcher
 from .images import ImageLimits, ImageStage, is_url
 from .memory import DecodeBudget, default_budget_bytes, inputs_bytes, limit_malloc_arenas
 from .metrics import Metrics
-from .outputs import ImageOutputs, OutputMeter
+from .outputs import ImageOutputs, OutputMeter, add_text_piece
 from .schema import parse_job_input
 from .tasks import Task, load_task
 from .tasks.base import Prepared
@@ -472,10 +472,8 @@ def _chunk_of(events: list[tuple[str, int, Any]]) -> dict[str, list[dict]]:
     chunk: dict[str, list[dict]] = {}
     for kind, index, value in events:
         entries = chunk.setdefault(kind, [])
-        if kind == "text" and entries and entries[-1]["index"] == index:
-            entries[-1]["text"] += value
-        elif kind == "text":
-            entries.append({"index": index, "text": value})
+        if kind == "text":
+            add_text_piece(entries, index, value)
         else:
             entries.append({"index": index, **value})
     return chunk

@@ -216,30 +216,19 @@ def test_cancelling_a_job_mid_batch_leaves_the_other_jobs_images_alone(model_dir
     assert worker.decode_budget.in_use == 0
 
 
-def test_downloads_do_not_time_out_queued_behind_decodes_waiting_for_a_slow_model(model_dir):
+def test_downloads_do_not_time_out_queued_behind_decodes_waiting_for_a_slow_model(
+    model_dir, httpserver
+):
     """Under a model slower than decoding, decodes wait for memory on the image threads; a URL
     image of another job downloads on its own threads, within its deadline."""
-    import http.server
+    import asyncio
 
     from conftest import _LOOP, b64, encode, photo
     from vision_worker.settings import load_settings
     from vision_worker.worker import Worker
 
     png = encode(photo("coffee"), "PNG")
-
-    class Photo(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(png)))
-            self.end_headers()
-            self.wfile.write(png)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Photo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    httpserver.expect_request("/coffee.png").respond_with_data(png, content_type="image/png")
     worker = Worker.start(
         load_settings(
             MODEL_NAME=str(model_dir("vit")),
@@ -263,16 +252,10 @@ def test_downloads_do_not_time_out_queued_behind_decodes_waiting_for_a_slow_mode
     worker.batcher._run_batch = slow_forward
 
     async def url_job_behind_a_big_one() -> tuple[dict, dict]:
-        import asyncio
-
         big = asyncio.ensure_future(worker.run({"images": [b64(photo("coffee"))] * 24}))
         await asyncio.sleep(0.3)
-        url = f"http://127.0.0.1:{server.server_address[1]}/coffee.png"
-        return await worker.run({"image": url}), await big
+        return await worker.run({"image": httpserver.url_for("/coffee.png")}), await big
 
-    try:
-        from_url, big = _LOOP.run_until_complete(url_job_behind_a_big_one())
-    finally:
-        server.shutdown()
+    from_url, big = _LOOP.run_until_complete(url_job_behind_a_big_one())
     assert "labels" in from_url["results"][0], from_url
     assert all("labels" in r for r in big["results"])

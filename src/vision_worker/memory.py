@@ -58,6 +58,8 @@ class DecodeBudget:
         self._used = 0
         self._room = threading.Condition()
         self.waits = 0  # decodes that had to wait: pressure, for logs and tests
+        # Decodes waiting for room now: often for inputs queued for the model to run first.
+        self.waiting = 0
 
     @property
     def in_use(self) -> int:
@@ -80,7 +82,11 @@ class DecodeBudget:
         with self._room:
             if wait and self._used + wanted > self.total_bytes:
                 self.waits += 1
-                self._room.wait_for(lambda: self._used + wanted <= self.total_bytes)
+                self.waiting += 1
+                try:
+                    self._room.wait_for(lambda: self._used + wanted <= self.total_bytes)
+                finally:
+                    self.waiting -= 1
             self._used += wanted
         return Held(self, wanted)
 

@@ -64,7 +64,7 @@ class Worker:
             batch_key=task.batch_key,
             is_out_of_memory=is_out_of_memory,
             after_out_of_memory=lambda: release_cached_memory(task.source.device),
-            incoming=lambda: self._images_incoming,
+            incoming=self._images_on_their_way,
             on_batch=lambda size, waited, model_s: self.metrics.batch_ran(size, waited, model_s),
             is_device_fault=is_device_fault,
             on_device_fault=self._device_failed,
@@ -96,6 +96,12 @@ class Worker:
             self.image_thread_count, thread_name_prefix="encode"
         )
         self.image_outputs = ImageOutputs(settings)
+
+    def _images_on_their_way(self) -> int:
+        """Images a partial batch may wait for. None while decodes wait for memory: the room
+        they wait for is often held by inputs queued for this very batch (and the images queued
+        behind them wait for their threads), so waiting would only stall it."""
+        return 0 if self.decode_budget.waiting else self._images_incoming
 
     @classmethod
     def start(cls, settings: Settings) -> Worker:

@@ -108,12 +108,16 @@ class Reservation:
 
     budget: RequestBudget
     nbytes: int = 0
+    # The most it held: a body is parsed and shrunk to its input long before the job ends, but
+    # its chunks and the parse's garbage were heap allocations all the same.
+    peak: int = 0
 
     async def grow(self, nbytes: int, wait_s: float = BUDGET_WAIT_S) -> None:
         if self.nbytes + nbytes > self.budget.total:
             raise self.budget._too_much(self.nbytes + nbytes)
         await self.budget._take(nbytes, wait_s)
         self.nbytes += nbytes
+        self.peak = max(self.peak, self.nbytes)
 
     async def resize(self, nbytes: int) -> None:
         """Down to what is still held (growing goes through `grow`, which may wait)."""
@@ -122,9 +126,9 @@ class Reservation:
             self.nbytes = nbytes
 
     async def release(self) -> None:
-        large = self.nbytes >= _TRIM_AFTER_BYTES
         await self.resize(0)
-        if large:  # its chunks were heap allocations glibc would otherwise keep
+        if self.peak >= _TRIM_AFTER_BYTES:  # heap allocations glibc would otherwise keep
+            self.peak = 0
             await asyncio.to_thread(return_free_memory)
 
 

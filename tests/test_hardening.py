@@ -166,6 +166,7 @@ def test_a_device_that_is_not_there_stops_cold_start_with_one_line(model_dir, se
         load_task(load_settings(MODEL_NAME=str(model_dir("resnet")), **settings))
 
 
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong_shapes"])
 def test_broken_weights_stop_cold_start_with_one_line_not_a_traceback(model_dir, tmp_path, damage):
     import shutil
@@ -187,9 +188,11 @@ def test_broken_weights_stop_cold_start_with_one_line_not_a_traceback(model_dir,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        # 15 s alone; a cold start imports torch and transformers, which a loaded 2-core CI
+        # machine has stretched past 120 s.
+        timeout=300,
     )
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith("vision-worker cannot start: ")
     assert "Traceback" not in done.stderr
 

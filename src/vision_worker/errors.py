@@ -22,9 +22,10 @@ class ImageError(Exception):
         # about several images fails with the image that failed it).
         self.image = image
 
-    def to_result(self, index: int) -> dict:
-        image = index if self.image is None else self.image
-        return {"error": {"code": self.code, "message": f"image {image}: {self.message}"}}
+    def to_result(self, index: int, what: str = "image") -> dict:
+        """The failed item's result: `what` (an image, or a text) and its number in the job."""
+        number = index if self.image is None else self.image
+        return {"error": {"code": self.code, "message": f"{what} {number}: {self.message}"}}
 
 
 # Whole-job failures, for machines: a client retries "unavailable" elsewhere, fixes

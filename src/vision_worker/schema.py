@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import JobError, sendable
-from .tasks import TASKS, Task, TaskOptions
+from .tasks import TASKS, JobItem, Task, TaskOptions
 
 JOB_FIELDS = ("images", "image", "task")
 M = TypeVar("M", bound=BaseModel)
@@ -37,10 +37,10 @@ class ImagesInput(BaseModel):
 
 @dataclass(frozen=True)
 class JobRequest:
-    """A validated job: its images in input order (strings as sent, or the bytes of uploaded
-    files) and the task's checked options."""
+    """A validated job: its items in input order (images as sent, as strings, or the bytes of
+    uploaded files; texts), each with its options, and the task's checked options."""
 
-    sources: list[str | bytes]
+    items: list[JobItem]
     options: TaskOptions
 
 
@@ -76,10 +76,11 @@ def parse_job_input(
     _refuse_foreign_options(given_options, task)
     options = task.check(_validated(task.Options, given_options))
     sources = list(files) or (head.images if head.images is not None else [head.image])
-    if not sources and not task.job_texts(options):
+    items = task.job_items(sources, options)  # type: ignore[arg-type]
+    if not any(item.images or item.text is not None for item in items):
         # Only a job of texts (text embeddings) may come without images.
         raise JobError('"images" is empty; send at least one image')
-    return JobRequest(sources, options)  # type: ignore[arg-type]
+    return JobRequest(items, options)
 
 
 def _refuse_foreign_options(given: dict[str, Any], task: Task) -> None:

@@ -23,7 +23,7 @@ from .memory import DecodeBudget, default_budget_bytes, inputs_bytes, limit_mall
 from .metrics import Metrics
 from .outputs import ImageOutputs, OutputMeter, add_text_piece
 from .schema import parse_job_input
-from .tasks import Task, load_task
+from .tasks import JobItem, Task, load_task
 from .tasks.base import Prepared
 
 log = logging.getLogger(__name__)
@@ -259,27 +259,20 @@ class Worker:
                 f"this worker's GPU failed ({self.broken}); send the job again", "unavailable"
             )
         request = parse_job_input(job_input, self.settings.MAX_IMAGES_PER_JOB, self.task, files)
-        options = request.options
-        texts = self.task.job_texts(options)
-        per_image = self.task.options_per_image(options, len(request.sources))
-        # One item per image, or one for all of them (one answer about several images).
-        together = self.task.answers_together(options)
-        groups = [list(request.sources)] if together else [[s] for s in request.sources]
+        items = request.items
         # Each item goes to the batcher as soon as it is prepared, so decoding overlaps the
         # model; the batcher holds a partial batch briefly only while items are on their way.
         loaded = started
-        self._images_incoming += len(groups)
-        report = _ProgressReport(len(groups), self.batcher.working_batch_size, progress)
+        self._images_incoming += len(items)
+        images = [item for item in items if item.section == "results"]
+        report = _ProgressReport(len(images), self.batcher.working_batch_size, progress)
         meter = OutputMeter(self.settings)
 
-        async def prepare_then_predict(index: int, group: list[str | bytes]) -> dict:
+        async def prepare_then_predict(index: int, job_item: JobItem) -> dict:
             nonlocal loaded
-            options = per_image[index]
+            options, section = job_item.options, job_item.section
             try:
-                if together:
-                    item = await self._prepare_together(group, options)
-                else:
-                    item = await self._prepare(group[0], options)
+                item = await self._prepare_item(job_item)
             finally:
                 self._images_incoming -= 1
             loaded = max(loaded, time.perf_counter())
@@ -287,37 +280,33 @@ class Worker:
                 item.on_text = _from_model_thread(lambda text: on_text(index, text))
             try:
                 output = await self._predict(item, options)
-            except Exception as error:  # this image fails alone, with its code
+            except Exception as error:  # this item fails alone, with its code
                 output = error
             finally:
-                report.image_done()
+                if section == "results":
+                    report.image_done()
                 _give_back(item)  # cancelled too: then the batch may still hold it, briefly
             _drop_inputs(item)  # its forward pass is over (a cancelled item is not dropped here)
             result = await asyncio.get_running_loop().run_in_executor(
-                self._encode_threads, self._measured_result, meter, index, item, output, options
+                self._encode_threads, self._measured_result, meter, index, item, output, job_item
             )
-            if on_result is not None:
+            if on_result is not None and section == "results":
                 on_result(index, result)
             return result
 
-        image_results = asyncio.gather(*(prepare_then_predict(i, g) for i, g in enumerate(groups)))
-        text_items = [self.task.prepare_text(text, options) for text in texts]
-        text_outputs = asyncio.gather(
-            *(self.batcher.enqueue(item, options) for item in text_items),
-            return_exceptions=True,
+        # Each section's items are numbered from 0, in input order.
+        sections = {"results": images, "texts": [i for i in items if i.section == "texts"]}
+        answers = await asyncio.gather(
+            *(
+                asyncio.gather(*(prepare_then_predict(i, item) for i, item in enumerate(part)))
+                for part in sections.values()
+            )
         )
-        results, text_results = await asyncio.gather(image_results, text_outputs)
         finished = time.perf_counter()
-        output: dict[str, Any] = {
-            "model": self.settings.MODEL_NAME,
-            "task": self.task.name,
-            "results": results,
-        }
-        if texts:
-            output["texts"] = [
-                self._text_result(i, out, item, options)
-                for i, (out, item) in enumerate(zip(text_results, text_items, strict=True))
-            ]
+        output: dict[str, Any] = {"model": self.settings.MODEL_NAME, "task": self.task.name}
+        for section, results in zip(sections, answers, strict=True):
+            if results or section == "results":
+                output[section] = results
         output["timings_ms"] = {
             "load_images": _ms(loaded - started),
             "inference": _ms(finished - loaded),
@@ -327,11 +316,15 @@ class Worker:
         await asyncio.get_running_loop().run_in_executor(self._encode_threads, meter.check, output)
         return output
 
-    def _text_result(self, index: int, output: Any, item: Prepared, options: Any) -> dict:
-        if isinstance(output, BaseException):
-            message = output.message if isinstance(output, ImageError) else repr(output)
-            return {"error": {"code": "inference_failed", "message": f"text {index}: {message}"}}
-        return self.task.encode_text(output, item.meta, options)
+    async def _prepare_item(self, job_item: JobItem) -> Prepared | ImageError:
+        """The item's model inputs, on an image thread (or the error its images fail with)."""
+        options = job_item.options
+        if job_item.text is not None:
+            prepare_text = self.task.prepare_text
+            return await self._on_image_thread(prepare_text, job_item.text, options)
+        if job_item.together:
+            return await self._prepare_together(job_item.images, options)
+        return await self._prepare(job_item.images[0], options)
 
     def _model_input(self, data: bytes, options: Any) -> Prepared:
         """Decode and prepare one image on an image thread (the image stage)."""
@@ -377,7 +370,7 @@ class Worker:
     async def _prepare_together(
         self, sources: Sequence[str | bytes], options: Any
     ) -> Prepared | ImageError:
-        """One item from all of a job's images (Task.answers_together)."""
+        """One item from several images, with one answer about all of them (JobItem.together)."""
         try:
             datas = await asyncio.gather(
                 *(self._fetch(source, index) for index, source in enumerate(sources))
@@ -409,24 +402,25 @@ class Worker:
             raise ImageError("fetch_failed", message, index) from None
 
     def _measured_result(
-        self, meter: OutputMeter, index: int, item: Any, output: Any, options: Any
+        self, meter: OutputMeter, index: int, item: Any, output: Any, job_item: JobItem
     ) -> dict:
-        return meter.admit(self._result(index, item, output, options))
+        what = "image" if job_item.section == "results" else "text"
+        return meter.admit(self._result(index, item, output, job_item.options, what))
 
-    def _result(self, index: int, item: Any, output: Any, options: Any) -> dict:
-        """One image's result, its output images delivered (on an encode thread)."""
+    def _result(self, index: int, item: Any, output: Any, options: Any, what: str) -> dict:
+        """One item's result, its output images delivered (on an encode thread)."""
         if isinstance(output, ImageError):
-            return output.to_result(index)
+            return output.to_result(index, what)
         if isinstance(output, BaseException):
-            log.error("image %d failed: %r", index, output)
+            log.error("%s %d failed: %r", what, index, output)
             failure = ImageError("inference_failed", f"{type(output).__name__}: {output}")
-            return failure.to_result(index)
+            return failure.to_result(index, what)
         try:
             # A dense output made at the photo's size waits for room, as a decode does.
             with self.decode_budget.reserve(self.task.result_memory(output, item.meta, options)):
                 return self.image_outputs.deliver_all(self.task.encode(output, item.meta, options))
-        except ImageError as error:  # e.g. a heatmap upload that failed: this image only
-            return error.to_result(index)
+        except ImageError as error:  # e.g. a heatmap upload that failed: this item only
+            return error.to_result(index, what)
 
     def _predict(self, item: Prepared | ImageError, options: Any) -> asyncio.Future:
         """Queued at once, synchronously, so all of a job's images reach the batcher together."""

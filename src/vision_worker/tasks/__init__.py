@@ -15,7 +15,15 @@ from transformers import AutoConfig
 from ..config import ConfigError, Settings, TaskLimits
 from ..device import resolve_device, resolve_dtype
 from .ask import AskTask
-from .base import Checkpoint, MissingWeightsError, ModelLoadError, ModelSource, Task, TaskOptions
+from .base import (
+    Checkpoint,
+    JobItem,
+    MissingWeightsError,
+    ModelLoadError,
+    ModelSource,
+    Task,
+    TaskOptions,
+)
 from .caption import CaptionTask
 from .classify import ClassifyTask
 from .depth import DepthTask
@@ -54,6 +62,7 @@ TASKS: dict[str, type[Task]] = {task.name: task for task in _REGISTERED}
 __all__ = [
     "TASKS",
     "Checkpoint",
+    "JobItem",
     "ModelLoadError",
     "ModelSource",
     "Task",

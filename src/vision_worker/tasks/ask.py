@@ -22,6 +22,7 @@ from ..errors import ImageError, JobError
 from ..images import photo_size
 from .base import (
     Checkpoint,
+    JobItem,
     ModelLoadError,
     ModelSource,
     Prepared,
@@ -250,20 +251,26 @@ class AskTask(Task):
             )
         return {"size": {"shortest_edge": low, "longest_edge": high}}
 
-    def options_per_image(self, options: AskOptions, images: int) -> list[AskOptions]:
-        if options.together and images > self.limits.MAX_IMAGES_PER_QUESTION:
-            raise JobError(
-                f'"together" takes at most {self.limits.MAX_IMAGES_PER_QUESTION} images in one '
-                f"question (MAX_IMAGES_PER_QUESTION), got {images}"
-            )
+    def job_items(self, sources: Sequence[str | bytes], options: AskOptions) -> list[JobItem]:
+        images = len(sources)
+        if options.together:
+            if images > self.limits.MAX_IMAGES_PER_QUESTION:
+                raise JobError(
+                    f'"together" takes at most {self.limits.MAX_IMAGES_PER_QUESTION} images in '
+                    f"one question (MAX_IMAGES_PER_QUESTION), got {images}"
+                )
+            return [JobItem(options, images=tuple(sources), together=True)]
         if options.questions is None:
-            return [options] * images
+            return super().job_items(sources, options)
         if len(options.questions) != images:
             raise JobError(
                 f'"questions" has {len(options.questions)} questions for {images} images; '
                 'give one per image, or one "question" for all'
             )
-        return [options.model_copy(update={"question": q}) for q in options.questions]
+        return [
+            JobItem(options.model_copy(update={"question": question}), images=(source,))
+            for source, question in zip(sources, options.questions, strict=True)
+        ]
 
     def batch_key(self, item: Prepared, options: AskOptions) -> Hashable:
         # Questions and resolutions (min_pixels, max_pixels, longest_edge) differ freely within
@@ -293,9 +300,6 @@ class AskTask(Task):
         # PaliGemma's location tokens are boxes in the upright photo's pixels (encode).
         prepared.meta["photo_size"] = photo_size(image)
         return prepared
-
-    def answers_together(self, options: AskOptions) -> bool:
-        return options.together
 
     def prepare_together(self, images: list[Image.Image], options: AskOptions) -> Prepared:
         # As the pipeline does for a chat: the processor's template takes the images from the

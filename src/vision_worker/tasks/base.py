@@ -12,7 +12,12 @@ A task owns everything about its task and nothing about RunPod or HTTP:
 - `load(source, checkpoint, limits)`: once, at cold start; refuses checkpoints whose task
   weights are missing.
 - `check(options)`: bounds that depend on limits or on the model (e.g. top_k <= labels).
-- `prepare(image, options) -> Prepared`: per image, on an image thread.
+- `job_items(sources, options) -> list[JobItem]`: what the job's work is, item by item, each
+  with its own options: by default one item per image; a task may give each image its own
+  options (one question per image), make one item of several images (one answer about all of
+  them) or add texts (text embeddings in the images' space).
+- `prepare(image, options) -> Prepared`: per image item, on an image thread
+  (`prepare_together` for an item of several images, `prepare_text` for a text).
 - `forward(items, options)`: on the model thread, and nothing else runs there: the batch onto
   the device, through the model, and what `split` needs back in host memory (only that: the
   copy waits for the device, so the batch's time is its true time and no device memory
@@ -21,7 +26,8 @@ A task owns everything about its task and nothing about RunPod or HTTP:
   forward pass runs: post-processing, decoding; one output per item.
 - `encode(output, meta, options) -> dict`: one image's JSON result, on an encode thread; an
   image in it is an `OutputImage` the worker delivers; `result_memory` says what it will hold.
-Jobs may also carry texts for the same model (`job_texts`, `prepare_text`, `encode_text`).
+Every item, image or text, flows through the same stages and answers in its section of the
+output: "results" for images, "texts" for texts.
 """
 
 from __future__ import annotations
@@ -205,6 +211,23 @@ class Prepared:
     held: Any = field(default=None, repr=False, compare=False)
 
 
+@dataclass(frozen=True)
+class JobItem:
+    """One item of a job's work with its own options: one image (the usual case), several
+    images with one answer about all of them (`together`), or a text. Each makes one batch
+    item and one result."""
+
+    options: Any
+    images: tuple[str | bytes, ...] = ()
+    together: bool = False
+    text: str | None = None
+
+    @property
+    def section(self) -> str:
+        """Where its result goes in the job's output."""
+        return "texts" if self.text is not None else "results"
+
+
 # A limit's name in an option's description, e.g. "1 to MAX_LABELS".
 _LIMIT_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
 
@@ -303,10 +326,10 @@ class Task:
         """Bounds that depend on limits or the model; raises JobError. Returns the options."""
         return options
 
-    def options_per_image(self, options: Any, images: int) -> list[Any]:
-        """Each image's options: the job's, unless the job carries per-image values (e.g. one
-        question per image); raises JobError when those do not fit the images."""
-        return [options] * images
+    def job_items(self, sources: Sequence[str | bytes], options: Any) -> list[JobItem]:
+        """The job's items: one per image with the job's options, unless overridden; raises
+        JobError when the job's per-item values do not fit its images."""
+        return [JobItem(options, images=(source,)) for source in sources]
 
     def warmup_options(self) -> Any:
         """Options for the cold-start warm-up batch (tasks with required options override it)."""
@@ -319,12 +342,12 @@ class Task:
     def prepare(self, image: Image.Image, options: Any) -> Prepared:
         raise NotImplementedError
 
-    def answers_together(self, options: Any) -> bool:
-        """Whether the job's images make one item with one result (one answer about all of
-        them, `prepare_together`) instead of one item each."""
-        return False
-
     def prepare_together(self, images: list[Image.Image], options: Any) -> Prepared:
+        """An item of several images (a `job_items` of this task made one)."""
+        raise NotImplementedError
+
+    def prepare_text(self, text: str, options: Any) -> Prepared:
+        """A text item (a `job_items` of this task made one); its result is in "texts"."""
         raise NotImplementedError
 
     def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
@@ -344,16 +367,6 @@ class Task:
         return 0
 
     def encode(self, output: Any, meta: dict[str, Any], options: Any) -> dict:
-        raise NotImplementedError
-
-    # --- texts that travel with a job (text embeddings in the image's space) -----------------
-    def job_texts(self, options: Any) -> list[str]:
-        return []
-
-    def prepare_text(self, text: str, options: Any) -> Prepared:
-        raise NotImplementedError
-
-    def encode_text(self, output: Any, meta: dict[str, Any], options: Any) -> dict:
         raise NotImplementedError
 
 

@@ -25,6 +25,7 @@ from ..config import TextLimits
 from ..errors import JobError
 from .base import (
     Checkpoint,
+    JobItem,
     ModelSource,
     Prepared,
     Task,
@@ -156,17 +157,17 @@ class EmbedTask(Task):
         return list(pooled.flatten(1).float().cpu())
 
     def encode(self, output: torch.Tensor, meta: dict, options: EmbedOptions) -> dict:
+        if "tokens" in meta:  # a text's: how many tokens it was (usage, for OpenAI's route)
+            return {**vector_result(output, options), "tokens": meta["tokens"]}
         return vector_result(output, options)
 
     # --- texts (CLIP / SigLIP) --------------------------------------------------------------
-    def job_texts(self, options: EmbedOptions) -> list[str]:
-        return options.texts or []
+    def job_items(self, sources: Sequence[str | bytes], options: EmbedOptions) -> list[JobItem]:
+        texts = [JobItem(options, text=text) for text in options.texts or ()]
+        return super().job_items(sources, options) + texts
 
     def prepare_text(self, text: str, options: EmbedOptions) -> Prepared:
         return self.towers.text_item(text)  # type: ignore[union-attr]
-
-    def encode_text(self, output: torch.Tensor, meta: dict, options: EmbedOptions) -> dict:
-        return {**vector_result(output, options), "tokens": meta["tokens"]}
 
 
 def vector_result(vector: torch.Tensor, options: EmbedOptions) -> dict:

@@ -9,6 +9,7 @@ vision inputs are joined as the processor joins a batch of its own.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
@@ -160,6 +161,9 @@ class AskTask(Task):
         self.limits = limits
         self.positions, self.max_new_tokens_limit = new_tokens_limit(model.config, limits)
         self.resolution = _resolution_kind(self.image_processor)
+        # A streamed answer is cut after its prompt's end at every step; each row's prompt end
+        # is decoded once (rows of a batch, and repeated questions, share few distinct ends).
+        self._prompt_end_text = functools.lru_cache(maxsize=256)(self._decoded)
 
     @classmethod
     def serves(cls, checkpoint: Checkpoint) -> bool:
@@ -355,12 +359,12 @@ class AskTask(Task):
     def _streamed_answer(self, prompt_end: list[int], new_tokens: list[int]) -> str:
         """The answer so far, cut as `split` cuts the whole one: decoded after the prompt's last
         tokens (a word may continue across the boundary), that end's text removed."""
+        full = self._decoded(tuple(prompt_end + new_tokens))
+        return _answer(full, self._prompt_end_text(tuple(prompt_end)))
+
+    def _decoded(self, tokens: tuple[int, ...]) -> str:
         decode = self.processor.post_process_image_text_to_text
-        full, prompt = (
-            decode(torch.tensor([tokens]), skip_special_tokens=True)[0]
-            for tokens in (prompt_end + new_tokens, prompt_end)
-        )
-        return _answer(full, prompt)
+        return decode(torch.tensor([tokens]), skip_special_tokens=True)[0]
 
     def _decoding(self, options: AskOptions) -> dict[str, Any]:
         """generate's arguments for the batch: greedy or beam search, or sampling."""

@@ -115,31 +115,45 @@ def test_16_bit_conversion_matches_float_scaling_without_float64(mode):
     assert np.array_equal(converted[..., 0], expected)
 
 
+def _vit_worker(model_dir, room_for_items: int | None = None, **settings):
+    """A tiny ViT worker; with `room_for_items`, an image memory budget of one decode of the
+    test photo plus that many prepared items' inputs. Returns the worker, the photo (base64)
+    and one item's input bytes."""
+    from conftest import b64, photo
+    from vision_worker.settings import load_settings
+    from vision_worker.worker import Worker
+
+    worker = Worker.start(load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False, **settings))
+    image = b64(photo("coffee"))
+    item = worker.prepare_now(image, worker.task.check(worker.task.Options()))
+    item_bytes = sum(t.nbytes for t in item.inputs.values())
+    if room_for_items is not None:
+        worker.decode_budget.total_bytes = decoded_cost(96, 64, "RGB") + room_for_items * item_bytes
+    return worker, image, item_bytes
+
+
+def _slow_model(worker, seconds: float, before=lambda items: None) -> None:
+    """The worker's forward passes take `seconds` longer; `before(items)` sees each batch."""
+    forward = worker.batcher._run_batch
+
+    def slow_forward(items, options):
+        before(items)
+        time.sleep(seconds)
+        return forward(items, options)
+
+    worker.batcher._run_batch = slow_forward
+
+
 def test_model_inputs_waiting_for_the_model_hold_their_bytes_from_the_budget(model_dir):
     """A model slower than decoding: prepared inputs queue for it. Each holds its bytes from the
     budget until its forward pass is done, so under a slow model images wait to be decoded
     instead of piling up as tensors (a 13-tile GOT page is 160 MB of them, a job 64 pages)."""
-    from conftest import b64, photo, run_jobs
-    from vision_worker.settings import load_settings
-    from vision_worker.worker import Worker
+    from conftest import run_jobs
 
-    worker = Worker.start(
-        load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False, MAX_BATCH_SIZE=4)
-    )
-    image = b64(photo("chelsea"))
-    item = worker.prepare_now(image, worker.task.check(worker.task.Options()))
-    item_bytes = sum(t.nbytes for t in item.inputs.values())
-    opened = decoded_cost(96, 64, "RGB")
-    # Room for one decode and about 20 waiting inputs: 256 images must queue a few at a time.
-    worker.decode_budget.total_bytes = opened + 20 * item_bytes
-    queued, forward = [], worker.batcher._run_batch
-
-    def slow_forward(items, options):
-        queued.append(worker.batcher.queue_depth + len(items))
-        time.sleep(0.02)
-        return forward(items, options)
-
-    worker.batcher._run_batch = slow_forward
+    # Room for one decode and 20 waiting inputs: 256 images must queue a few at a time.
+    worker, image, item_bytes = _vit_worker(model_dir, room_for_items=20, MAX_BATCH_SIZE=4)
+    queued: list[int] = []
+    _slow_model(worker, 0.02, lambda items: queued.append(worker.batcher.queue_depth + len(items)))
     outputs = run_jobs(worker, [{"images": [image] * 64}] * 4)
     assert all("labels" in r for output in outputs for r in output["results"]), outputs[0]
     assert max(queued) * item_bytes <= worker.decode_budget.total_bytes, (max(queued), item_bytes)
@@ -151,11 +165,9 @@ def test_a_job_cancelled_while_its_images_are_prepared_gives_their_bytes_back(mo
     their inputs hold go back, or every cancel would shrink the budget until nothing ran."""
     import asyncio
 
-    from conftest import _LOOP, b64, photo
-    from vision_worker.settings import load_settings
-    from vision_worker.worker import Worker
+    from conftest import _LOOP
 
-    worker = Worker.start(load_settings(MODEL_NAME=str(model_dir("vit")), WARMUP=False))
+    worker, image, _ = _vit_worker(model_dir)
     prepare = worker.task.prepare
 
     def slow_prepare(image, options):
@@ -165,7 +177,7 @@ def test_a_job_cancelled_while_its_images_are_prepared_gives_their_bytes_back(mo
     worker.task.prepare = slow_prepare
 
     async def cancelled_mid_prepare() -> None:
-        job = asyncio.ensure_future(worker.run({"images": [b64(photo("coffee"))] * 16}))
+        job = asyncio.ensure_future(worker.run({"images": [image] * 16}))
         await asyncio.sleep(0.1)  # every image thread is inside prepare now
         job.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -181,15 +193,9 @@ def test_cancelling_a_job_mid_batch_leaves_the_other_jobs_images_alone(model_dir
     runs. The halves run again on their inputs: the other job still gets its labels."""
     import asyncio
 
-    from conftest import _LOOP, b64, photo
-    from vision_worker.settings import load_settings
-    from vision_worker.worker import Worker
+    from conftest import _LOOP
 
-    worker = Worker.start(
-        load_settings(
-            MODEL_NAME=str(model_dir("vit")), WARMUP=False, MAX_BATCH_SIZE=4, BATCH_WAIT_MS=300
-        )
-    )
+    worker, image, _ = _vit_worker(model_dir, MAX_BATCH_SIZE=4, BATCH_WAIT_MS=300)
     forward, calls = worker.batcher._run_batch, []
 
     def out_of_memory_first(items, options):
@@ -202,7 +208,6 @@ def test_cancelling_a_job_mid_batch_leaves_the_other_jobs_images_alone(model_dir
     worker.batcher._run_batch = out_of_memory_first
 
     async def one_cancelled() -> dict:
-        image = b64(photo("coffee"))
         cancelled = asyncio.ensure_future(worker.run({"image": image}))
         kept = asyncio.ensure_future(worker.run({"image": image}))
         while not calls:
@@ -223,36 +228,22 @@ def test_downloads_do_not_time_out_queued_behind_decodes_waiting_for_a_slow_mode
     image of another job downloads on its own threads, within its deadline."""
     import asyncio
 
-    from conftest import _LOOP, b64, encode, photo
-    from vision_worker.settings import load_settings
-    from vision_worker.worker import Worker
+    from conftest import _LOOP, encode, photo
 
     png = encode(photo("coffee"), "PNG")
     httpserver.expect_request("/coffee.png").respond_with_data(png, content_type="image/png")
-    worker = Worker.start(
-        load_settings(
-            MODEL_NAME=str(model_dir("vit")),
-            WARMUP=False,
-            MAX_BATCH_SIZE=2,
-            IMAGE_THREADS=2,
-            URL_TIMEOUT_S=1,
-            ALLOW_PRIVATE_URLS=True,
-        )
+    worker, image, _ = _vit_worker(
+        model_dir,
+        room_for_items=3,
+        MAX_BATCH_SIZE=2,
+        IMAGE_THREADS=2,
+        URL_TIMEOUT_S=1,
+        ALLOW_PRIVATE_URLS=True,
     )
-    item = worker.prepare_now(b64(photo("coffee")), worker.task.check(worker.task.Options()))
-    worker.decode_budget.total_bytes = decoded_cost(96, 64, "RGB") + 3 * sum(
-        t.nbytes for t in item.inputs.values()
-    )
-    forward = worker.batcher._run_batch
-
-    def slow_forward(items, options):
-        time.sleep(0.4)
-        return forward(items, options)
-
-    worker.batcher._run_batch = slow_forward
+    _slow_model(worker, 0.4)
 
     async def url_job_behind_a_big_one() -> tuple[dict, dict]:
-        big = asyncio.ensure_future(worker.run({"images": [b64(photo("coffee"))] * 24}))
+        big = asyncio.ensure_future(worker.run({"images": [image] * 24}))
         await asyncio.sleep(0.3)
         return await worker.run({"image": httpserver.url_for("/coffee.png")}), await big
 
@@ -265,23 +256,10 @@ def test_a_batch_does_not_wait_for_images_that_wait_for_its_own_memory(model_dir
     """Room for three images' inputs, batches of eight: the images still to come wait for room
     that only this batch's forward pass gives back, so the batch runs without waiting for
     them (with BATCH_WAIT_MS=10 s, each batch waited its full ten seconds)."""
-    from conftest import b64, photo, run_job
-    from vision_worker.settings import load_settings
-    from vision_worker.worker import Worker
+    from conftest import run_job
 
-    worker = Worker.start(
-        load_settings(
-            MODEL_NAME=str(model_dir("vit")),
-            WARMUP=False,
-            MAX_BATCH_SIZE=8,
-            BATCH_WAIT_MS=10_000,
-            IMAGE_THREADS=4,
-        )
-    )
-    image = b64(photo("coffee"))
-    item = worker.prepare_now(image, worker.task.check(worker.task.Options()))
-    worker.decode_budget.total_bytes = decoded_cost(96, 64, "RGB") + 3 * sum(
-        t.nbytes for t in item.inputs.values()
+    worker, image, _ = _vit_worker(
+        model_dir, room_for_items=3, MAX_BATCH_SIZE=8, BATCH_WAIT_MS=10_000, IMAGE_THREADS=4
     )
     waits, on_batch = [], worker.batcher._on_batch
 

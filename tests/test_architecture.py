@@ -128,3 +128,30 @@ def test_only_forward_passes_run_on_the_model_thread(
     assert "error" not in output["results"][0], output
     assert threads, f"{post_processing} did not run"
     assert all(name.startswith("split") for name in threads), threads
+
+
+@pytest.mark.parametrize(
+    ("arch", "job"),
+    [
+        ("detr", {}),
+        ("owlvit", {"labels": ["a cat"]}),
+        ("vit-gpt2", {}),
+        ("llava", {"question": "what?"}),
+    ],
+)
+def test_batches_are_collated_off_the_model_thread(make_worker, monkeypatch, arch, job):
+    """Stacking, padding, tokenizing labels and copies to the device run on the collate thread,
+    so the next batch is ready while the model runs this one."""
+    worker = make_worker(arch)
+    original = worker.batcher._collate
+    threads: list[str] = []
+
+    def recording(items, options):
+        threads.append(threading.current_thread().name)
+        return original(items, options)
+
+    monkeypatch.setattr(worker.batcher, "_collate", recording)
+    output = run_job(worker, {"images": [b64(photo("chelsea")), b64(photo("coffee"))], **job})
+    assert all("error" not in result for result in output["results"]), output
+    assert threads, "collate did not run"
+    assert all(name.startswith("collate") for name in threads), threads

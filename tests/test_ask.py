@@ -224,8 +224,8 @@ def test_a_failing_text_listener_never_fails_the_batch(make_worker):
         raise RuntimeError("listener fault")
 
     loud.on_text = broken
-    expected = task.split(task.forward([quiet], [options]), [quiet], [options])
-    assert task.split(task.forward([loud], [options]), [loud], [options]) == expected
+    expected = task.predict([quiet], [options])  # collate, forward and split, here
+    assert task.predict([loud], [options]) == expected
 
 
 def test_usage_counts_every_generated_token_up_to_the_end_token(make_worker):

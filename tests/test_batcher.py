@@ -304,3 +304,86 @@ def test_forward_passes_run_at_most_two_batches_ahead_of_post_processing():
 
     assert asyncio.run(main()) == list(range(8))
     assert max(ahead) <= 2
+
+
+def test_the_next_full_batch_is_collated_on_its_own_thread_while_the_model_runs():
+    """collate (stacking, padding, copies to the device) runs off the model thread: the second
+    batch is collated while the first one's forward pass runs, and is ready when it ends."""
+    events: list[str] = []
+    second_collated = threading.Event()
+
+    def collate(items, options):
+        events.append(f"collate {items[0]} on {threading.current_thread().name.split('_')[0]}")
+        if items[0] == "second":
+            second_collated.set()
+        return [f"{item}+" for item in items]
+
+    def forward(batch, options):
+        events.append(f"forward {batch[0]} on {threading.current_thread().name.split('_')[0]}")
+        if batch[0] == "first+":
+            assert second_collated.wait(timeout=30), "the next batch waited for the model"
+        return list(batch)
+
+    batcher = DynamicBatcher(forward, collate=collate, max_batch_size=1, max_wait_s=0.0)
+
+    async def main():
+        return await asyncio.gather(batcher.submit("first", None), batcher.submit("second", None))
+
+    assert asyncio.run(main()) == ["first+", "second+"]
+    # The first forward pass waited for the second collate, so they overlapped.
+    assert sorted(events) == [
+        "collate first on collate",
+        "collate second on collate",
+        "forward first+ on model",
+        "forward second+ on model",
+    ]
+
+
+def test_a_collate_out_of_memory_is_halved_like_a_forward_pass():
+    """Collating a large batch onto the device may run out of memory itself: the batch is
+    collated again in halves on the model thread, and every item gets its output."""
+    collated: list[int] = []
+
+    def collate(items, options):
+        collated.append(len(items))
+        if len(items) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return list(items)
+
+    batcher = _batcher(RecordingModel(), collate=collate)
+
+    async def main():
+        return await _job(batcher, list(range(8)), "a")
+
+    assert asyncio.run(main()) == [(i * 2, "a") for i in range(8)]
+    # Tried whole off the model thread and once more on it, then in halves of halves.
+    assert collated == [8, 8, 4, 2, 2, 4, 2, 2]
+    assert batcher.working_batch_size == 2
+
+
+def test_a_partial_batch_waits_for_the_model_instead_of_being_collated_ahead():
+    """Only a full batch is collated ahead: a partial one queued while the model is busy keeps
+    taking in items until the model is free, as before collation moved off the model thread."""
+    model = RecordingModel()
+    original = model.__call__
+    gate = threading.Event()
+
+    def slow_first(batch, options):
+        if not model.batches:
+            gate.wait(5)
+        return original(batch, options)
+
+    batcher = _batcher(slow_first, max_wait_s=0.0, max_batch_size=4)
+
+    async def main():
+        first = [batcher.enqueue(i, None) for i in range(4)]  # full: runs at once
+        await asyncio.sleep(0.05)
+        second = [batcher.enqueue(i, None) for i in range(4, 6)]
+        await asyncio.sleep(0.05)
+        third = [batcher.enqueue(i, None) for i in range(6, 8)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(*first, *second, *third)
+
+    assert asyncio.run(main()) == [(i * 2, None) for i in range(8)]
+    assert [len(batch) for batch, _ in model.batches] == [4, 4]

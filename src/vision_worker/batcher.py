@@ -8,9 +8,14 @@ that bound is rarely reached. One batch runs at a time, on a dedicated thread, s
 keeps taking jobs and downloading images while the model works. Only items with equal batch
 keys (e.g. equal generation options) share a batch; the model sees each item's own options. A
 CUDA out-of-memory error splits the batch in halves and lowers the working batch size for the rest
-of the process. Only the forward pass runs on the model thread: each batch's post-processing
-(`split`: decoding, box scaling, copies to the host) runs on a thread of its own while the next
-batch's forward pass runs.
+of the process.
+
+Only forward passes run on the model thread; the stages around them overlap it. While a batch
+runs, the next full one is collated (`collate`: stacking, padding, pinned copies to the device)
+on a thread of its own, so it is ready the moment the model is; a partial batch waits for the
+model as before, so it takes in what arrives meanwhile. Each batch's post-processing (`split`:
+decoding, box scaling, copies to the host) runs on a third thread while the next batch's forward
+pass runs.
 """
 
 from __future__ import annotations
@@ -29,15 +34,21 @@ from .errors import ImageError
 
 log = logging.getLogger(__name__)
 
-# run_batch(items, options): one options value per item; items in a batch share a batch key.
-# Returns one output per item, or, with a `split`, the raw output split turns into them.
-RunBatch = Callable[[Sequence[Any], Sequence[Any]], Any]
+# run_batch(batch, options): one options value per item; items in a batch share a batch key.
+# `batch` is what collate made of the items (the items themselves without a collate). Returns
+# one output per item, or, with a `split`, the raw output split turns into them.
+RunBatch = Callable[[Any, Sequence[Any]], Any]
+# collate(items, options) -> the batch run_batch takes, off the model thread.
+Collate = Callable[[Sequence[Any], Sequence[Any]], Any]
 # split(raw, items, options) -> one output per item, off the model thread.
 Split = Callable[[Any, Sequence[Any], Sequence[Any]], list[Any]]
 # Batches run ahead of their post-processing by at most this many (one being split, one queued).
 _MAX_SPLITS_PENDING = 2
 # Batch keys are caller-defined and may be None, so "no batch is ready" needs its own marker.
 _NOTHING_READY = object()
+# A batch whose collate failed is collated again on the model thread, where the error (an
+# out-of-memory one included) is handled like the forward pass's.
+_NOT_COLLATED = object()
 
 
 @dataclass
@@ -56,6 +67,7 @@ class DynamicBatcher:
         run_batch: RunBatch,
         *,
         split: Split = lambda raw, items, options: raw,
+        collate: Collate = lambda items, options: items,
         max_batch_size: int,
         max_wait_s: float,
         batch_key: Callable[[Any, Any], Hashable] = lambda item, options: options,
@@ -68,6 +80,7 @@ class DynamicBatcher:
     ) -> None:
         self._run_batch = run_batch
         self._split = split
+        self._collate = collate
         self._batch_key = batch_key
         self._is_oom = is_out_of_memory
         self._after_oom = after_out_of_memory
@@ -81,6 +94,8 @@ class DynamicBatcher:
         self.working_batch_size = max_batch_size
         self.batch_sizes: Counter[int] = Counter()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # One thread: one batch is collated ahead of the model, never more (device memory).
+        self._collate_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate")
         # One thread: batches are post-processed in the order they ran, never two at once.
         self._split_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="split")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,7 +121,7 @@ class DynamicBatcher:
 
     async def drain(self) -> None:
         """Wait until every queued item has been processed (graceful shutdown)."""
-        while self._loop is not None and (self.queue_depth or self._busy or self._splitting):
+        while self._loop is not None and (self.queue_depth or self._in_model or self._splitting):
             await asyncio.sleep(0.01)
 
     # --- scheduling ---------------------------------------------------------------------------
@@ -118,7 +133,8 @@ class DynamicBatcher:
         self._loop = loop
         self._queues: dict[Hashable, deque[_Pending]] = {}
         self._wakeup = asyncio.Event()
-        self._busy = False
+        self._in_model = 0  # batches taken from the queues whose forward pass has not ended
+        self._forwarding: asyncio.Task | None = None
         self._splitting: set[asyncio.Task] = set()
         self._scheduler = loop.create_task(self._schedule_forever(), name="batcher")
 
@@ -132,16 +148,47 @@ class DynamicBatcher:
                 continue
             await self._wait_for_room_to_split()
             batch = self._take(key)
-            if batch:
-                self._busy = True
-                try:
-                    await self._run(batch)
-                finally:
-                    self._busy = False
+            if not batch:
+                continue
+            self._in_model += 1
+            try:
+                collated = await self._collated(batch)
+                await self._wait_for_the_model()
+                await self._wait_for_room_to_split()  # the batch that ran meanwhile may split
+            except BaseException:
+                self._in_model -= 1
+                raise
+            loop = self._loop
+            assert loop is not None
+            self._forwarding = loop.create_task(self._run(batch, collated))
+            self._forwarding.add_done_callback(self._forward_ended)
+
+    async def _collated(self, batch: list[_Pending]) -> Any:
+        items, options = [p.item for p in batch], [p.options for p in batch]
+        try:
+            return await self._loop.run_in_executor(  # type: ignore[union-attr]
+                self._collate_thread, self._collate, items, options
+            )
+        except Exception:
+            log.debug("collating a batch of %d failed; the model thread tries again", len(batch))
+            return _NOT_COLLATED
+
+    async def _wait_for_the_model(self) -> None:
+        if self._forwarding is not None and not self._forwarding.done():
+            await asyncio.wait({self._forwarding})
+
+    def _forward_ended(self, forwarding: asyncio.Task) -> None:
+        self._in_model -= 1
+        self._wakeup.set()  # a partial batch may run now
+
+    def _model_busy(self) -> bool:
+        return self._forwarding is not None and not self._forwarding.done()
 
     def _next_ready(self) -> tuple[Hashable, float | None]:
-        """The key whose batch should run now, or _NOTHING_READY and how long until one is."""
+        """The key whose batch should run now, or _NOTHING_READY and how long until one is.
+        While the model is busy, only a full batch is: it is collated ahead."""
         now = time.monotonic()
+        busy = self._model_busy()
         oldest_key: Hashable = _NOTHING_READY
         oldest_at: float | None = None
         for key, queue in self._queues.items():
@@ -152,7 +199,7 @@ class DynamicBatcher:
                 return key, None
             if oldest_at is None or queue[0].queued_at < oldest_at:
                 oldest_key, oldest_at = key, queue[0].queued_at
-        if oldest_at is None:
+        if oldest_at is None or busy:  # the model's end wakes the scheduler up
             return _NOTHING_READY, None
         if self._incoming() <= 0:
             return oldest_key, None  # nothing else is coming: waiting would only add latency
@@ -173,15 +220,15 @@ class DynamicBatcher:
             del self._queues[key]
         return [p for p in batch if not p.future.done()]
 
-    async def _run(self, batch: list[_Pending]) -> None:
-        """The forward pass, awaited (one batch on the model at a time); its post-processing
-        goes on in the background, so the next batch can start at once."""
+    async def _run(self, batch: list[_Pending], collated: Any) -> None:
+        """The forward pass (one batch on the model at a time); its post-processing goes on in
+        the background, so the next batch can start at once."""
         self.batch_sizes[len(batch)] += 1
         started = time.monotonic()
         items, options = [p.item for p in batch], [p.options for p in batch]
         try:
             chunks = await self._loop.run_in_executor(  # type: ignore[union-attr]
-                self._model_thread, self._forward_halving_on_oom, items, options
+                self._model_thread, self._forward_halving_on_oom, items, options, collated
             )
         except Exception as error:  # a failing batch fails its own images, never the batcher
             self._fail(batch, error)
@@ -243,15 +290,18 @@ class DynamicBatcher:
 
     # --- model thread -------------------------------------------------------------------------
     def _forward_halving_on_oom(
-        self, items: list[Any], options: list[Any]
+        self, items: list[Any], options: list[Any], collated: Any = _NOT_COLLATED
     ) -> list[tuple[Any, int]]:
         """The batch's raw output with its item count; after an out-of-memory error, each
-        half's, in order."""
+        half's, in order (each half collated again here: collating may run out of memory too)."""
         try:
-            raw = self._run_batch(items, options)
+            if collated is _NOT_COLLATED:
+                collated = self._collate(items, options)
+            raw = self._run_batch(collated, options)
         except Exception as error:
             if not self._is_oom(error) or len(items) == 1:
                 raise
+            collated = None  # its device memory goes before the halves are collated
             self._after_oom()
             half = len(items) // 2
             if half < self.working_batch_size:

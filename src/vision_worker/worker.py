@@ -58,6 +58,7 @@ class Worker:
         )
         self.batcher = DynamicBatcher(
             task.forward,
+            collate=task.collate,
             split=task.split,
             max_batch_size=settings.MAX_BATCH_SIZE,
             max_wait_s=settings.BATCH_WAIT_MS / 1000,

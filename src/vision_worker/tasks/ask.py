@@ -22,6 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 from ..errors import ImageError, JobError
 from ..images import photo_size
 from .base import (
+    Batch,
     Checkpoint,
     JobItem,
     ModelLoadError,
@@ -278,7 +279,7 @@ class AskTask(Task):
 
     def batch_key(self, item: Prepared, options: AskOptions) -> Hashable:
         # Questions and resolutions (min_pixels, max_pixels, longest_edge) differ freely within
-        # a batch: they shape each image's own inputs, which `_collate` joins as it joins photos
+        # a batch: they shape each image's own inputs, which `collate` joins as it joins photos
         # of different sizes; the decoding loop's options may not. A seeded
         # answer runs alone: the random stream is the batch's, so only alone does the same seed
         # give the same answer.
@@ -338,10 +339,13 @@ class AskTask(Task):
             )
         return Prepared(inputs, meta={"prompt_tokens": length})
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> tuple:
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        return Batch(items, self._joined(items))
+
+    def forward(self, batch: Batch, options: Sequence[Any]) -> tuple:
         first = options[0]  # decoding options are equal for the whole batch (batch_key)
-        batch = self._collate(items)
-        prompt_length = batch["input_ids"].shape[1]
+        items, inputs = batch.items, batch.inputs
+        prompt_length = inputs["input_ids"].shape[1]
         decoding = self._decoding(first)
         # Beam search settles its answer only at the end: nothing to stream before it.
         if first.num_beams == 1 and any(item.on_text is not None for item in items):
@@ -353,7 +357,7 @@ class AskTask(Task):
                 stops=first.stop or (),
             )
         with torch.inference_mode():
-            generated = self.model.generate(**batch, **decoding)
+            generated = self.model.generate(**inputs, **decoding)
         return generated.cpu(), prompt_length
 
     def _streamed_answer(self, prompt_end: list[int], new_tokens: list[int]) -> str:
@@ -438,7 +442,7 @@ class AskTask(Task):
                 result["detections"] = found
         return result
 
-    def _collate(self, items: Sequence[Prepared]) -> dict[str, torch.Tensor]:
+    def _joined(self, items: Sequence[Prepared]) -> dict[str, torch.Tensor]:
         """One batch as the processor would make it: prompts left-padded, vision inputs joined
         along the batch axis (padded where images have different numbers of tiles)."""
         pad_id = self.tokenizer.pad_token_id or 0

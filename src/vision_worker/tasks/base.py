@@ -18,10 +18,13 @@ A task owns everything about its task and nothing about RunPod or HTTP:
   them) or add texts (text embeddings in the images' space).
 - `prepare(image, options) -> Prepared`: per image item, on an image thread
   (`prepare_together` for an item of several images, `prepare_text` for a text).
-- `forward(items, options)`: on the model thread, and nothing else runs there: the batch onto
-  the device, through the model, and what `split` needs back in host memory (only that: the
-  copy waits for the device, so the batch's time is its true time and no device memory
-  outlives the pass); `items` share `batch_key`.
+- `collate(items, options) -> batch`: the items' inputs joined for the model and on its device
+  (stacked, padded, masked: a `Batch`), on a thread of its own while the model runs the batch
+  before; by default the items themselves, for a `forward` that joins them itself. `items`
+  share `batch_key`.
+- `forward(batch, options)`: on the model thread, and nothing else runs there: the batch
+  through the model, and what `split` needs back in host memory (only that: the copy waits for
+  the device, so the batch's time is its true time and no device memory outlives the pass).
 - `split(raw, items, options) -> list`: CPU work off the model thread, while the next batch's
   forward pass runs: post-processing, decoding; one output per item.
 - `encode(output, meta, options) -> dict`: one image's JSON result, on an encode thread; an
@@ -228,6 +231,18 @@ class JobItem:
         return "texts" if self.text is not None else "results"
 
 
+@dataclass
+class Batch:
+    """What a task's `collate` makes of a batch: the items' inputs joined on the model's device,
+    and the items themselves (for what `forward` needs of each, e.g. a streaming listener)."""
+
+    items: Sequence[Prepared]
+    inputs: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 # A limit's name in an option's description, e.g. "1 to MAX_LABELS".
 _LIMIT_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
 
@@ -350,7 +365,11 @@ class Task:
         """A text item (a `job_items` of this task made one); its result is in "texts"."""
         raise NotImplementedError
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
+        """The batch `forward` takes; the items themselves unless overridden."""
+        return items
+
+    def forward(self, batch: Any, options: Sequence[Any]) -> Any:
         raise NotImplementedError
 
     def split(self, raw: Any, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
@@ -358,8 +377,8 @@ class Task:
         return raw
 
     def predict(self, items: Sequence[Prepared], options: Sequence[Any]) -> list[Any]:
-        """Both stages on the calling thread (warm-up, fitness check, benchmarks)."""
-        return self.split(self.forward(items, options), items, options)
+        """The batch's stages on the calling thread (warm-up, fitness check, benchmarks)."""
+        return self.split(self.forward(self.collate(items, options), options), items, options)
 
     def result_memory(self, output: Any, meta: dict[str, Any], options: Any) -> int:
         """Peak bytes `encode` holds for this output (dense outputs made at the photo's size);
@@ -432,6 +451,11 @@ def on_device(
 
 def stack_pixels(items: Sequence[Prepared], source: ModelSource) -> torch.Tensor:
     return stack_on_device([item.inputs["pixel_values"] for item in items], source)
+
+
+def pixel_batch(items: Sequence[Prepared], source: ModelSource) -> Batch:
+    """A `collate` for tasks whose model takes the items' pixels alone."""
+    return Batch(items, {"pixel_values": stack_pixels(items, source)})
 
 
 def pixel_box(corners: Iterable[Any]) -> dict[str, float]:

@@ -12,14 +12,16 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from ..errors import JobError
 from .base import (
+    Batch,
     Checkpoint,
     ModelSource,
     Prepared,
     Task,
     load_weights,
+    on_device,
+    pixel_batch,
     pixel_inputs,
     prepare_model,
-    stack_pixels,
 )
 from .generation import (
     CAPTIONER_ARCHITECTURES,
@@ -134,16 +136,19 @@ class CaptionTask(Task):
     def prepare(self, image: Image.Image, options: CaptionOptions) -> Prepared:
         return Prepared(pixel_inputs(self.processor, image))
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> torch.Tensor:
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        batch = pixel_batch(items, self.source)
+        prompt = options[0].prompt  # equal for the whole batch (batch_key)
+        if prompt is not None:
+            ids = torch.tensor([self._prompt_ids(prompt)]).repeat(len(items), 1)
+            batch.inputs["input_ids"] = on_device(ids, self.source)  # BLIP writes into it
+        return batch
+
+    def forward(self, batch: Batch, options: Sequence[Any]) -> torch.Tensor:
         first = options[0]  # equal for the whole batch (batch_key)
-        prompt: dict[str, torch.Tensor] = {}
-        if first.prompt is not None:
-            ids = torch.tensor([self._prompt_ids(first.prompt)], device=self.source.device)
-            prompt["input_ids"] = ids.repeat(len(items), 1)  # BLIP writes into it: no views
         with torch.inference_mode():
             generated = self.model.generate(
-                pixel_values=stack_pixels(items, self.source),
-                **prompt,
+                **batch.inputs,
                 max_new_tokens=first.max_new_tokens,
                 min_new_tokens=self.pinned_min_new_tokens,
                 num_beams=first.num_beams,

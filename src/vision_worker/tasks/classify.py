@@ -17,6 +17,7 @@ from ..errors import JobError
 from ..images import photo_size
 from ..outputs import OutputImage
 from .base import (
+    Batch,
     Checkpoint,
     ModelSource,
     Prepared,
@@ -24,9 +25,9 @@ from .base import (
     TaskOptions,
     architectures_in,
     load_weights,
+    pixel_batch,
     pixel_inputs,
     prepare_model,
-    stack_pixels,
 )
 from .explain import (
     HEATMAP_MAX_SIDE,
@@ -136,8 +137,11 @@ class ClassifyTask(Task):
             prepared.meta["seen"] = seen_region(self.processor, photo)
         return prepared
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
-        pixels = stack_pixels(items, self.source)
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        return pixel_batch(items, self.source)
+
+    def forward(self, batch: Batch, options: Sequence[Any]) -> Any:
+        pixels = batch.inputs["pixel_values"]
         if options[0].explain:  # equal for the whole batch (batch_key)
             logits, maps = grad_cam(self.model, pixels)  # the backward pass is model work too
             return logits.float().cpu(), maps

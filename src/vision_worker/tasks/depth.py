@@ -27,6 +27,7 @@ from transformers import AutoModelForDepthEstimation
 from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
 
 from .base import (
+    Batch,
     Checkpoint,
     ModelSource,
     Prepared,
@@ -34,8 +35,8 @@ from .base import (
     TaskOptions,
     architectures_in,
     load_weights,
+    pixel_batch,
     prepare_model,
-    stack_pixels,
 )
 from .dense import (
     OutputLimits,
@@ -147,9 +148,12 @@ class DepthTask(Task):
         what = f"a {width}x{height} depth map (16-bit PNG)"
         check_inline_size(self.limits, what, inline(map_size), fits)
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> dict:
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        return pixel_batch(items, self.source)
+
+    def forward(self, batch: Batch, options: Sequence[Any]) -> dict:
         with torch.inference_mode():
-            outputs = self.model(pixel_values=stack_pixels(items, self.source))
+            outputs = self.model(**batch.inputs)
         # What post-processing reads: the depth, and Depth Pro's field of view (its metric scale).
         return {
             name: outputs[name].float().cpu()

@@ -19,6 +19,7 @@ from transformers import AutoModelForObjectDetection
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
 from .base import (
+    Batch,
     Checkpoint,
     ModelSource,
     Prepared,
@@ -88,10 +89,9 @@ class DetectTask(Task):
         pixels = self.processor(images=[image], return_tensors="pt").pixel_values[0]
         return Prepared({"pixel_values": pixels}, meta={"size": target_size(image)})
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
-        inputs = self._collate(items)
+    def forward(self, batch: Batch, options: Sequence[Any]) -> Any:
         with torch.inference_mode():
-            outputs = self.model(**inputs)
+            outputs = self.model(**batch.inputs)
         # Only what post-processing reads, in host memory: encoder states and embeddings stay
         # behind, and the copy waits for the device, so the batch's time is its true time.
         return SimpleNamespace(
@@ -120,7 +120,10 @@ class DetectTask(Task):
         label = self.labels[int(output["labels"][index])]
         return detection(label, output["scores"][index], output["boxes"][index])
 
-    def _collate(self, items: Sequence[Prepared]) -> dict[str, torch.Tensor]:
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        return Batch(items, self._joined(items))
+
+    def _joined(self, items: Sequence[Prepared]) -> dict[str, torch.Tensor]:
         pixels = [item.inputs["pixel_values"] for item in items]
         if len({tuple(p.shape) for p in pixels}) == 1:
             batch = {"pixel_values": stack_on_device(pixels, self.source)}

@@ -31,6 +31,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from ..errors import JobError
 from ..images import photo_size
 from .base import (
+    Batch,
     Checkpoint,
     MissingWeightsError,
     ModelLoadError,
@@ -298,15 +299,20 @@ class FlorenceTask(Task):
         )
         return "".join(f"<loc_{b}>" for b in bins)
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> torch.Tensor:
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        return Batch(
+            items,
+            {
+                key: stack_on_device([item.inputs[key] for item in items], self.source)
+                for key in items[0].inputs
+            },
+        )
+
+    def forward(self, batch: Batch, options: Sequence[Any]) -> torch.Tensor:
         first = options[0]  # equal for the whole batch (batch_key)
-        batch = {
-            key: stack_on_device([item.inputs[key] for item in items], self.source)
-            for key in items[0].inputs
-        }
         with torch.inference_mode():
             generated = self.model.generate(
-                **batch,
+                **batch.inputs,
                 max_new_tokens=first.max_new_tokens,
                 num_beams=first.num_beams,
                 do_sample=False,

@@ -41,15 +41,16 @@ from transformers.models.auto import modeling_auto
 from ..errors import JobError
 from ..outputs import OutputImage
 from .base import (
+    Batch,
     Checkpoint,
     ModelSource,
     Prepared,
     Task,
     architectures_in,
     load_weights,
+    pixel_batch,
     prepare_model,
     stack_on_device,
-    stack_pixels,
 )
 from .dense import (
     MaskOutputOptions,
@@ -240,13 +241,16 @@ class SegmentTask(Task):
         fits = 'send a smaller photo, or leave out "cutout" for the masks alone, '
         check_inline_size(self.limits, what, inline_bytes(photo_png), fits, certain=True)
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> dict:
-        inputs = {"pixel_values": stack_pixels(items, self.source)}
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        batch = pixel_batch(items, self.source)
         if self.task_tokens is not None:
             tokens = [item.inputs["task_inputs"] for item in items]
-            inputs["task_inputs"] = stack_on_device(tokens, self.source, torch.long)
+            batch.inputs["task_inputs"] = stack_on_device(tokens, self.source, torch.long)
+        return batch
+
+    def forward(self, batch: Batch, options: Sequence[Any]) -> dict:
         with torch.inference_mode():
-            outputs = self.model(**inputs)
+            outputs = self.model(**batch.inputs)
         if not self.queries:
             return {"logits": outputs.logits.float().cpu()}
         classes, masks = self.query_outputs

@@ -23,14 +23,15 @@ from transformers import AutoModelForImageToImage
 from ..errors import ImageError
 from ..outputs import OutputImage
 from .base import (
+    Batch,
     Checkpoint,
     ModelSource,
     Prepared,
     Task,
     TaskOptions,
     load_weights,
+    pixel_batch,
     prepare_model,
-    stack_pixels,
 )
 from .dense import (
     OutputLimits,
@@ -124,11 +125,12 @@ class UpscaleTask(Task):
         what = f"{width}x{height} upscaled {self.scale}x (an RGB PNG)"
         check_inline_size(self.limits, what, inline((height, width)), fits)
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> torch.Tensor:
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        return pixel_batch(items, self.source)
+
+    def forward(self, batch: Batch, options: Sequence[Any]) -> torch.Tensor:
         with torch.inference_mode():
-            reconstruction = self.model(
-                pixel_values=stack_pixels(items, self.source)
-            ).reconstruction
+            reconstruction = self.model(**batch.inputs).reconstruction
         return reconstruction.float().cpu()
 
     def split(self, raw: torch.Tensor, items: Sequence[Prepared], options: Sequence[Any]) -> list:

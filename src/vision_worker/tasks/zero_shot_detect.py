@@ -30,11 +30,13 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer, Gro
 
 from ..errors import JobError
 from .base import (
+    Batch,
     Checkpoint,
     ModelSource,
     Prepared,
     Task,
     load_weights,
+    on_device,
     prepare_model,
     stack_pixels,
 )
@@ -207,23 +209,35 @@ class ZeroShotDetectTask(Task):
         pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values[0]
         return Prepared({"pixel_values": pixels}, meta={"size": target_size(image)})
 
-    def forward(self, items: Sequence[Prepared], options: Sequence[Any]) -> Any:
-        labels = options[0].labels  # equal for the whole batch (batch_key)
+    def collate(self, items: Sequence[Prepared], options: Sequence[Any]) -> Batch:
+        """The pixels, and the labels' tokens once per image (as the pipeline feeds them)."""
+        labels = list(options[0].labels)  # equal for the whole batch (batch_key)
         if self.grounded:
-            return self._forward_prompt(items, labels)
-        text = self.tokenizer(
-            labels,
-            padding=True,
-            truncation=True,
-            max_length=self.max_label_tokens,
-            return_tensors="pt",
-        ).to(self.source.device)
-        with torch.inference_mode():
-            outputs = self.model(
-                input_ids=text.input_ids.repeat(len(items), 1),
-                attention_mask=text.attention_mask.repeat(len(items), 1),
-                pixel_values=stack_pixels(items, self.source),
+            # The model card's prompt: the processor lower-cases the labels and joins them, "a
+            # cat. a remote control.", then tokenizes it ([CLS] ... [SEP], as BERT does).
+            text = dict(self.processor(text=labels, return_tensors="pt"))
+        else:
+            text = dict(
+                self.tokenizer(
+                    labels,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_label_tokens,
+                    return_tensors="pt",
+                )
             )
+            text = {key: text[key] for key in ("input_ids", "attention_mask")}
+        inputs = {
+            key: on_device(ids.repeat(len(items), 1), self.source) for key, ids in text.items()
+        }
+        inputs["pixel_values"] = stack_pixels(items, self.source)
+        return Batch(items, inputs)
+
+    def forward(self, batch: Batch, options: Sequence[Any]) -> Any:
+        if self.grounded:
+            return self._forward_prompt(batch)
+        with torch.inference_mode():
+            outputs = self.model(**batch.inputs)
         # Only what post-processing reads, in host memory (OWLv2's image and class embeddings
         # are ~15 MB an image in float16 and would otherwise outlive the pass).
         return SimpleNamespace(
@@ -259,22 +273,15 @@ class ZeroShotDetectTask(Task):
         return {"detections": [detection(**d) for d in best[: options.max_detections]]}
 
     # --- Grounding DINO: one prompt of all labels ------------------------------------------
-    def _forward_prompt(self, items: Sequence[Prepared], labels: list[str]) -> Any:
-        # The model card's prompt: the processor lower-cases the labels and joins them, "a cat.
-        # a remote control.", then tokenizes it ([CLS] ... [SEP], as BERT does).
-        text = self.processor(text=list(labels), return_tensors="pt")
-        rows = len(items)
+    def _forward_prompt(self, batch: Batch) -> Any:
         with torch.inference_mode():
-            outputs = self.model(
-                pixel_values=stack_pixels(items, self.source),
-                **{key: ids.repeat(rows, 1).to(self.source.device) for key, ids in text.items()},
-            )
+            outputs = self.model(**batch.inputs)
         # logits: each query's score for each prompt token, padded to 256 with -inf (~1 MB an
         # image); the encoder's and decoder's states stay behind.
         return SimpleNamespace(
             logits=outputs.logits.float().cpu(),
             pred_boxes=outputs.pred_boxes.float().cpu(),
-            input_ids=text.input_ids,
+            input_ids=batch.inputs["input_ids"][:1].cpu(),  # the prompt's tokens, once
         )
 
     def _split_prompt(

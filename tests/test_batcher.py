@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
+import weakref
 
 import pytest
 import torch
@@ -387,3 +389,112 @@ def test_a_partial_batch_waits_for_the_model_instead_of_being_collated_ahead():
 
     assert asyncio.run(main()) == [(i * 2, None) for i in range(8)]
     assert [len(batch) for batch, _ in model.batches] == [4, 4]
+
+
+class _Collated(list):
+    """Stands in for a Batch holding device tensors (weak references tell when it is gone)."""
+
+
+def _tracked_collate(refs: list):
+    def collate(items, options):
+        batch = _Collated(items)
+        refs.append(weakref.ref(batch))
+        return batch
+
+    return collate
+
+
+def test_a_batchs_collated_inputs_go_when_its_pass_ends():
+    refs: list = []
+    batcher = DynamicBatcher(
+        lambda batch, options: list(batch),
+        collate=_tracked_collate(refs),
+        max_batch_size=4,
+        max_wait_s=0.0,
+    )
+
+    async def main():
+        assert await batcher.submit(1, None) == 1
+        await asyncio.sleep(0.1)  # an idle worker
+        gc.collect()
+        return [ref() is not None for ref in refs]
+
+    assert asyncio.run(main()) == [False]  # not kept until the next batch comes
+
+
+def test_out_of_memory_halves_run_without_the_whole_batchs_inputs():
+    refs: list = []
+    whole_alive: list[bool] = []
+
+    def forward(batch, options):
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        gc.collect()
+        whole_alive.append(refs[0]() is not None)
+        return list(batch)
+
+    batcher = _batcher(forward, collate=_tracked_collate(refs), max_batch_size=4)
+
+    async def main():
+        return await asyncio.gather(*(batcher.enqueue(i, None) for i in range(4)))
+
+    assert asyncio.run(main()) == [0, 1, 2, 3]
+    assert whole_alive == [False, False]
+
+
+def test_a_batch_collated_ahead_whose_jobs_were_cancelled_never_runs():
+    ran: list[list] = []
+    gate = threading.Event()
+
+    def forward(batch, options):
+        ran.append(list(batch))
+        if batch[0] == 0:
+            gate.wait(5)
+        return list(batch)
+
+    batcher = DynamicBatcher(forward, max_batch_size=2, max_wait_s=0.0)
+
+    async def main():
+        first = [batcher.enqueue(i, None) for i in (0, 1)]
+        await asyncio.sleep(0.05)
+        second = [batcher.enqueue(i, None) for i in (2, 3)]  # full: collated ahead
+        await asyncio.sleep(0.05)
+        second[0].cancel()
+        third = [batcher.enqueue(i, None) for i in (4, 5)]
+        await asyncio.sleep(0.05)
+        for future in third:
+            future.cancel()  # a whole job cancelled while the batch before runs
+        gate.set()
+        survivors = await asyncio.gather(*first, second[1])
+        await batcher.drain()
+        return survivors
+
+    assert asyncio.run(main()) == [0, 1, 3]
+    # The second batch ran without its cancelled item (collated again); the third not at all.
+    assert ran == [[0, 1], [3]]
+
+
+def test_a_batch_collated_ahead_runs_at_the_size_an_out_of_memory_error_lowered():
+    attempts: list[int] = []
+    gate = threading.Event()
+
+    def forward(batch, options):
+        attempts.append(len(batch))
+        if len(attempts) == 1:
+            gate.wait(5)  # the next full batch is collated meanwhile, at the old size
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return list(batch)
+
+    batcher = _batcher(forward, max_batch_size=4, max_wait_s=0.0)
+
+    async def main():
+        first = [batcher.enqueue(i, None) for i in range(4)]
+        await asyncio.sleep(0.05)
+        second = [batcher.enqueue(i, None) for i in range(4, 8)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(*first, *second)
+
+    assert asyncio.run(main()) == list(range(8))
+    assert attempts == [4, 2, 2, 2, 2]  # one out-of-memory error, not one per batch

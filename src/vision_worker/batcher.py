@@ -46,9 +46,6 @@ Split = Callable[[Any, Sequence[Any], Sequence[Any]], list[Any]]
 _MAX_SPLITS_PENDING = 2
 # Batch keys are caller-defined and may be None, so "no batch is ready" needs its own marker.
 _NOTHING_READY = object()
-# A batch whose collate failed is collated again on the model thread, where the error (an
-# out-of-memory one included) is handled like the forward pass's.
-_NOT_COLLATED = object()
 
 
 @dataclass
@@ -148,30 +145,52 @@ class DynamicBatcher:
                 continue
             await self._wait_for_room_to_split()
             batch = self._take(key)
-            if not batch:
-                continue
-            self._in_model += 1
-            try:
-                collated = await self._collated(batch)
-                await self._wait_for_the_model()
-                await self._wait_for_room_to_split()  # the batch that ran meanwhile may split
-            except BaseException:
-                self._in_model -= 1
-                raise
-            loop = self._loop
-            assert loop is not None
-            self._forwarding = loop.create_task(self._run(batch, collated))
-            self._forwarding.add_done_callback(self._forward_ended)
+            if batch:
+                await self._collate_then_start(key, batch)
 
-    async def _collated(self, batch: list[_Pending]) -> Any:
+    async def _collate_then_start(self, key: Hashable, batch: list[_Pending]) -> None:
+        """Collate `batch` (while the model may still run the one before), then start its
+        forward pass as soon as the model is free."""
+        self._in_model += 1
+        started = False
+        try:
+            # A holder the model thread empties: nothing else keeps the batch's device inputs
+            # alive once its pass (or its out-of-memory try) is over.
+            collated = await self._collated(batch)
+            await self._wait_for_the_model()
+            await self._wait_for_room_to_split()  # the batch that ran meanwhile may split
+            alive = [p for p in batch if not p.future.done()]  # jobs cancelled meanwhile
+            if len(alive) > self.working_batch_size:  # an out-of-memory error lowered it
+                self._put_back(key, alive[self.working_batch_size :])
+                alive = alive[: self.working_batch_size]
+            if len(alive) != len(batch):
+                collated.clear()  # collated again with its forward pass, as it now is
+            if alive:
+                loop = self._loop
+                assert loop is not None
+                self._forwarding = loop.create_task(self._run(alive, collated))
+                self._forwarding.add_done_callback(self._forward_ended)
+                started = True
+        finally:
+            if not started:
+                self._in_model -= 1
+
+    def _put_back(self, key: Hashable, pending: list[_Pending]) -> None:
+        self._queues.setdefault(key, deque()).extendleft(reversed(pending))
+        self._wakeup.set()
+
+    async def _collated(self, batch: list[_Pending]) -> list[Any]:
+        """[the collated batch], or [] when collating failed: the model thread then collates
+        it again, where a failure (out of memory included) is handled as the forward pass's."""
         items, options = [p.item for p in batch], [p.options for p in batch]
         try:
-            return await self._loop.run_in_executor(  # type: ignore[union-attr]
+            collated = await self._loop.run_in_executor(  # type: ignore[union-attr]
                 self._collate_thread, self._collate, items, options
             )
-        except Exception:
-            log.debug("collating a batch of %d failed; the model thread tries again", len(batch))
-            return _NOT_COLLATED
+        except Exception as error:
+            log.warning("collating a batch of %d failed (%r); tried again", len(batch), error)
+            return []
+        return [collated]
 
     async def _wait_for_the_model(self) -> None:
         if self._forwarding is not None and not self._forwarding.done():
@@ -220,7 +239,7 @@ class DynamicBatcher:
             del self._queues[key]
         return [p for p in batch if not p.future.done()]
 
-    async def _run(self, batch: list[_Pending], collated: Any) -> None:
+    async def _run(self, batch: list[_Pending], collated: list[Any]) -> None:
         """The forward pass (one batch on the model at a time); its post-processing goes on in
         the background, so the next batch can start at once."""
         self.batch_sizes[len(batch)] += 1
@@ -290,29 +309,32 @@ class DynamicBatcher:
 
     # --- model thread -------------------------------------------------------------------------
     def _forward_halving_on_oom(
-        self, items: list[Any], options: list[Any], collated: Any = _NOT_COLLATED
+        self, items: list[Any], options: list[Any], collated: list[Any] | None = None
     ) -> list[tuple[Any, int]]:
         """The batch's raw output with its item count; after an out-of-memory error, each
-        half's, in order (each half collated again here: collating may run out of memory too)."""
+        half's, in order (each half collated again here: collating may run out of memory too).
+        `collated` holds the batch as collated ahead, if it was; the pass empties it."""
         try:
-            if collated is _NOT_COLLATED:
-                collated = self._collate(items, options)
-            raw = self._run_batch(collated, options)
+            return [(self._forward(items, options, collated), len(items))]
         except Exception as error:
             if not self._is_oom(error) or len(items) == 1:
                 raise
-            collated = None  # its device memory goes before the halves are collated
-            self._after_oom()
-            half = len(items) // 2
-            if half < self.working_batch_size:
-                log.warning(
-                    "out of memory at batch size %d; working batch size now %d", len(items), half
-                )
-                self.working_batch_size = half
-            return self._forward_halving_on_oom(
-                items[:half], options[:half]
-            ) + self._forward_halving_on_oom(items[half:], options[half:])
-        return [(raw, len(items))]
+            # Its frames hold the whole batch's inputs: they go before the halves are made.
+            error.__traceback__ = None
+        self._after_oom()
+        half = len(items) // 2
+        if half < self.working_batch_size:
+            log.warning(
+                "out of memory at batch size %d; working batch size now %d", len(items), half
+            )
+            self.working_batch_size = half
+        return self._forward_halving_on_oom(
+            items[:half], options[:half]
+        ) + self._forward_halving_on_oom(items[half:], options[half:])
+
+    def _forward(self, items: list[Any], options: list[Any], collated: list[Any] | None) -> Any:
+        batch = collated.pop() if collated else self._collate(items, options)
+        return self._run_batch(batch, options)
 
 
 def _drop_cancelled(queue: deque[_Pending]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -140,18 +141,24 @@ def test_only_forward_passes_run_on_the_model_thread(
     ],
 )
 def test_batches_are_collated_off_the_model_thread(make_worker, monkeypatch, arch, job):
-    """Stacking, padding, tokenizing labels and copies to the device run on the collate thread,
-    so the next batch is ready while the model runs this one."""
-    worker = make_worker(arch)
-    original = worker.batcher._collate
+    """While the model runs a batch, the next one's stacking, padding, label tokens and copies
+    to the device run on the collate thread, so it is ready when the model is. (A batch for an
+    idle model is collated on the model thread, just before its pass.)"""
+    worker = make_worker(arch, MAX_BATCH_SIZE=1)
+    collate, forward = worker.batcher._collate, worker.batcher._run_batch
     threads: list[str] = []
 
     def recording(items, options):
-        threads.append(threading.current_thread().name)
-        return original(items, options)
+        threads.append(threading.current_thread().name.split("_")[0])
+        return collate(items, options)
+
+    def slow(batch, options):  # the next images arrive while the model is busy
+        time.sleep(0.3)
+        return forward(batch, options)
 
     monkeypatch.setattr(worker.batcher, "_collate", recording)
-    output = run_job(worker, {"images": [b64(photo("chelsea")), b64(photo("coffee"))], **job})
+    monkeypatch.setattr(worker.batcher, "_run_batch", slow)
+    images = [b64(photo(name)) for name in ("chelsea", "coffee", "astronaut")]
+    output = run_job(worker, {"images": images, **job})
     assert all("error" not in result for result in output["results"]), output
-    assert threads, "collate did not run"
-    assert all(name.startswith("collate") for name in threads), threads
+    assert threads == ["model", "collate", "collate"], threads

@@ -332,9 +332,10 @@ def test_the_next_full_batch_is_collated_on_its_own_thread_while_the_model_runs(
         return await asyncio.gather(batcher.submit("first", None), batcher.submit("second", None))
 
     assert asyncio.run(main()) == ["first+", "second+"]
-    # The first forward pass waited for the second collate, so they overlapped.
+    # The first forward pass waited for the second collate, so they overlapped. The first
+    # batch found the model idle: it was collated just before its pass, on the model thread.
     assert sorted(events) == [
-        "collate first on collate",
+        "collate first on model",
         "collate second on collate",
         "forward first+ on model",
         "forward second+ on model",
@@ -343,7 +344,7 @@ def test_the_next_full_batch_is_collated_on_its_own_thread_while_the_model_runs(
 
 def test_a_collate_out_of_memory_is_halved_like_a_forward_pass():
     """Collating a large batch onto the device may run out of memory itself: the batch is
-    collated again in halves on the model thread, and every item gets its output."""
+    collated again in halves, and every item gets its output."""
     collated: list[int] = []
 
     def collate(items, options):
@@ -358,8 +359,8 @@ def test_a_collate_out_of_memory_is_halved_like_a_forward_pass():
         return await _job(batcher, list(range(8)), "a")
 
     assert asyncio.run(main()) == [(i * 2, "a") for i in range(8)]
-    # Tried whole off the model thread and once more on it, then in halves of halves.
-    assert collated == [8, 8, 4, 2, 2, 4, 2, 2]
+    # Whole, then in halves of halves, each collated again.
+    assert collated == [8, 4, 2, 2, 4, 2, 2]
     assert batcher.working_batch_size == 2
 
 

@@ -10,12 +10,13 @@ keys (e.g. equal generation options) share a batch; the model sees each item's o
 CUDA out-of-memory error splits the batch in halves and lowers the working batch size for the rest
 of the process.
 
-Only forward passes run on the model thread; the stages around them overlap it. While a batch
-runs, the next full one is collated (`collate`: stacking, padding, pinned copies to the device)
-on a thread of its own, so it is ready the moment the model is; a partial batch waits for the
-model as before, so it takes in what arrives meanwhile. Each batch's post-processing (`split`:
-decoding, box scaling, copies to the host) runs on a third thread while the next batch's forward
-pass runs.
+The stages around a forward pass overlap it instead of queueing behind it on the model thread.
+While a batch runs, the next full one is collated (`collate`: stacking, padding, pinned copies
+to the device) on a thread of its own, so it is ready the moment the model is; a partial batch
+waits for the model as before, so it takes in what arrives meanwhile. (On an idle model a batch
+is collated on the model thread just before its pass: there is nothing to overlap.) Each batch's
+post-processing (`split`: decoding, box scaling, copies to the host) runs on a third thread while
+the next batch's forward pass runs.
 """
 
 from __future__ import annotations
@@ -154,9 +155,11 @@ class DynamicBatcher:
         self._in_model += 1
         started = False
         try:
-            # A holder the model thread empties: nothing else keeps the batch's device inputs
-            # alive once its pass (or its out-of-memory try) is over.
-            collated = await self._collated(batch)
+            # Collated ahead only while the model is busy: on an idle model nothing waits for
+            # the model thread, which collates the batch itself and saves a thread round trip
+            # (about 0.15 ms a batch on 2 loaded cores). `collated` is a holder the model thread
+            # empties, so nothing else keeps the inputs alive once its pass is over.
+            collated = await self._collated(batch) if self._model_busy() else []
             await self._wait_for_the_model()
             await self._wait_for_room_to_split()  # the batch that ran meanwhile may split
             alive = [p for p in batch if not p.future.done()]  # jobs cancelled meanwhile

@@ -49,6 +49,33 @@ async def _job(batcher, items, options) -> list:
     )
 
 
+def _model_held_on_its_first_batch():
+    """A RecordingModel, a run_batch whose first batch waits for the gate, and the gate."""
+    model, gate = RecordingModel(), threading.Event()
+
+    def slow_first(batch, options):
+        if not model.batches:
+            gate.wait(5)
+        return model(batch, options)
+
+    return model, slow_first, gate
+
+
+def _stage_thread() -> str:
+    """The batcher thread running this stage: "model", "collate" or "split"."""
+    return threading.current_thread().name.split("_")[0]
+
+
+def _first_then_second(forward, **stages) -> list:
+    """Items "first" and "second" submitted together, batches of one: their outputs."""
+    batcher = DynamicBatcher(forward, **stages, max_batch_size=1, max_wait_s=0.0)
+
+    async def main():
+        return await asyncio.gather(batcher.submit("first", None), batcher.submit("second", None))
+
+    return asyncio.run(main())
+
+
 def test_many_jobs_with_mixed_options_get_exactly_their_own_results_in_order():
     model = RecordingModel()
     batcher = _batcher(model)
@@ -124,15 +151,7 @@ def test_a_lone_request_on_an_idle_model_runs_at_once_whatever_the_wait():
 
 
 def test_items_queued_while_the_model_is_busy_form_the_next_batch():
-    model = RecordingModel()
-    original = model.__call__
-    gate = threading.Event()
-
-    def slow_first(items, options):
-        if not model.batches:
-            gate.wait(5)
-        return original(items, options)
-
+    model, slow_first, gate = _model_held_on_its_first_batch()
     batcher = _batcher(slow_first, max_wait_s=5.0, max_batch_size=64)
 
     async def main():
@@ -239,23 +258,18 @@ def test_post_processing_runs_off_the_model_thread_while_the_next_batch_runs():
     first_split_may_end = threading.Event()
 
     def forward(items, options):
-        events.append(f"forward {items[0]} on {threading.current_thread().name.split('_')[0]}")
+        events.append(f"forward {items[0]} on {_stage_thread()}")
         if items[0] == "second":
             first_split_may_end.set()
         return list(items)
 
     def split(raw, items, options):
-        events.append(f"split {raw[0]} on {threading.current_thread().name.split('_')[0]}")
+        events.append(f"split {raw[0]} on {_stage_thread()}")
         if raw[0] == "first":
             assert first_split_may_end.wait(timeout=30), "the model waited for post-processing"
         return [f"{item}!" for item in raw]
 
-    batcher = DynamicBatcher(forward, split=split, max_batch_size=1, max_wait_s=0.0)
-
-    async def main():
-        return await asyncio.gather(batcher.submit("first", None), batcher.submit("second", None))
-
-    assert asyncio.run(main()) == ["first!", "second!"]
+    assert _first_then_second(forward, split=split) == ["first!", "second!"]
     # The first split waited for the second forward pass, so they overlapped; each stage ran
     # on its own thread.
     assert sorted(events) == [
@@ -315,23 +329,18 @@ def test_the_next_full_batch_is_collated_on_its_own_thread_while_the_model_runs(
     second_collated = threading.Event()
 
     def collate(items, options):
-        events.append(f"collate {items[0]} on {threading.current_thread().name.split('_')[0]}")
+        events.append(f"collate {items[0]} on {_stage_thread()}")
         if items[0] == "second":
             second_collated.set()
         return [f"{item}+" for item in items]
 
     def forward(batch, options):
-        events.append(f"forward {batch[0]} on {threading.current_thread().name.split('_')[0]}")
+        events.append(f"forward {batch[0]} on {_stage_thread()}")
         if batch[0] == "first+":
             assert second_collated.wait(timeout=30), "the next batch waited for the model"
         return list(batch)
 
-    batcher = DynamicBatcher(forward, collate=collate, max_batch_size=1, max_wait_s=0.0)
-
-    async def main():
-        return await asyncio.gather(batcher.submit("first", None), batcher.submit("second", None))
-
-    assert asyncio.run(main()) == ["first+", "second+"]
+    assert _first_then_second(forward, collate=collate) == ["first+", "second+"]
     # The first forward pass waited for the second collate, so they overlapped. The first
     # batch found the model idle: it was collated just before its pass, on the model thread.
     assert sorted(events) == [
@@ -367,15 +376,7 @@ def test_a_collate_out_of_memory_is_halved_like_a_forward_pass():
 def test_a_partial_batch_waits_for_the_model_instead_of_being_collated_ahead():
     """Only a full batch is collated ahead: a partial one queued while the model is busy keeps
     taking in items until the model is free, as before collation moved off the model thread."""
-    model = RecordingModel()
-    original = model.__call__
-    gate = threading.Event()
-
-    def slow_first(batch, options):
-        if not model.batches:
-            gate.wait(5)
-        return original(batch, options)
-
+    model, slow_first, gate = _model_held_on_its_first_batch()
     batcher = _batcher(slow_first, max_wait_s=0.0, max_batch_size=4)
 
     async def main():

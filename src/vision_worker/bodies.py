@@ -39,8 +39,10 @@ JSON_PARSE_FACTOR = 6
 # Reserved per uploaded byte: the chunk as received and the part it is copied into (the job
 # then carries the part's bytes as they are).
 UPLOAD_FACTOR = 2
-# A request that held this much gives the heap back to the system when it is done.
+# A request that held this much gives the heap back to the system when it is done...
 _TRIM_AFTER_BYTES = 16 * _MIB
+# ... this long after, when nothing of it is left (its error's traceback, the answer sent).
+TRIM_DELAY_S = 0.5
 # How long a request waits for room in the budget before it is refused with 503.
 BUDGET_WAIT_S = 10.0
 # Form fields (options) a /predict upload may carry besides its images, and bytes in each.
@@ -63,6 +65,19 @@ class RequestBudget:
         self.total = total_bytes
         self.in_use = 0
         self._freed = asyncio.Condition()
+        self._trim: asyncio.Task | None = None
+
+    def trim_soon(self) -> None:
+        """Give the heap back to the system shortly, once the request that asked is gone
+        entirely (its error's traceback, the answer sent); one trim serves a burst of large
+        requests instead of one each."""
+        if self._trim is None or self._trim.done():
+            self._trim = asyncio.get_running_loop().create_task(self._trim_after(TRIM_DELAY_S))
+
+    @staticmethod
+    async def _trim_after(delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await asyncio.to_thread(return_free_memory)
 
     async def reserve(self, nbytes: int, wait_s: float = BUDGET_WAIT_S) -> Reservation:
         """Room for `nbytes`, waiting up to `wait_s` for other requests to give theirs back;
@@ -129,7 +144,7 @@ class Reservation:
         await self.resize(0)
         if self.peak >= _TRIM_AFTER_BYTES:  # heap allocations glibc would otherwise keep
             self.peak = 0
-            await asyncio.to_thread(return_free_memory)
+            self.budget.trim_soon()
 
 
 async def read_json(
@@ -155,6 +170,9 @@ async def read_json(
         await reservation.resize(held)
         return parsed, reservation
     except BaseException:
+        # The error's traceback holds this frame, and may sit in a reference cycle until the
+        # garbage collector's next full pass (minutes): the body must not ride along.
+        chunks = body = None  # noqa: F841
         await reservation.release()
         raise
 
@@ -241,9 +259,11 @@ async def read_upload(
             raise BodyError(413, f"too many images: {form.files}, at most {max_images}")
         return form.upload, reservation
     except MultipartParseError as error:  # the client's malformed body: a 400, not a 500
+        form = parser = None  # as in read_json: no part rides on the error
         await reservation.release()
         raise BodyError(400, f"the multipart body does not parse: {error}"[:200]) from None
     except BaseException:
+        form = parser = None  # as in read_json: no part rides on the error
         await reservation.release()
         raise
 

@@ -161,4 +161,6 @@ def test_batches_are_collated_off_the_model_thread(make_worker, monkeypatch, arc
     images = [b64(photo(name)) for name in ("chelsea", "coffee", "astronaut")]
     output = run_job(worker, {"images": images, **job})
     assert all("error" not in result for result in output["results"]), output
-    assert threads == ["model", "collate", "collate"], threads
+    # The first batch found the model idle; the other two came while it ran. (Recorded as
+    # each collate starts: the first may start after the second's.)
+    assert sorted(threads) == ["collate", "collate", "model"], threads

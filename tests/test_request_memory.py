@@ -105,15 +105,9 @@ def _vm(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-# The worst legal JSON body: 30 MB of base64 behind one escaped emoji, which makes Python hold
-# the whole string at four bytes a character (126 MB parsed).
-WORST_BODY = b'{"input": {"image": "\\ud83d\\ude00' + b"A" * (30 * MIB - 64) + b'"}}'
-
-
-def test_many_worst_legal_bodies_at_once_stay_within_the_request_budget(model_dir):
-    """Six of the worst 30 MB bodies at once: without a budget they parse to ~1 GB together;
-    with REQUEST_MEMORY_MB=400 at most two are held at a time, the others wait their turn
-    (or get 503), every one is answered and the pod's peak RSS stays within the budget."""
+def _pod_server(model_dir, **settings: str) -> tuple[subprocess.Popen, str]:
+    """A pod server (`python handler.py --serve`) on the tiny ResNet in a process of its own,
+    ready; the caller kills it."""
     from test_newcomer import _wait_ready
 
     port = free_port()
@@ -122,7 +116,7 @@ def test_many_worst_legal_bodies_at_once_stay_within_the_request_budget(model_di
         "MODEL_NAME": str(model_dir("resnet")),
         "SERVE_MODE": "pod",
         "WARMUP": "false",
-        "REQUEST_MEMORY_MB": "400",
+        **settings,
     }
     pod = subprocess.Popen(
         [sys.executable, "handler.py", "--serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -134,6 +128,23 @@ def test_many_worst_legal_bodies_at_once_stay_within_the_request_budget(model_di
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, pod)
+    except BaseException:
+        pod.kill()
+        raise
+    return pod, url
+
+
+# The worst legal JSON body: 30 MB of base64 behind one escaped emoji, which makes Python hold
+# the whole string at four bytes a character (126 MB parsed).
+WORST_BODY = b'{"input": {"image": "\\ud83d\\ude00' + b"A" * (30 * MIB - 64) + b'"}}'
+
+
+def test_many_worst_legal_bodies_at_once_stay_within_the_request_budget(model_dir):
+    """Six of the worst 30 MB bodies at once: without a budget they parse to ~1 GB together;
+    with REQUEST_MEMORY_MB=400 at most two are held at a time, the others wait their turn
+    (or get 503), every one is answered and the pod's peak RSS stays within the budget."""
+    pod, url = _pod_server(model_dir, REQUEST_MEMORY_MB="400")
+    try:
         requests.post(f"{url}/runsync", json={"input": {"image": "A"}}, timeout=60)
         idle = _vm(pod.pid, "VmRSS")
 
@@ -215,25 +226,7 @@ def test_bodies_cut_off_over_the_limit_leave_no_heap_behind(model_dir):
     chunks rode on the failed read's error, in a reference cycle that only the garbage
     collector's next full pass freed: 15 such 21 MB bodies grew the pod by 84-117 MiB, given
     back minutes later (the hour soak's classify sawtooth); now by 3 MiB."""
-    from test_newcomer import _wait_ready
-
-    port = free_port()
-    environment = {
-        **os.environ,
-        "MODEL_NAME": str(model_dir("resnet")),
-        "SERVE_MODE": "pod",
-        "WARMUP": "false",
-        "MAX_IMAGE_BYTES": "1000000",
-        "MAX_IMAGES_PER_JOB": "16",
-    }
-    pod = subprocess.Popen(
-        [sys.executable, "handler.py", "--serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    pod, url = _pod_server(model_dir, MAX_IMAGE_BYTES="1000000", MAX_IMAGES_PER_JOB="16")
 
     def over_the_limit():
         for _ in range(24 * MIB // 65536):
@@ -249,7 +242,6 @@ def test_bodies_cut_off_over_the_limit_leave_no_heap_behind(model_dir):
             return None  # cut off mid-body, after the 413
 
     try:
-        _wait_ready(url, pod)
         cut_off()  # the first one's heap is the pool every later one reuses
         time.sleep(1.0)
         before = _vm(pod.pid, "VmRSS")

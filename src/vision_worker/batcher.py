@@ -196,8 +196,8 @@ class DynamicBatcher:
         return [collated]
 
     async def _wait_for_the_model(self) -> None:
-        if self._forwarding is not None and not self._forwarding.done():
-            await asyncio.wait({self._forwarding})
+        if self._model_busy():
+            await asyncio.wait({self._forwarding})  # type: ignore[arg-type]
 
     def _forward_ended(self, forwarding: asyncio.Task) -> None:
         self._in_model -= 1

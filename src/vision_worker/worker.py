@@ -265,8 +265,14 @@ class Worker:
         # model; the batcher holds a partial batch briefly only while items are on their way.
         loaded = started
         self._images_incoming += len(items)
-        images = [item for item in items if item.section == "results"]
-        report = _ProgressReport(len(images), self.batcher.working_batch_size, progress)
+        # Each section's items are numbered from 0, in input order.
+        sections = {
+            section: [item for item in items if item.section == section]
+            for section in ("results", "texts")
+        }
+        report = _ProgressReport(
+            len(sections["results"]), self.batcher.working_batch_size, progress
+        )
         meter = OutputMeter(self.settings)
 
         async def prepare_then_predict(index: int, job_item: JobItem) -> dict:
@@ -295,8 +301,6 @@ class Worker:
                 on_result(index, result)
             return result
 
-        # Each section's items are numbered from 0, in input order.
-        sections = {"results": images, "texts": [i for i in items if i.section == "texts"]}
         answers = await asyncio.gather(
             *(
                 asyncio.gather(*(prepare_then_predict(i, item) for i, item in enumerate(part)))

@@ -95,8 +95,10 @@ def test_512_mixed_jobs_at_concurrency_64_each_get_their_own_answer(model_dir, e
             if image == "not-an-image":
                 assert result["error"]["code"] == "invalid_image"
             else:
-                got = [(e["label"], round(e["score"], 4)) for e in result["labels"]]
-                assert got == [(e["label"], round(e["score"], 4)) for e in expected_labels[image]]
+                alone = expected_labels[image]
+                assert [e["label"] for e in result["labels"]] == [e["label"] for e in alone]
+                scores = [e["score"] for e in result["labels"]]
+                assert scores == pytest.approx([e["score"] for e in alone], abs=1e-5)
     assert max(batches) > 1, "concurrent jobs were never batched together"
     print(f"\nRSS before {before:.0f} MB, after {after:.0f} MB; batches by size {dict(batches)}")
     assert after - before < 50, f"RSS grew from {before:.0f} MB to {after:.0f} MB"

@@ -139,9 +139,16 @@ class Settings(BaseSettings):
     RESULT_STORE_MB: int = Field(256, ge=1, le=1_000_000)
     # Jobs in flight at once over HTTP (/run, /runsync, /predict); beyond it, 429.
     MAX_STORED_RESULTS: int = Field(1000, ge=1)
-    # Slow clients: seconds to send a request's headers, then its body; open connections at once.
+    # Slow clients: seconds to send a request's headers (from its first byte, or from connecting),
+    # then its body; open connections at once.
     HEADER_TIMEOUT_S: float = Field(10.0, gt=0, le=600)
     BODY_TIMEOUT_S: float = Field(120.0, gt=0, le=3600)
+    # How long an idle keep-alive connection stays open after a response. It must outlast the
+    # idle timeout of whatever reuses connections in front of the pod (httpx and Node drop theirs
+    # at 5 s, load balancers and nginx at 60 s): a server that closes first races the client's
+    # next request on that connection, which then fails unanswered. uvicorn's own 5 s equals
+    # httpx's, which is that race.
+    KEEP_ALIVE_S: float = Field(75.0, gt=0, le=3600)
     # A JSON request body (/run, /runsync, OpenAI routes): RunPod's own payload limit for
     # load-balancing endpoints (the queue's is 10 MB for /run, 20 MB for /runsync). Large files go
     # through /predict (multipart, up to MAX_IMAGES_PER_JOB files of MAX_IMAGE_BYTES) or as URLs.

@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import re
+import socket
 from typing import Any
 
 import h11
@@ -129,7 +130,9 @@ class DeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with read deadlines, which uvicorn lacks: a client gets
     HEADER_TIMEOUT_S to send a request's headers and BODY_TIMEOUT_S more for its body, or the
     connection is closed. Without them ~1,100 clients sending a byte now and then held every
-    file descriptor and locked everyone else out."""
+    file descriptor and locked everyone else out. A new connection's header clock starts when it
+    connects; a kept-alive one idles under uvicorn's keep-alive timeout (KEEP_ALIVE_S) and its
+    header clock starts at the next request's first byte."""
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 120.0
@@ -138,6 +141,11 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
         self._await_headers()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._await_headers()  # the first byte of the next request on a kept-alive connection
+        super().data_received(data)
 
     def handle_events(self) -> None:
         waiting_for_headers = self.conn.their_state is h11.IDLE
@@ -148,12 +156,21 @@ class DeadlineH11Protocol(H11Protocol):
             self._set_deadline(None)  # the request is in; the response takes its own time
 
     def on_response_complete(self) -> None:
+        # Idle now: uvicorn's keep-alive timer (armed by super) closes the connection if no
+        # request follows. Cleared first, as super may already read a pipelined next request.
+        self._set_deadline(None)
         super().on_response_complete()
-        self._await_headers()  # the next request on this connection gets the same deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_deadline(None)
         super().connection_lost(exc)
+
+    def timeout_keep_alive_handler(self) -> None:
+        # After the loop was held up past the keep-alive (GIL contention, a slow callback), the due
+        # timer can run before the loop reads a request that arrived meanwhile; closing now would
+        # drop it unanswered. Reading it cancels this timer instead.
+        if not _unread_bytes_waiting(self.transport):
+            super().timeout_keep_alive_handler()
 
     def _await_headers(self) -> None:
         self._set_deadline(self.header_timeout_s)
@@ -167,3 +184,16 @@ class DeadlineH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             log.info("closing a connection that did not send its request in time")
             self.transport.close()
+
+
+def _unread_bytes_waiting(transport: asyncio.BaseTransport) -> bool:
+    """Whether the connection's socket holds bytes the loop has not read yet (a peek, on a
+    duplicate of the descriptor: uvloop's transports expose no socket to read from)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as peek:
+            return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing waiting (EAGAIN), or the socket is gone: close as uvicorn would
+        return False

@@ -701,5 +701,6 @@ def server_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvi
         # Connections and requests at once: beyond it uvicorn answers 503 instead of running
         # out of file descriptors.
         limit_concurrency=settings.MAX_CONNECTIONS,
+        timeout_keep_alive=settings.KEEP_ALIVE_S,
         timeout_graceful_shutdown=120,
     )

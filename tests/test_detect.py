@@ -13,10 +13,6 @@ def real_photos() -> list:
     return [photo(name, size=None).convert("RGB") for name in PHOTOS]
 
 
-def _key(d: dict) -> tuple:
-    return (d["label"], round(d["score"], 4))
-
-
 @pytest.mark.parametrize(("arch", "threshold"), [("yolos", 0.2), ("detr", 0.1)])
 def test_detections_equal_the_transformers_pipeline_on_real_photos(
     make_worker, model_dir, arch, threshold

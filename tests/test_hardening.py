@@ -318,7 +318,8 @@ def _get_health(sock) -> int:
             return 0
         received += chunk
     head, body = received.split(b"\r\n\r\n", 1)
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    declared = re.search(rb"(?i)content-length: *(\d+)", head)
+    length = int(declared.group(1)) if declared else len(body)
     while len(body) < length:
         body += sock.recv(4096)
     return int(head.split()[1])
@@ -356,6 +357,24 @@ def test_a_keep_alive_timeout_does_not_drop_a_request_that_arrived_unread(model_
         server.servers[0].get_loop().call_soon_threadsafe(held_up_then_timed_out)
         time.sleep(0.1)
         assert _get_health(sock) == 200
+
+
+def test_idle_kept_alive_connections_give_way_to_a_new_one_at_the_connection_limit(model_dir):
+    """Clients idling on kept-alive connections must not hold the pod's connection slots for
+    KEEP_ALIVE_S: at MAX_CONNECTIONS uvicorn answered every newcomer 503."""
+    settings = load_settings(MODEL_NAME=str(model_dir("resnet")), WARMUP=False, MAX_CONNECTIONS=4)
+    with running_server(Worker.start(settings)) as (url, _):
+        idle = [_connect(url) for _ in range(3)]
+        try:
+            for sock in idle:
+                assert _get_health(sock) == 200
+            with _connect(url) as newcomer:
+                assert _get_health(newcomer) == 200
+            assert _closed_within(idle[0], 5)  # the longest idle gave way
+            assert _get_health(idle[2]) == 200  # the others stay open
+        finally:
+            for sock in idle:
+                sock.close()
 
 
 def test_a_kept_alive_connection_that_trickles_its_next_request_is_cut_off(impatient_server):

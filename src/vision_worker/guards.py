@@ -141,6 +141,7 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
         self._await_headers()
+        self._make_room()
 
     def data_received(self, data: bytes) -> None:
         if self._deadline is None and self.conn.their_state is h11.IDLE:
@@ -171,6 +172,33 @@ class DeadlineH11Protocol(H11Protocol):
         # drop it unanswered. Reading it cancels this timer instead.
         if not _unread_bytes_waiting(self.transport):
             super().timeout_keep_alive_handler()
+
+    def _make_room(self) -> None:
+        """At the connection limit (MAX_CONNECTIONS) the longest-idle kept-alive connections
+        close for a new one: keeping a connection open between requests is a courtesy, not a
+        claim on a slot. Without it, clients idling on KEEP_ALIVE_S would make uvicorn answer
+        every newcomer 503 until they time out."""
+        if self.limit_concurrency is None:
+            return
+        # uvicorn answers 503 once the open connections (this one included) reach the limit.
+        excess = len(self.connections) - self.limit_concurrency + 1
+        if excess <= 0:
+            return
+        idle = sorted(
+            (c for c in self.connections if isinstance(c, DeadlineH11Protocol) and c._idle()),
+            key=lambda c: c.timeout_keep_alive_task.when(),  # armed when its last response ended
+        )
+        for connection in idle[:excess]:
+            connection.timeout_keep_alive_handler()  # what its keep-alive timer would do, early
+            if connection.transport.is_closing():
+                # Out of the count now: its connection_lost comes a loop turn later, possibly
+                # after this newcomer's request is counted against the limit.
+                self.connections.discard(connection)
+
+    def _idle(self) -> bool:
+        """Between requests on a kept-alive connection: uvicorn arms its keep-alive timer when a
+        response completes and cancels it at the next request's first byte."""
+        return self.timeout_keep_alive_task is not None
 
     def _await_headers(self) -> None:
         self._set_deadline(self.header_timeout_s)

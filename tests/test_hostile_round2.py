@@ -237,7 +237,7 @@ def test_a_host_that_drops_the_handshake_holds_a_download_only_its_deadline():
             filler.close()
         listener.close()
     assert failed.value.code == "fetch_failed"
-    assert took < 2.0, took  # one deadline, not three connect timeouts
+    assert took < 2.0, took  # one deadline (1 s), not three connect timeouts; measured 1.0 s
 
 
 def test_polling_a_large_result_never_serialises_it_again(monkeypatch):

@@ -117,6 +117,16 @@ def _time_left(timeout: Any) -> Any:
     return left if not isinstance(timeout, (int, float)) else min(timeout, left)
 
 
+class _DeadlineRetry(Retry):
+    """urllib3's retries, their backoff cut to the running download's deadline: a retry after a
+    failed connect must not sleep past URL_TIMEOUT_S (the attempt after it fails at once)."""
+
+    def get_backoff_time(self) -> float:
+        deadline = getattr(_WATCHDOG.local, "deadline", None)
+        backoff = super().get_backoff_time()
+        return backoff if deadline is None else max(0.0, min(backoff, deadline - time.monotonic()))
+
+
 class ForbiddenAddress(Exception):
     """Raised inside the connection; deliberately not an OSError so urllib3 does not retry it."""
 
@@ -186,7 +196,7 @@ def _guarded_adapter(resolver: Resolver, policy: AddressPolicy, retries: int) ->
     https_conn = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), guard)
     http_pool = type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
     https_pool = type("GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn})
-    retry = Retry(
+    retry = _DeadlineRetry(
         total=retries,
         connect=retries,
         read=0,

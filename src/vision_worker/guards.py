@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
 import re
@@ -126,6 +127,9 @@ def require_api_key(api_key: str | None):
     return check
 
 
+_responses_completed = itertools.count(1)
+
+
 class DeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with read deadlines, which uvicorn lacks: a client gets
     HEADER_TIMEOUT_S to send a request's headers and BODY_TIMEOUT_S more for its body, or the
@@ -136,6 +140,7 @@ class DeadlineH11Protocol(H11Protocol):
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 120.0
+    _idle_order: int = 0  # when its last response ended, in order: the longest idle yields first
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -160,6 +165,7 @@ class DeadlineH11Protocol(H11Protocol):
         # Idle now: uvicorn's keep-alive timer (armed by super) closes the connection if no
         # request follows. Cleared first, as super may already read a pipelined next request.
         self._set_deadline(None)
+        self._idle_order = next(_responses_completed)
         super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -186,7 +192,7 @@ class DeadlineH11Protocol(H11Protocol):
             return
         idle = sorted(
             (c for c in self.connections if isinstance(c, DeadlineH11Protocol) and c._idle()),
-            key=lambda c: c.timeout_keep_alive_task.when(),  # armed when its last response ended
+            key=lambda c: c._idle_order,  # not the keep-alive timer: its clock ticks in ms, ties
         )
         for connection in idle[:excess]:
             connection.timeout_keep_alive_handler()  # what its keep-alive timer would do, early

@@ -152,8 +152,15 @@ def test_batches_are_collated_off_the_model_thread(make_worker, monkeypatch, arc
         threads.append(threading.current_thread().name.split("_")[0])
         return collate(items, options)
 
-    def slow(batch, options):  # the next images arrive while the model is busy
-        time.sleep(0.3)
+    passes: list[int] = []
+
+    def slow(batch, options):
+        """The model stays busy until the next batch has started collating (or 30 s passed),
+        however slowly a loaded machine prepares it: no race against a fixed sleep."""
+        passes.append(1)
+        deadline = time.monotonic() + 30
+        while len(threads) < min(len(passes) + 1, 3) and time.monotonic() < deadline:
+            time.sleep(0.01)
         return forward(batch, options)
 
     monkeypatch.setattr(worker.batcher, "_collate", recording)

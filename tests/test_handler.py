@@ -185,7 +185,7 @@ def test_serve_flag_starts_pod_mode_and_sigterm_drains_then_exits_0(model_dir, h
                 health = requests.get(f"{url}/health", timeout=2).json()
                 if health["status"] == "ready":
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 assert process.poll() is None, process.stdout.read()
             assert time.monotonic() < deadline
             time.sleep(0.2)
@@ -200,7 +200,10 @@ def test_serve_flag_starts_pod_mode_and_sigterm_drains_then_exits_0(model_dir, h
         job_id = requests.post(f"{url}/run", json=slow, timeout=10).json()["id"]
 
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while requests.get(f"{url}/health", timeout=5).json()["status"] != "draining":
+            assert time.monotonic() < deadline, "the pod never started draining"
+            time.sleep(0.1)
         refused = requests.post(f"{url}/run", json=job, timeout=10)
         assert refused.status_code == 503
         assert "shutting down" in refused.json()["error"]

@@ -245,8 +245,8 @@ def impatient_server(model_dir):
         load_settings(
             MODEL_NAME=str(model_dir("resnet")),
             WARMUP=False,
-            HEADER_TIMEOUT_S=0.5,
-            BODY_TIMEOUT_S=1,
+            HEADER_TIMEOUT_S=2,
+            BODY_TIMEOUT_S=3,
         )
     )
     with running_server(worker) as (url, server):
@@ -284,8 +284,8 @@ def test_slow_clients_are_cut_off_and_do_not_lock_others_out(impatient_server, r
         for sock in slow:
             sock.sendall(request_start)
         started = time.monotonic()
-        assert all(_closed_within(sock, 5) for sock in slow)
-        assert time.monotonic() - started < 4
+        assert all(_closed_within(sock, 10) for sock in slow)
+        assert time.monotonic() - started < 8
         assert requests.get(f"{url}/health", timeout=5).status_code == 200
     finally:
         for sock in slow:
@@ -337,7 +337,7 @@ def test_an_idle_keep_alive_connection_outlasts_the_clients_own_idle_timeout(imp
     url, _ = impatient_server
     with _connect(url) as sock:
         assert _get_health(sock) == 200
-        time.sleep(client_expiry + 1)  # also far past this server's 0.5 s header deadline
+        time.sleep(client_expiry + 1)  # also past this server's 2 s header deadline
         assert _get_health(sock) == 200
 
 
@@ -381,8 +381,8 @@ def test_a_kept_alive_connection_that_trickles_its_next_request_is_cut_off(impat
     url, _ = impatient_server
     with _connect(url) as sock:
         assert _get_health(sock) == 200
-        time.sleep(1)  # idle, under keep-alive: the header clock has not started
+        time.sleep(2.5)  # idle past HEADER_TIMEOUT_S, under keep-alive: no header clock yet
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finish
         started = time.monotonic()
-        assert _closed_within(sock, 5)
-        assert time.monotonic() - started < 4
+        assert _closed_within(sock, 10)
+        assert time.monotonic() - started < 8

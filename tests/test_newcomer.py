@@ -152,7 +152,7 @@ def _wait_ready(url: str, process: subprocess.Popen) -> None:
         try:
             if requests.get(f"{url}/health", timeout=2).json()["status"] == "ready":
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             assert process.poll() is None, process.stdout.read()
         assert time.monotonic() < deadline
         time.sleep(0.2)
